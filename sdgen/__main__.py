@@ -1,0 +1,3 @@
+from sdgen.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The `sdgen` command line. Only this package configures logging and prints."""

@@ -1,0 +1,74 @@
+"""`sdgen cancel` and `sdgen retry`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sdgen.config import data_root
+from sdgen.exceptions import UserError
+from sdgen.spool.layout import REQUEST_ID, ticket_name
+from sdgen.spool.store import Spool
+from sdgen.spool.ticket import after_retry
+
+
+def _known(spool: Spool, request_id: str) -> str:
+    """'accepted', 'inbox' or raise: where this id is."""
+    if not REQUEST_ID.match(request_id):
+        raise UserError(f"{request_id!r} is not a request id (like 20261126-065149-a1b2c3): see `sdgen list`")
+    if spool.layout.request_file(request_id).exists():
+        return "accepted"
+    for folder in (spool.layout.inbox, spool.layout.incoming):
+        if any((folder / f"{request_id}{ext}").exists() for ext in (".yaml", ".yml")):
+            return "inbox"
+    raise UserError(f"unknown request id {request_id!r}: `sdgen list` shows the known ones")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    where = _known(spool, args.request_id)
+    state = (spool.read_state(args.request_id) or {}).get("state")
+    if state in ("done", "failed"):
+        print(f"request {args.request_id} is already {state}; nothing to cancel")
+        return 0
+    if where == "inbox":
+        # Not accepted yet: the marker waits in the request folder and the daemon
+        # cancels every ticket the moment it accepts the request.
+        spool.layout.request_dir(args.request_id).mkdir(parents=True, exist_ok=True)
+    spool.cancel(args.request_id, time.time())
+    print(f"cancelled {args.request_id}: pending tickets will not run, running ones stop at the next image")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    if _known(spool, args.request_id) != "accepted":
+        raise UserError(f"request {args.request_id} has not been accepted yet: nothing to retry")
+    if spool.is_cancelled(args.request_id):
+        raise UserError(f"request {args.request_id} was cancelled: submit it again instead")
+    meta = spool.read_state(args.request_id) or {}
+    counts = spool.ticket_counts().get(args.request_id, {})
+    moved = 0
+    now = time.time()
+    for state in ("failed", "held", "deferred"):
+        for index in counts.get(state, []):
+            name = ticket_name(meta.get("priority", 0), index, args.request_id)
+            try:
+                ticket = spool.read_ticket(state, name)
+            except FileNotFoundError:
+                continue
+            if spool.move_ticket(name, state, "pending", after_retry(ticket, now)):
+                (spool.layout.tickets(state) / f"{name}.reason").unlink(missing_ok=True)
+                moved += 1
+    print(f"{moved} ticket(s) of {args.request_id} queued again" if moved
+          else f"request {args.request_id} has no failed or held tickets")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cancel", help="cancel a request")
+    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.set_defaults(func=cmd_cancel)
+    p = sub.add_parser("retry", help="queue a request's failed and held tickets again")
+    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.set_defaults(func=cmd_retry)

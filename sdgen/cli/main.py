@@ -1,0 +1,52 @@
+"""`sdgen` entry point: argument parsing, logging set-up, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sdgen import __version__
+from sdgen.exceptions import SdgenError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sdgen.cli import admin, run, status, submit
+
+    parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
+    parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
+    parser.add_argument("--data", metavar="DIR",
+                        help="data directory (default: $SDGEN_DATA, else ./data)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    submit.register(sub)
+    status.register(sub)
+    admin.register(sub)
+    run.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = args.command in ("submit", "status", "list", "cancel", "retry")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"sdgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except SdgenError as e:
+        print(f"sdgen {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,145 @@
+"""`sdgen daemon`, `sdgen worker` and the one-shot `sdgen run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from sdgen import defaults
+from sdgen.cli.submit import add_request_options, request_from_args
+from sdgen.config import data_root
+from sdgen.daemon.service import Daemon
+from sdgen.exceptions import DaemonRunning
+from sdgen.launchers.base import get_launcher
+from sdgen.spool.progress import summarize
+from sdgen.spool.store import Spool
+from sdgen.worker.loop import Worker
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    return parse
+
+
+def _daemon_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive(int), metavar="N",
+                   help="most workers at once (default: one per GPU, else 1)")
+    p.add_argument("--launcher", default="local", choices=["local"], help="where workers run")
+    p.add_argument("--poll", action="store_true",
+                   help="no file watcher, rescans only (for NFS: other hosts' writes make no events)")
+    p.add_argument("--rescan", type=_positive(float), default=defaults.RESCAN_SECONDS, metavar="S",
+                   help=f"seconds between full rescans (default {defaults.RESCAN_SECONDS})")
+    p.add_argument("--lease-timeout", type=_positive(float), default=defaults.LEASE_TIMEOUT_SECONDS,
+                   metavar="S", help="reclaim a ticket whose lease is silent this long")
+    p.add_argument("--worker-idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
+                   metavar="S", help="workers exit after the spool was idle this long")
+
+
+def _make_daemon(args, spool: Spool, **kw) -> Daemon:
+    launcher = get_launcher(args.launcher, data_root=spool.layout.root, max_workers=args.workers,
+                            idle_exit=args.worker_idle_exit)
+    return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,
+                  lease_timeout=args.lease_timeout, **kw)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    return _make_daemon(args, spool, exit_when_idle=args.exit_when_idle).run()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    worker = Worker(spool, args.worker_id)
+    return worker.work(idle_exit=args.idle_exit, max_tickets=args.max_tickets)
+
+
+class _Progress:
+    """A one-line progress bar on stderr: images done, rate, ETA."""
+
+    def __init__(self, spool: Spool, request_id: str, stream=sys.stderr):
+        self.spool, self.request_id, self.stream = spool, request_id, stream
+        self.started = time.monotonic()
+        self.first_done: tuple[float, int] | None = None
+        self.row: dict | None = None
+
+    def update(self, *_):
+        meta = self.spool.read_state(self.request_id)
+        if meta is None:
+            return
+        counts = self.spool.ticket_counts().get(self.request_id, {})
+        self.row = row = summarize(meta, counts, self.spool.is_cancelled(self.request_id))
+        done, total = row["images_done"], row["images_total"]
+        now = time.monotonic()
+        if done and self.first_done is None:
+            self.first_done = (now, done)
+        rate = eta = ""
+        if self.first_done and done > self.first_done[1] and now > self.first_done[0]:
+            r = (done - self.first_done[1]) / (now - self.first_done[0])
+            rate = f" {r:.2f} img/s"
+            eta = f" ETA {max(0, total - done) / r:.0f}s"
+        width = 30
+        filled = int(width * done / total) if total else 0
+        bar = "#" * filled + "-" * (width - filled)
+        end = "\n" if row["state"] in ("done", "failed", "cancelled") else ""
+        print(f"\r[{bar}] {done}/{total} images{rate}{eta} ({row['state']})   ", end=end,
+              file=self.stream, flush=True)
+
+    def finished(self, *_) -> bool:
+        return bool(self.row) and self.row["state"] in ("done", "failed", "cancelled")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    request = request_from_args(args).with_seed()
+    spool = Spool(data_root(args.data)).ensure()
+    request_id = spool.submit(request, time.time())
+    print(f"request {request_id}: {request.images_total} image(s), seed {request.seed}", file=sys.stderr)
+    progress = _Progress(spool, request_id)
+
+    def until(report) -> bool:
+        progress.update()
+        return progress.finished()
+
+    try:
+        _make_daemon(args, spool, until=until).run()
+    except DaemonRunning:
+        print("a daemon already runs on this data directory: following its progress", file=sys.stderr)
+        while not until(None):
+            time.sleep(1)
+    row = progress.row or {}
+    state = row.get("state", "unknown")
+    if state == "done":
+        print(spool.layout.output_dir(request_id))
+        return 0
+    meta = spool.read_state(request_id) or {}
+    raise_msg = meta.get("reason") or state
+    print(f"request {request_id} {state}: {raise_msg} (`sdgen status {request_id}` for details)",
+          file=sys.stderr)
+    return 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("daemon", help="run the scheduler daemon")
+    _daemon_options(p)
+    p.add_argument("--exit-when-idle", action="store_true",
+                   help="exit 0 once nothing is pending or running")
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("worker", help="run a worker (the daemon starts these)")
+    p.add_argument("--max-tickets", type=_positive(int), metavar="N", help="exit after N tickets")
+    p.add_argument("--idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
+                   metavar="S", help="exit after the spool was idle this long")
+    p.add_argument("--worker-id", metavar="ID", help="id written into leases (default: host-pid-random)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("run", help="submit a request and process it in the foreground")
+    add_request_options(p)
+    _daemon_options(p)
+    p.set_defaults(func=cmd_run)

@@ -1,0 +1,109 @@
+"""`sdgen status` and `sdgen list`: what every request is doing, read from the spool itself
+(so it is true even while no daemon runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from sdgen.config import data_root
+from sdgen.exceptions import RequestError, UserError
+from sdgen.spool.intake import is_candidate, read_request_file
+from sdgen.spool.layout import REQUEST_ID
+from sdgen.spool.progress import summarize
+from sdgen.spool.store import Spool
+
+
+def collect(spool: Spool) -> list[dict]:
+    """One summary per request: accepted ones, ones still in the inbox, rejected files."""
+    layout = spool.layout
+    counts = spool.ticket_counts()
+    rows = []
+    for request_id in spool.request_ids():
+        meta = spool.read_state(request_id)
+        if meta is None:
+            continue  # being accepted right now
+        row = summarize(meta, counts.get(request_id, {}), spool.is_cancelled(request_id))
+        row["output_dir"] = str(layout.output_dir(request_id))
+        if row["state"] == "failed":
+            row["reason"] = meta.get("reason", "tickets failed or held")
+        rows.append(row)
+    for folder in (layout.inbox, layout.incoming):
+        for entry in sorted(os.listdir(folder)) if folder.exists() else []:
+            if not is_candidate(entry):
+                continue
+            stem = entry.rsplit(".", 1)[0]
+            row = {"id": stem if REQUEST_ID.match(stem) else f"inbox/{entry}", "name": "",
+                   "state": "pending", "priority": 0, "images_total": 0, "images_done": 0,
+                   "tickets_total": 0}
+            try:
+                request = read_request_file(folder / entry)
+                row.update(name=request.name, priority=request.priority,
+                           images_total=request.images_total)
+            except RequestError:
+                pass  # the daemon will reject it with the reason
+            rows.append(row)
+    for entry in sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []:
+        if entry.endswith(".reason"):
+            continue
+        try:
+            reason = (layout.rejected / f"{entry}.reason").read_text().strip()
+        except FileNotFoundError:
+            reason = "rejected"
+        rows.append({"id": f"rejected/{entry}", "name": "", "state": "rejected", "priority": 0,
+                     "images_total": 0, "images_done": 0, "tickets_total": 0, "reason": reason})
+    return rows
+
+
+def find(rows: list[dict], request_id: str) -> dict:
+    for row in rows:
+        if row["id"] == request_id or row["id"].split("/", 1)[-1] == request_id:
+            return row
+    raise UserError(f"unknown request id {request_id!r}: `sdgen list` shows the known ones")
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'ID':<24} {'STATE':<9} {'PRI':>4} {'TICKETS p/r/d/f':>16} {'IMAGES':>13}  NAME"
+    lines = [head]
+    for r in rows:
+        t = "/".join(str(r.get(f"tickets_{s}", 0) + (r.get("tickets_deferred", 0) if s == "pending" else 0)
+                         + (r.get("tickets_held", 0) if s == "failed" else 0))
+                     for s in ("pending", "running", "done", "failed"))
+        images = f"{r['images_done']}/{r['images_total']}"
+        lines.append(f"{r['id']:<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  {r.get('name', '')}")
+        if r.get("reason") and r["state"] in ("failed", "rejected"):
+            lines.append(f"{'':<24} reason: {r['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data))
+    rows = collect(spool) if spool.layout.spool.exists() else []
+    if args.request_id:
+        rows = [find(rows, args.request_id)]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("no requests yet: `sdgen submit --prompt ...` queues one")
+    else:
+        print(_table(rows))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data))
+    for row in collect(spool) if spool.layout.spool.exists() else []:
+        print(f"{row['id']}\t{row['state']}\t{row.get('name', '')}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="show requests and their progress")
+    p.add_argument("request_id", nargs="?", metavar="REQUEST_ID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("list", help="list request ids and states")
+    p.set_defaults(func=cmd_list)
+
+

@@ -1,0 +1,86 @@
+"""`sdgen submit`: validate a request (options or a YAML file) and publish it to the inbox."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from sdgen.config import data_root
+from sdgen.exceptions import RequestError
+from sdgen.spool.intake import read_request_file
+from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
+from sdgen.spool.store import Spool
+
+# option dest -> request key; several spellings (the original example's included) per key
+OPTIONS = [
+    (("--prompt",), "prompt", dict(action="append", metavar="TEXT",
+                                   help="the prompt (repeat for several prompts)")),
+    (("--negative-prompt",), "negative_prompt", dict(metavar="TEXT")),
+    (("--images", "--total-batch-size"), "images", dict(type=int, metavar="N",
+                                                         help="images per prompt (default 9)")),
+    (("--batch-size", "--per-worker-batch-size"), "batch_size",
+     dict(type=int, metavar="B", help="images per ticket (default 1)")),
+    (("--steps", "--num-steps"), "steps", dict(type=int, metavar="S", help="diffusion steps (default 50)")),
+    (("--width", "--image-width"), "width", dict(type=int, metavar="W", help="multiple of 128 (default 512)")),
+    (("--height", "--image-height"), "height", dict(type=int, metavar="H", help="multiple of 128 (default 512)")),
+    (("--guidance",), "guidance", dict(type=float, metavar="G", help="guidance scale (default 7.5)")),
+    (("--seed",), "seed", dict(type=int, metavar="S", help="base seed: image i uses seed+i")),
+    (("--model",), "model", dict(choices=MODELS)),
+    (("--engine",), "engine", dict(choices=ENGINES)),
+    (("--weights",), "weights", dict(choices=WEIGHTS)),
+    (("--priority",), "priority", dict(type=int, metavar="P", help="higher runs first (default 0)")),
+    (("--name", "--run-name"), "name", dict(metavar="NAME", help="a label for the request")),
+    (("--experiment",), "experiment", dict(metavar="NAME", help="MLflow experiment")),
+]
+
+
+def add_request_options(p: argparse.ArgumentParser, with_file: bool = True) -> None:
+    if with_file:
+        p.add_argument("file", nargs="?", metavar="FILE.yaml", help="a request file instead of options")
+    for flags, key, kw in OPTIONS:
+        p.add_argument(*flags, dest=key, **kw)
+
+
+def _as_option(message: str) -> str:
+    """Name fields the way the user typed them: `batch_size ...` -> `--batch-size ...`."""
+    def fix(part: str) -> str:
+        return re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-")
+                      if m.group(1) in {k for _, k, _ in OPTIONS} else m.group(1), part)
+
+    return "; ".join(fix(p) for p in message.split("; "))
+
+
+def request_from_args(args: argparse.Namespace) -> Request:
+    given = {key: getattr(args, key) for _, key, _ in OPTIONS if getattr(args, key, None) is not None}
+    if getattr(args, "file", None):
+        if given:
+            raise RequestError("give a request FILE or options, not both")
+        path = Path(args.file)
+        if not path.exists():
+            raise RequestError(f"{args.file} does not exist")
+        return read_request_file(path, check_name=False)
+    prompts = given.pop("prompt", None)
+    if prompts:
+        given["prompt" if len(prompts) == 1 else "prompts"] = prompts[0] if len(prompts) == 1 else prompts
+    try:
+        return validate(given)
+    except RequestError as e:
+        if "missing prompt" in str(e):
+            raise RequestError("missing --prompt TEXT (or a request FILE.yaml)") from None
+        raise RequestError(_as_option(str(e))) from None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    request = request_from_args(args).with_seed()
+    spool = Spool(data_root(args.data)).ensure()
+    request_id = spool.submit(request, time.time())
+    print(request_id)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("submit", help="queue a request", description=__doc__)
+    add_request_options(p)
+    p.set_defaults(func=cmd_submit)

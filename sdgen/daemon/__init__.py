@@ -1,0 +1,1 @@
+"""The scheduler daemon: watch the spool, accept requests, reap leases, launch workers."""

@@ -1,0 +1,261 @@
+"""One scheduling step, `Scheduler.tick(now)`: intake, cancels, reaping, request states,
+launches. The service calls it in a loop; tests call it directly with a chosen `now`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from sdgen import defaults
+from sdgen.exceptions import RequestError
+from sdgen.launchers.base import Launcher
+from sdgen.spool.claim import Lease
+from sdgen.spool.intake import is_candidate, read_request_file
+from sdgen.spool.layout import ticket_name
+from sdgen.spool.progress import request_state
+from sdgen.spool.store import Spool
+from sdgen.spool.ticket import Ticket, after_death, backoff_seconds
+from sdgen.worker.loop import EXIT_FATAL
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@dataclass
+class TickReport:
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    reclaimed: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    pending: int = 0
+    running: int = 0
+    deferred: int = 0
+    waiting_files: int = 0
+    wake_in: float | None = None  # the next moment a tick has something to do
+
+    @property
+    def idle(self) -> bool:
+        return not (self.pending or self.running or self.deferred or self.waiting_files)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Scheduler:
+    def __init__(self, spool: Spool, launcher: Launcher | None,
+                 lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
+                 settle: float = defaults.INBOX_SETTLE_SECONDS):
+        self.spool = spool
+        self.launcher = launcher
+        self.lease_timeout = lease_timeout
+        self.settle = settle
+        self.launching = True
+        self.host = socket.gethostname()
+        self._leases: dict[str, tuple[bytes | None, float]] = {}
+        self._meta: dict[str, dict] = {}
+        self._crash_streak = 0
+        self._launch_after = 0.0
+
+    # -- the step ---------------------------------------------------------------------------
+    def tick(self, now: float) -> TickReport:
+        report = TickReport()
+        self.intake(now, report)
+        exited = self.launcher.reap(now) if self.launcher else []
+        self._note_exits(exited, now)
+        self.reap(now, {w.worker_id: w.returncode for w in exited}, report)
+        self.release_deferred(now, report)
+        counts = self.spool.ticket_counts()
+        self.apply_cancels(counts, now)
+        self.update_requests(counts, now)
+        self.launch(now, report)
+        return report
+
+    # -- intake -----------------------------------------------------------------------------
+    def intake(self, now: float, report: TickReport) -> None:
+        layout = self.spool.layout
+        # Files a previous daemon moved to incoming/ but did not finish accepting.
+        for entry in sorted(os.listdir(layout.incoming)):
+            self._accept(layout.incoming / entry, entry[:-5], now, report)
+        for entry in sorted(os.listdir(layout.inbox)):
+            if not is_candidate(entry):
+                continue
+            path = layout.inbox / entry
+            try:
+                age = now - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if 0 <= age < self.settle:
+                report.waiting_files += 1
+                report.wake_in = min(report.wake_in or self.settle, self.settle - age)
+                continue
+            try:
+                read_request_file(path)
+            except RequestError as e:
+                self.spool.reject(path, str(e), now)
+                report.rejected.append(entry)
+                continue
+            request_id = self.spool.claim_inbox_file(path, now)
+            if request_id:
+                self._accept(layout.incoming / f"{request_id}.yaml", request_id, now, report)
+
+    def _accept(self, path, request_id: str, now: float, report: TickReport) -> None:
+        try:
+            request = read_request_file(path)
+        except RequestError as e:
+            self.spool.reject(path, str(e), now)
+            report.rejected.append(path.name)
+            return
+        request = self.spool.accept(request_id, request, source=path.name, now=now)
+        log.info("accepted request %s: %d image(s)%s", request_id, request.images_total,
+                 f" ({request.name})" if request.name else "")
+        report.accepted.append(request_id)
+
+    # -- leases -----------------------------------------------------------------------------
+    def reap(self, now: float, exited: dict[str, int | None], report: TickReport) -> None:
+        """Give back tickets whose worker is gone: at once when we know it died (our own
+        process exited, or its pid is gone on this host), else when its lease has not
+        changed for `lease_timeout` seconds of our own clock."""
+        layout = self.spool.layout
+        running = self.spool.ticket_names("running")
+        report.running = len(running)
+        for name in list(self._leases):
+            if name not in running:
+                del self._leases[name]
+        for name in running:
+            try:
+                raw = layout.lease(name).read_bytes()
+            except FileNotFoundError:
+                raw = None
+            lease = Lease.read(layout.lease(name)) if raw else None
+            if lease and lease.worker in exited:
+                self._reclaim(name, f"worker {lease.worker} exited with code {exited[lease.worker]}",
+                              lease.worker, now, report)
+                continue
+            if lease and lease.host == self.host and not _pid_alive(lease.pid):
+                self._reclaim(name, f"worker {lease.worker} (pid {lease.pid}) is gone", lease.worker, now, report)
+                continue
+            seen = self._leases.get(name)
+            if seen is None or seen[0] != raw:
+                self._leases[name] = (raw, now)
+            elif now - seen[1] >= self.lease_timeout:
+                who = lease.worker if lease else "unknown worker"
+                self._reclaim(name, f"lease of {who} expired (no heartbeat for {now - seen[1]:.0f}s)",
+                              who, now, report)
+
+    def _reclaim(self, name: str, detail: str, worker: str, now: float, report: TickReport) -> None:
+        layout = self.spool.layout
+        self._leases.pop(name, None)
+        try:
+            ticket = self.spool.read_ticket("running", name)
+        except FileNotFoundError:
+            return  # finished or handed back meanwhile
+        if layout.ticket("done", name).exists():
+            layout.ticket("running", name).unlink(missing_ok=True)
+        else:
+            state, updated = after_death(ticket, detail, worker, now)
+            self.spool.move_ticket(name, "running", state, updated)
+            log.warning("ticket %s: %s; now %s", name, detail, state)
+        layout.lease(name).unlink(missing_ok=True)
+        report.reclaimed.append(name)
+        report.running = max(0, report.running - 1)
+
+    def release_deferred(self, now: float, report: TickReport) -> None:
+        for name in self.spool.ticket_names("deferred"):
+            try:
+                ticket = self.spool.read_ticket("deferred", name)
+            except FileNotFoundError:
+                continue
+            if ticket.not_before <= now:
+                self.spool.move_ticket(name, "deferred", "pending")
+            else:
+                report.deferred += 1
+                wait = ticket.not_before - now
+                report.wake_in = wait if report.wake_in is None else min(report.wake_in, wait)
+
+    # -- requests ---------------------------------------------------------------------------
+    def _meta_of(self, request_id: str) -> dict | None:
+        if request_id not in self._meta:
+            meta = self.spool.read_state(request_id)
+            if meta is None:
+                return None
+            self._meta[request_id] = meta
+        return self._meta[request_id]
+
+    def apply_cancels(self, counts: dict, now: float) -> None:
+        for request_id, tickets in counts.items():
+            if not (tickets.get("pending") or tickets.get("deferred")):
+                continue
+            if not self.spool.is_cancelled(request_id):
+                continue
+            meta = self._meta_of(request_id) or {}
+            for state in ("pending", "deferred"):
+                for index in tickets.get(state, []):
+                    name = ticket_name(meta.get("priority", 0), index, request_id)
+                    if self.spool.move_ticket(name, state, "cancelled"):
+                        tickets.setdefault("cancelled", []).append(index)
+                tickets[state] = []
+
+    def update_requests(self, counts: dict, now: float) -> None:
+        for request_id in self.spool.request_ids():
+            meta = self._meta_of(request_id)
+            if meta is None:
+                continue
+            cancelled = self.spool.is_cancelled(request_id)
+            if meta.get("state") in TERMINAL and not (meta["state"] == "failed" or cancelled):
+                continue
+            tickets = counts.get(request_id, {})
+            state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
+            if state == meta.get("state"):
+                continue
+            meta = dict(meta, state=state)
+            if state in TERMINAL:
+                meta["finished_at"] = now
+            if state == "failed":
+                meta["reason"] = self._failure_reason(request_id, meta, tickets)
+            else:
+                meta.pop("reason", None)
+            self.spool.write_state(request_id, meta)
+            log.info("request %s: %s -> %s", request_id, self._meta[request_id].get("state"), state)
+            self._meta[request_id] = meta
+
+    def _failure_reason(self, request_id: str, meta: dict, tickets: dict) -> str:
+        for state in ("failed", "held"):
+            for index in tickets.get(state, []):
+                name = ticket_name(meta.get("priority", 0), index, request_id)
+                try:
+                    reason = Ticket.from_json(self.spool.layout.ticket(state, name).read_bytes()).reason
+                except (OSError, ValueError):
+                    continue
+                n = len(tickets.get("failed", [])) + len(tickets.get("held", []))
+                return f"{n} ticket(s) failed or held; first: {reason}"
+        return "tickets failed"
+
+    # -- workers ----------------------------------------------------------------------------
+    def _note_exits(self, exited, now: float) -> None:
+        for w in exited:
+            if w.returncode in (0, EXIT_FATAL) or w.ran_seconds >= 30:
+                self._crash_streak = 0
+                continue
+            self._crash_streak += 1
+            delay = backoff_seconds(self._crash_streak, base=2.0, cap=120.0)
+            self._launch_after = now + delay
+            log.error("worker %s exited with code %s after %.1fs (see logs/worker-%s.log); "
+                      "next launch in %.0fs", w.worker_id, w.returncode, w.ran_seconds, w.worker_id, delay)
+
+    def launch(self, now: float, report: TickReport) -> None:
+        report.pending = len(self.spool.ticket_names("pending"))
+        if not (self.launcher and self.launching) or now < self._launch_after:
+            return
+        wanted = min(self.launcher.max_workers, report.pending + report.running)
+        for _ in range(wanted - len(self.launcher.running())):
+            report.launched.append(self.launcher.launch(now))

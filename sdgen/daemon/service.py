@@ -1,0 +1,135 @@
+"""The daemon process: one per data directory, ticking until stopped or idle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Callable
+
+from filelock import FileLock, Timeout
+
+from sdgen import defaults
+from sdgen.daemon.scheduler import Scheduler, TickReport
+from sdgen.daemon.watcher import Watcher
+from sdgen.exceptions import DaemonRunning
+from sdgen.launchers.base import Launcher
+from sdgen.spool.store import Spool
+
+log = logging.getLogger(__name__)
+
+
+def acquire_daemon_lock(spool: Spool) -> FileLock:
+    layout = spool.layout
+    lock = FileLock(str(layout.daemon_lock), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            info = json.loads(layout.daemon_info.read_text())
+            who = f" (pid {info['pid']} on {info['host']})"
+        except (OSError, ValueError, KeyError):
+            who = ""
+        raise DaemonRunning(
+            f"another sdgen daemon{who} already runs on {layout.root}: stop it first, "
+            "or give this one another --data directory"
+        ) from None
+    spool.write(layout.daemon_info, json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+    return lock
+
+
+def sweep_tmp(spool: Spool, now: float, older_than: float = defaults.TMP_SWEEP_SECONDS) -> int:
+    swept = 0
+    for entry in os.scandir(spool.layout.tmp):
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                os.unlink(entry.path)
+                swept += 1
+        except FileNotFoundError:
+            pass
+    return swept
+
+
+class Daemon:
+    def __init__(self, spool: Spool, launcher: Launcher, poll: bool = False,
+                 rescan: float = defaults.RESCAN_SECONDS, exit_when_idle: bool = False,
+                 grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
+                 lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
+                 until: Callable[[TickReport], bool] | None = None,
+                 on_tick: Callable[[TickReport], None] | None = None):
+        self.spool = spool
+        self.launcher = launcher
+        self.poll = poll
+        self.rescan = rescan
+        self.exit_when_idle = exit_when_idle
+        self.grace = grace
+        self.until = until
+        self.on_tick = on_tick
+        self.scheduler = Scheduler(spool, launcher, lease_timeout=lease_timeout)
+        self.wake = threading.Event()
+        self.stopping = False
+
+    def run(self) -> int:
+        self.spool.ensure()
+        lock = acquire_daemon_lock(self.spool)
+        watcher = None
+        try:
+            for action in self.spool.reconcile():
+                log.warning("recovery: %s", action)
+            swept = sweep_tmp(self.spool, time.time())
+            if swept:
+                log.info("swept %d stale file(s) from spool/tmp", swept)
+            if not self.poll:
+                layout = self.spool.layout
+                watcher = Watcher([layout.inbox, layout.requests, layout.spool / "tickets"], self.wake)
+                watcher.start()
+            self._install_signals()
+            log.info("daemon up on %s (%s, up to %d worker(s))", self.spool.layout.root,
+                     "polling" if self.poll or watcher is None else "watching", self.launcher.max_workers)
+            while not self.stopping:
+                self.wake.clear()
+                report = self.scheduler.tick(time.time())
+                if self.on_tick:
+                    self.on_tick(report)
+                if self.until and self.until(report):
+                    break
+                if self.exit_when_idle and report.idle:
+                    log.info("nothing pending or running: exiting")
+                    break
+                if watcher is not None:
+                    watcher.healthy()
+                timeout = self.rescan if report.wake_in is None else min(self.rescan, report.wake_in + 0.01)
+                self.wake.wait(max(0.01, timeout))
+            self._shutdown()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            lock.release()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.scheduler.launching = False
+        if self.launcher.running():
+            log.info("stopping %d worker(s)", len(self.launcher.running()))
+        exited = self.launcher.stop_all(self.grace)
+        # Tickets of workers that had to be killed go back now, not after a lease timeout.
+        self.scheduler.reap(time.time(), {w.worker_id: w.returncode for w in exited}, TickReport())
+        counts = self.spool.ticket_counts()
+        self.scheduler.update_requests(counts, time.time())
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum, frame):
+            log.info("signal %d: stopping launches, handing tickets back", signum)
+            self.stopping = True
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

@@ -1,0 +1,60 @@
+"""The engine interface the worker uses, and the registry of engines by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+from PIL import Image
+
+from sdgen.exceptions import EngineError
+from sdgen.spool.ticket import ImageSpec, Ticket
+
+
+class Engine(ABC):
+    """Generates images for tickets. One instance per worker process, kept warm."""
+
+    name: str = ""
+
+    def chunk_size(self, ticket: Ticket) -> int:
+        """How many images one `generate` call makes: cancel and shutdown are checked
+        between calls."""
+        return len(ticket.images)
+
+    def prepare(self, ticket: Ticket) -> dict[str, float]:
+        """Build whatever `ticket` needs (cached across tickets); returns timings in seconds
+        of work actually done now (empty when everything was warm)."""
+        return {}
+
+    @abstractmethod
+    def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
+        """One image per spec, in order; image i must depend only on its own seed."""
+
+
+def _dry_run():
+    from sdgen.engine.dryrun import DryRunEngine
+
+    return DryRunEngine()
+
+
+def _keras_cv():
+    try:
+        from sdgen.engine.kerascv import KerasCVEngine
+    except ImportError as e:
+        raise EngineError(
+            f"the keras-cv engine needs the ML packages ({e.name or e}): "
+            "install them with `pip install 'sdgen[ml]'` (or `make run` does it), "
+            "or use `engine: dry-run` to try a set-up without a model"
+        ) from None
+    return KerasCVEngine()
+
+
+ENGINES = {"dry-run": _dry_run, "keras-cv": _keras_cv}
+
+
+def get_engine(name: str) -> Engine:
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise EngineError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}") from None
+    return factory()

@@ -1,0 +1,46 @@
+"""The launcher interface the daemon drives, and the registry of launchers by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from sdgen.exceptions import UserError
+
+
+@dataclass(frozen=True)
+class ExitedWorker:
+    worker_id: str
+    returncode: int | None   # None when unknown (a remote job that vanished)
+    ran_seconds: float
+
+
+class Launcher(ABC):
+    """Starts sdgen workers somewhere and tells the daemon when they end."""
+
+    name: str = ""
+    max_workers: int = 1
+
+    @abstractmethod
+    def running(self) -> list[str]:
+        """Ids of the workers this launcher started that have not been reaped yet."""
+
+    @abstractmethod
+    def launch(self, now: float) -> str:
+        """Start one worker; returns its id (the id the worker writes into its leases)."""
+
+    @abstractmethod
+    def reap(self, now: float) -> list[ExitedWorker]:
+        """Workers that ended since the last call."""
+
+    @abstractmethod
+    def stop_all(self, grace: float) -> list[ExitedWorker]:
+        """Ask every worker to hand its ticket back and exit; force it after `grace` s."""
+
+
+def get_launcher(name: str, **options) -> Launcher:
+    if name == "local":
+        from sdgen.launchers.local import LocalLauncher
+
+        return LocalLauncher(**options)
+    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local' (adsp and slurm are planned)")

@@ -1,0 +1,154 @@
+"""Claiming tickets, leases and finishing: the worker's side of the protocol.
+
+A claim is the rename pending/N.json -> running/N.json: on one filesystem exactly one
+renamer wins, on any host. A host-local file lock around listing and renaming keeps the
+workers of one machine from all racing for the same first name. The lease (leases/N.json)
+says who holds the ticket; its holder rewrites it every few seconds with a higher `beat`,
+and the daemon reclaims the ticket when the lease stops changing by the daemon's own clock
+(so clock skew between hosts cannot expire a live lease). The done-marker is published
+with link(2), which fails if it exists: at most one marker per ticket, ever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from sdgen.spool.publish import link_new
+from sdgen.spool.store import Spool
+from sdgen.spool.ticket import Ticket, after_failure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    worker: str
+    host: str
+    pid: int
+    claimed_at: float
+    beat: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> "Lease | None":
+        try:
+            return cls(**json.loads(path.read_bytes()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+
+@dataclass
+class Claim:
+    """A ticket this worker holds, and everything it may do with it."""
+    spool: Spool
+    ticket: Ticket
+    lease: Lease
+    _lost: bool = field(default=False)
+
+    @property
+    def name(self) -> str:
+        return self.ticket.name
+
+    def _lease_path(self) -> Path:
+        return self.spool.layout.lease(self.name)
+
+    def still_mine(self) -> bool:
+        """False once the daemon has reclaimed this ticket (expired lease) or it moved on."""
+        if self._lost:
+            return False
+        current = Lease.read(self._lease_path())
+        mine = (current is not None and current.worker == self.lease.worker
+                and self.spool.layout.ticket("running", self.name).exists())
+        self._lost = not mine
+        return mine
+
+    def heartbeat(self) -> bool:
+        if not self.still_mine():
+            return False
+        self.lease.beat += 1
+        self.spool.write(self._lease_path(), self.lease.to_json())
+        return True
+
+    def _release(self) -> None:
+        if self.still_mine():
+            self._lease_path().unlink(missing_ok=True)
+
+    def finish(self, result: dict) -> bool:
+        """Publish the done-marker (ticket + result). False if another attempt did first."""
+        marker = json.loads(self.ticket.to_json())
+        marker["result"] = result
+        won = link_new(self.spool.layout.tmp, self.spool.layout.ticket("done", self.name),
+                       json.dumps(marker, indent=1).encode())
+        if self.still_mine():
+            self.spool.layout.ticket("running", self.name).unlink(missing_ok=True)
+            self._lease_path().unlink(missing_ok=True)
+        if not won:
+            log.warning("ticket %s was already done by another attempt; kept the first marker", self.name)
+        return won
+
+    def fail(self, error: str, transient: bool, now: float) -> str | None:
+        """Record a failed attempt; returns the new state (None if the ticket was not ours)."""
+        if not self.still_mine():
+            return None
+        state, updated = after_failure(self.ticket, error, transient, self.lease.worker, now)
+        self.spool.move_ticket(self.name, "running", state, updated)
+        self._lease_path().unlink(missing_ok=True)
+        return state
+
+    def hand_back(self, to_state: str = "pending") -> bool:
+        """Give the ticket back unchanged (shutdown, cancel): not a failed attempt."""
+        if not self.still_mine():
+            return False
+        moved = self.spool.move_ticket(self.name, "running", to_state)
+        self._lease_path().unlink(missing_ok=True)
+        return moved
+
+
+def claim_next(spool: Spool, worker_id: str, now: float | None = None,
+               skip_request=lambda request_id: False) -> Claim | None:
+    """Claim the first pending ticket in claim order, or return None if there is none."""
+    layout = spool.layout
+    now = time.time() if now is None else now
+    with FileLock(str(layout.claim_lock)):
+        for name in spool.ticket_names("pending"):
+            request_id = name.rsplit(".", 1)[-1]
+            if skip_request(request_id):
+                continue
+            try:
+                os.rename(layout.ticket("pending", name), layout.ticket("running", name))
+            except FileNotFoundError:
+                continue  # another host's worker won this one
+            if layout.ticket("done", name).exists():
+                # A late writer finished it after it was handed back: nothing to redo.
+                layout.ticket("running", name).unlink(missing_ok=True)
+                continue
+            lease = Lease(worker=worker_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
+            spool.write(layout.lease(name), lease.to_json())
+            try:
+                ticket = spool.read_ticket("running", name)
+            except (ValueError, TypeError, KeyError) as e:
+                log.error("ticket %s is unreadable (%s); holding it", name, e)
+                _hold_corrupt(spool, name, str(e))
+                continue
+            return Claim(spool, ticket, lease)
+    return None
+
+
+def _hold_corrupt(spool: Spool, name: str, why: str) -> None:
+    layout = spool.layout
+    try:
+        os.rename(layout.ticket("running", name), layout.ticket("held", name))
+    except FileNotFoundError:
+        pass
+    layout.lease(name).unlink(missing_ok=True)
+    spool.write(layout.tickets("held") / f"{name}.reason", f"unreadable ticket file: {why}\n".encode())

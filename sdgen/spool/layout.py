@@ -1,0 +1,117 @@
+"""Where everything lives under the data directory. Pure paths, no I/O (docs/spool.md)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Ticket folders under spool/tickets/, one per state: a state change is a rename.
+TICKET_STATES = ("pending", "deferred", "running", "done", "failed", "held", "cancelled")
+
+REQUEST_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+TICKET_NAME = re.compile(r"^(\d{4})\.(\d{6})\.(\d{8}-\d{6}-[0-9a-f]{6})$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def tmp(self) -> Path:
+        return self.spool / "tmp"
+
+    @property
+    def inbox(self) -> Path:
+        return self.spool / "inbox"
+
+    @property
+    def incoming(self) -> Path:
+        return self.spool / "incoming"
+
+    @property
+    def rejected(self) -> Path:
+        return self.spool / "rejected"
+
+    @property
+    def requests(self) -> Path:
+        return self.spool / "requests"
+
+    @property
+    def leases(self) -> Path:
+        return self.spool / "leases"
+
+    @property
+    def workers(self) -> Path:
+        return self.spool / "workers"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.spool / "daemon.lock"
+
+    @property
+    def daemon_info(self) -> Path:
+        return self.spool / "daemon.json"
+
+    @property
+    def claim_lock(self) -> Path:
+        return self.spool / "claim.lock"
+
+    def tickets(self, state: str) -> Path:
+        assert state in TICKET_STATES, state
+        return self.spool / "tickets" / state
+
+    def ticket(self, state: str, name: str) -> Path:
+        return self.tickets(state) / f"{name}.json"
+
+    def lease(self, name: str) -> Path:
+        return self.leases / f"{name}.json"
+
+    def request_dir(self, request_id: str) -> Path:
+        return self.requests / request_id
+
+    def request_file(self, request_id: str) -> Path:
+        return self.request_dir(request_id) / "request.yaml"
+
+    def request_state(self, request_id: str) -> Path:
+        return self.request_dir(request_id) / "state.json"
+
+    def cancel_marker(self, request_id: str) -> Path:
+        return self.request_dir(request_id) / "cancel"
+
+    def output_dir(self, request_id: str) -> Path:
+        return self.outputs / request_id
+
+    def all_dirs(self) -> list[Path]:
+        return [self.tmp, self.inbox, self.incoming, self.rejected, self.requests, self.leases,
+                self.workers, self.outputs, self.logs] + [self.tickets(s) for s in TICKET_STATES]
+
+
+def ticket_name(priority: int, index: int, request_id: str) -> str:
+    """Names sort in claim order: higher priority first, then ticket index (so requests of
+    equal priority take turns instead of one huge request starving the rest), then
+    submission time (request ids start with it)."""
+    return f"{1000 - priority:04d}.{index:06d}.{request_id}"
+
+
+def parse_ticket_name(name: str) -> tuple[int, int, str] | None:
+    m = TICKET_NAME.match(name)
+    if not m:
+        return None
+    return 1000 - int(m.group(1)), int(m.group(2)), m.group(3)
+
+
+def image_file_name(prompt_index: int, image_index: int, seed: int) -> str:
+    return f"{prompt_index:04d}-{image_index:06d}-{seed}.png"

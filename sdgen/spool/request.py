@@ -1,0 +1,274 @@
+"""The request schema, version 1: parse YAML safely and validate every field strictly.
+
+Pure: text in, `Request` or `RequestError` out. Every bad field gets its own message that
+says what is wrong and how to fix it; all messages are joined into one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+
+import yaml
+
+from sdgen.exceptions import RequestError
+
+SCHEMA_VERSION = 1
+MODELS = ("sd-v1", "sd-v2")
+ENGINES = ("keras-cv", "dry-run")
+WEIGHTS = ("pretrained", "random")
+MAX_IMAGES = 100_000
+MAX_PROMPTS = 1_000
+MAX_PROMPT_CHARS = 2_000
+MAX_LABEL_CHARS = 200
+SIZE_STEP, SIZE_MIN, SIZE_MAX = 128, 128, 2048
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Request:
+    prompts: tuple[str, ...]
+    negative_prompt: str = ""
+    images: int = 9
+    batch_size: int = 1
+    steps: int = 50
+    width: int = 512
+    height: int = 512
+    guidance: float = 7.5
+    seed: int | None = None
+    model: str = "sd-v1"
+    engine: str = "keras-cv"
+    weights: str = "pretrained"
+    priority: int = 0
+    name: str = ""
+    experiment: str = ""
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def images_total(self) -> int:
+        return len(self.prompts) * self.images
+
+    def with_seed(self, rng: random.Random | None = None) -> "Request":
+        """Fix a base seed so that every image stays reproducible on its own."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=(rng or random.SystemRandom()).randint(0, SEED_MAX))
+
+    def to_dict(self) -> dict:
+        """The normalized form written to requests/<id>/request.yaml."""
+        d = {"version": SCHEMA_VERSION}
+        if len(self.prompts) == 1:
+            d["prompt"] = self.prompts[0]
+        else:
+            d["prompts"] = list(self.prompts)
+        for f in dataclasses.fields(self):
+            if f.name not in ("prompts", "extra"):
+                d[f.name] = getattr(self, f.name)
+        return d
+
+
+class _NoAliasSafeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors/aliases: a request never needs them, and
+    "billion laughs" bombs are built from them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise RequestError(
+                f"YAML aliases (*{event.anchor}) are not allowed in a request: write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> dict:
+    """Load a request mapping from YAML text, safely (no object-constructing tags)."""
+    try:
+        data = yaml.load(text, Loader=_NoAliasSafeLoader)  # noqa: S506 - SafeLoader subclass
+    except RequestError:
+        raise
+    except yaml.constructor.ConstructorError as e:
+        tag = getattr(e, "problem", "") or str(e)
+        raise RequestError(
+            f"unsupported YAML tag ({' '.join(str(tag).split())}): a request holds plain "
+            "strings, numbers and lists only"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise RequestError(f"invalid YAML{where}: {problem}; check quoting and indentation") from None
+    if data is None:
+        raise RequestError("the request is empty: write at least `prompt: <text>`")
+    if not isinstance(data, dict):
+        raise RequestError(
+            f"a request must be a YAML mapping (key: value lines), not a {_kind(data)}"
+        )
+    return data
+
+
+def parse_request(text: str) -> Request:
+    return validate(parse_yaml(text))
+
+
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _int(d, key, default, lo, hi, errors):
+    if key not in d:
+        return default
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        errors.append(f"{key} must be a whole number from {lo} to {hi}, got {_kind(v)} {v!r}")
+        return default
+    if not lo <= v <= hi:
+        errors.append(f"{key} must be from {lo} to {hi}, got {v}")
+        return default
+    return v
+
+
+def _choice(d, key, default, choices, errors):
+    if key not in d:
+        return default
+    v = d[key]
+    if v not in choices:
+        errors.append(f"{key} must be one of {', '.join(choices)}, got {v!r}")
+        return default
+    return v
+
+
+def _text(d, key, default, max_chars, errors, allow_empty=True, one_line=False):
+    if key not in d:
+        return default
+    v = d[key]
+    if v is None and allow_empty:
+        return ""
+    if not isinstance(v, str):
+        errors.append(f"{key} must be a string, got {_kind(v)}: put it in quotes")
+        return default
+    if not allow_empty and not v.strip():
+        errors.append(f"{key} must not be empty")
+        return default
+    if len(v) > max_chars:
+        errors.append(f"{key} is {len(v)} characters long; the limit is {max_chars}")
+        return default
+    if one_line and ("\n" in v or "\r" in v):
+        errors.append(f"{key} must be a single line")
+        return default
+    return v
+
+
+def _size(d, key, errors):
+    if key not in d:
+        return 512
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        errors.append(f"{key} must be a whole number of pixels, got {_kind(v)} {v!r}")
+        return 512
+    if v < SIZE_MIN or v > SIZE_MAX:
+        errors.append(f"{key} must be from {SIZE_MIN} to {SIZE_MAX} pixels, got {v}")
+        return 512
+    if v % SIZE_STEP:
+        lower = v // SIZE_STEP * SIZE_STEP
+        upper = lower + SIZE_STEP
+        options = " or ".join(str(s) for s in (lower, upper) if SIZE_MIN <= s <= SIZE_MAX)
+        errors.append(f"{key} {v} is not a multiple of {SIZE_STEP}: use {options}")
+        return 512
+    return v
+
+
+def _prompts(d, errors) -> tuple[str, ...]:
+    if "prompt" in d and "prompts" in d:
+        errors.append("give either prompt (one text) or prompts (a list), not both")
+        return ()
+    if "prompt" in d:
+        p = _text(d, "prompt", None, MAX_PROMPT_CHARS, errors, allow_empty=False)
+        if p is None and not any(e.startswith("prompt ") for e in errors):
+            errors.append("prompt must be a non-empty string")
+        return (p,) if p else ()
+    if "prompts" in d:
+        v = d["prompts"]
+        if not isinstance(v, list) or not v:
+            errors.append("prompts must be a non-empty list of strings (one `- text` per line)")
+            return ()
+        if len(v) > MAX_PROMPTS:
+            errors.append(f"prompts has {len(v)} entries; the limit is {MAX_PROMPTS}: split the request")
+            return ()
+        out = []
+        for i, p in enumerate(v):
+            if not isinstance(p, str) or not p.strip():
+                errors.append(f"prompts[{i}] must be a non-empty string, got {_kind(p)} {p!r}")
+            elif len(p) > MAX_PROMPT_CHARS:
+                errors.append(f"prompts[{i}] is {len(p)} characters long; the limit is {MAX_PROMPT_CHARS}")
+            else:
+                out.append(p)
+        return tuple(out)
+    errors.append("missing prompt: add `prompt: <text>` (or `prompts:` with a list)")
+    return ()
+
+
+KNOWN_KEYS = {
+    "version", "prompt", "prompts", "negative_prompt", "images", "batch_size", "steps",
+    "width", "height", "guidance", "seed", "model", "engine", "weights", "priority", "name",
+    "experiment",
+}
+
+
+def validate(d: dict) -> Request:
+    """Check a request mapping against schema version 1 and normalize it."""
+    errors: list[str] = []
+    unknown = sorted(str(k) for k in d if k not in KNOWN_KEYS)
+    for key in unknown:
+        hint = _closest(key)
+        errors.append(f"unknown key {key!r}" + (f": did you mean {hint!r}?" if hint else
+                                                 f"; allowed keys: {', '.join(sorted(KNOWN_KEYS))}"))
+    if "version" in d and (isinstance(d["version"], bool) or d["version"] != SCHEMA_VERSION):
+        errors.append(f"version must be {SCHEMA_VERSION} (this sdgen reads schema version 1), got {d['version']!r}")
+    prompts = _prompts(d, errors)
+    images = _int(d, "images", 9, 1, MAX_IMAGES, errors)
+    batch_size = _int(d, "batch_size", 1, 1, 64, errors)
+    steps = _int(d, "steps", 50, 1, 1000, errors)
+    width = _size(d, "width", errors)
+    height = _size(d, "height", errors)
+    guidance = 7.5
+    if "guidance" in d:
+        g = d["guidance"]
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            errors.append(f"guidance must be a number from 0 to 50, got {_kind(g)} {g!r}")
+        elif not 0 <= g <= 50:
+            errors.append(f"guidance must be from 0 to 50, got {g}")
+        else:
+            guidance = float(g)
+    seed = _int(d, "seed", None, 0, SEED_MAX, errors) if d.get("seed") is not None else None
+    model = _choice(d, "model", "sd-v1", MODELS, errors)
+    engine = _choice(d, "engine", "keras-cv", ENGINES, errors)
+    weights = _choice(d, "weights", "pretrained", WEIGHTS, errors)
+    priority = _int(d, "priority", 0, -1000, 1000, errors)
+    negative = _text(d, "negative_prompt", "", MAX_PROMPT_CHARS, errors)
+    name = _text(d, "name", "", MAX_LABEL_CHARS, errors, one_line=True)
+    experiment = _text(d, "experiment", "", MAX_LABEL_CHARS, errors, one_line=True)
+    if prompts and len(prompts) * images > MAX_IMAGES and not any(e.startswith("images") for e in errors):
+        errors.append(
+            f"{len(prompts)} prompts x {images} images = {len(prompts) * images} images; "
+            f"the limit is {MAX_IMAGES} per request: split it into several requests"
+        )
+    if errors:
+        raise RequestError("; ".join(errors))
+    return Request(
+        prompts=prompts, negative_prompt=negative, images=images, batch_size=batch_size,
+        steps=steps, width=width, height=height, guidance=guidance, seed=seed, model=model,
+        engine=engine, weights=weights, priority=priority, name=name, experiment=experiment,
+    )
+
+
+def _closest(key: str) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.6)
+    return match[0] if match else None

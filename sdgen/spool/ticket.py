@@ -1,0 +1,101 @@
+"""Tickets: one batch of images of one request, and the pure rules for moving them between
+states after a failure, a worker's death or a hand-back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from sdgen import defaults
+from sdgen.spool.layout import ticket_name
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    prompt_index: int
+    image_index: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Ticket:
+    request_id: str
+    index: int
+    priority: int
+    prompt: str
+    negative_prompt: str
+    images: tuple[ImageSpec, ...]
+    steps: int
+    width: int
+    height: int
+    guidance: float
+    model: str
+    engine: str
+    weights: str
+    attempt: int = 0        # attempts that ended without a result (failures and deaths)
+    deaths: int = 0         # attempts whose worker died without a word
+    not_before: float = 0.0  # deferred until this time (daemon clock)
+    reason: str = ""        # why it is failed, held or deferred
+    history: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return ticket_name(self.priority, self.index, self.request_id)
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["images"] = [asdict(i) for i in self.images]
+        d["history"] = list(self.history)
+        return json.dumps(d, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "Ticket":
+        d = json.loads(data)
+        d["images"] = tuple(ImageSpec(**i) for i in d["images"])
+        d["history"] = tuple(d.get("history", ()))
+        return cls(**d)
+
+
+def backoff_seconds(attempt: int, base: float = defaults.BACKOFF_BASE_SECONDS,
+                    cap: float = defaults.BACKOFF_CAP_SECONDS) -> float:
+    """Capped exponential backoff after the `attempt`-th failed attempt (1-based)."""
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+def _record(ticket: Ticket, event: str, detail: str, worker: str, now: float) -> tuple[dict, ...]:
+    entry = {"event": event, "detail": detail[:2000], "worker": worker, "at": now}
+    # Keep the newest entries only: a ticket file must stay small.
+    return (ticket.history + (entry,))[-20:]
+
+
+def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now: float,
+                  max_attempts: int = defaults.MAX_ATTEMPTS) -> tuple[str, Ticket]:
+    """Where a ticket goes when its attempt raised: (state, updated ticket)."""
+    attempt = ticket.attempt + 1
+    history = _record(ticket, "failed" if not transient else "error", error, worker, now)
+    if not transient:
+        return "failed", replace(ticket, attempt=attempt, reason=error, history=history)
+    if attempt >= max_attempts:
+        reason = f"gave up after {attempt} attempts; last error: {error}"
+        return "held", replace(ticket, attempt=attempt, reason=reason, history=history)
+    return "deferred", replace(ticket, attempt=attempt, reason=error, history=history,
+                               not_before=now + backoff_seconds(attempt))
+
+
+def after_death(ticket: Ticket, detail: str, worker: str, now: float,
+                max_deaths: int = defaults.MAX_WORKER_DEATHS) -> tuple[str, Ticket]:
+    """Where a ticket goes when its worker died or its lease expired."""
+    deaths = ticket.deaths + 1
+    history = _record(ticket, "worker-lost", detail, worker, now)
+    updated = replace(ticket, attempt=ticket.attempt + 1, deaths=deaths, history=history,
+                      reason=detail)
+    if deaths >= max_deaths:
+        reason = f"poison ticket: its worker died {deaths} times without a result ({detail})"
+        return "held", replace(updated, reason=reason)
+    return "pending", updated
+
+
+def after_retry(ticket: Ticket, now: float) -> Ticket:
+    """`sdgen retry`: a fresh start for a failed or held ticket, history kept."""
+    return replace(ticket, attempt=0, deaths=0, not_before=0.0, reason="",
+                   history=_record(ticket, "retry", "retried by user", "", now))

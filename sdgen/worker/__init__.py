@@ -1,0 +1,1 @@
+"""Workers: claim a ticket, generate its images, mark it done; the engine stays warm."""

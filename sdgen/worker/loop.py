@@ -1,0 +1,103 @@
+"""The worker loop: claim, run, repeat, until the spool has been idle for a while."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+
+from sdgen import defaults
+from sdgen.engine.base import Engine, get_engine
+from sdgen.exceptions import EngineError
+from sdgen.spool.claim import claim_next
+from sdgen.spool.store import Spool
+from sdgen.worker.heartbeat import Heartbeat
+from sdgen.worker.runner import Outcome, run_ticket
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FATAL = 0, 3
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Worker:
+    def __init__(self, spool: Spool, worker_id: str | None = None,
+                 heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS):
+        self.spool = spool
+        self.worker_id = worker_id or new_worker_id()
+        self.heartbeat_seconds = heartbeat_seconds
+        self.engines: dict[str, Engine] = {}
+        self.stopping = False
+        self.tickets_run = 0
+
+    def engine(self, name: str) -> Engine:
+        """One engine per name, built once and kept warm for every later ticket."""
+        if name not in self.engines:
+            self.engines[name] = get_engine(name)
+        return self.engines[name]
+
+    def step(self, now: float | None = None) -> Outcome | None:
+        """Claim and run one ticket. None when there was nothing to claim."""
+        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled)
+        if claim is None:
+            return None
+        ticket = claim.ticket
+        log.info("ticket %s: %d image(s), attempt %d", ticket.name, len(ticket.images), ticket.attempt + 1)
+        try:
+            engine = self.engine(ticket.engine)
+        except EngineError as e:
+            state = claim.fail(str(e), e.transient, time.time())
+            return Outcome(state or "lost", error=str(e))
+        with Heartbeat(claim, self.heartbeat_seconds) as beat:
+            def should_stop() -> str | None:
+                if self.stopping:
+                    return "shutdown"
+                if beat.lost.is_set():
+                    return "lost"
+                if self.spool.is_cancelled(ticket.request_id):
+                    return "cancelled"
+                return None
+
+            outcome = run_ticket(claim, engine, should_stop, self.worker_id)
+        self.tickets_run += 1
+        secs = outcome.seconds.get("total")
+        log.info("ticket %s: %s, %d made, %d already there%s%s", ticket.name, outcome.state,
+                 outcome.images_made, outcome.images_skipped,
+                 f", {secs:.2f}s" if secs is not None else "",
+                 f" ({outcome.error})" if outcome.error else "")
+        return outcome
+
+    def work(self, idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+             max_tickets: int | None = None, poll: float = 0.2) -> int:
+        """Run tickets until idle for `idle_exit` seconds, `max_tickets` ran, or a signal."""
+        self._install_signals()
+        idle_since = time.monotonic()
+        while not self.stopping:
+            if max_tickets is not None and self.tickets_run >= max_tickets:
+                break
+            outcome = self.step()
+            if outcome is None:
+                if time.monotonic() - idle_since >= idle_exit:
+                    log.info("idle for %.0fs: exiting", idle_exit)
+                    break
+                time.sleep(poll)
+                continue
+            idle_since = time.monotonic()
+            if outcome.fatal_for_worker:
+                log.error("exiting so that a fresh process takes over (%s)", outcome.error)
+                return EXIT_FATAL
+        return EXIT_OK
+
+    def _install_signals(self) -> None:
+        def on_signal(signum, frame):
+            log.info("signal %d: handing back at the next image boundary", signum)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

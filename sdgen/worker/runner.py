@@ -1,0 +1,141 @@
+"""Runs one claimed ticket: the images it still lacks, written atomically, then its marker.
+
+Every exception ends up as an `Outcome` here, classified transient or deterministic; the
+loop never sees a traceback from a ticket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sdgen.engine.base import Engine
+from sdgen.exceptions import EngineError, UserError
+from sdgen.spool.claim import Claim
+from sdgen.spool.layout import image_file_name
+from sdgen.spool.publish import fsync_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    state: str                 # done, cancelled, handed-back, lost, deferred, failed, held
+    images_made: int = 0
+    images_skipped: int = 0
+    seconds: dict = field(default_factory=dict)
+    error: str = ""
+    fatal_for_worker: bool = False  # e.g. out of memory: this process should exit
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "resource_exhausted" in text
+
+
+def classify(e: BaseException) -> tuple[bool, bool]:
+    """(transient, fatal_for_worker) for an exception raised while running a ticket."""
+    if _is_oom(e):
+        return True, True
+    if isinstance(e, EngineError):
+        return e.transient, False
+    if isinstance(e, UserError):
+        return False, False
+    # I/O errors and anything unforeseen: retry with backoff, then hold with the reason.
+    return True, False
+
+
+def _write_png(path, image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | None],
+               worker_id: str, now: Callable[[], float] = time.time) -> Outcome:
+    """Generate what `claim`'s ticket still lacks. `should_stop` returns a reason to stop
+    at the next image boundary ('cancelled', 'shutdown', 'lost') or None."""
+    ticket = claim.ticket
+    spool = claim.spool
+    out_dir = spool.layout.output_dir(ticket.request_id)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    outputs = []
+    made = skipped = 0
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for spec in ticket.images:
+            path = out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)
+            if path.exists():
+                # Written by an earlier attempt: keep it, never make an image twice.
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                outputs.append((spec, path, digest))
+                skipped += 1
+            else:
+                todo.append((spec, path))
+        if todo:
+            timings.update(engine.prepare(ticket))
+        gen_seconds = 0.0
+        chunk = max(1, engine.chunk_size(ticket))
+        for i in range(0, len(todo), chunk):
+            reason = should_stop()
+            if reason:
+                return _stop(claim, reason, made, skipped)
+            part = todo[i:i + chunk]
+            t0 = time.perf_counter()
+            images = engine.generate(ticket, [spec for spec, _ in part])
+            gen_seconds += time.perf_counter() - t0
+            for (spec, path), image in zip(part, images, strict=True):
+                outputs.append((spec, path, _write_png(path, image)))
+                made += 1
+        if made:
+            fsync_dir(out_dir)
+        timings["generate"] = round(gen_seconds, 4)
+        timings["total"] = round(time.perf_counter() - started, 4)
+        outputs.sort(key=lambda o: (o[0].prompt_index, o[0].image_index))
+        result = {
+            "worker": worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "attempt": ticket.attempt + 1, "finished_at": now(), "seconds": timings,
+            "images_made": made, "images_skipped": skipped,
+            "outputs": [{"file": str(p.relative_to(spool.layout.root)), "seed": s.seed,
+                         "prompt_index": s.prompt_index, "image_index": s.image_index,
+                         "sha256": d} for s, p, d in outputs],
+        }
+        claim.finish(result)
+        return Outcome("done", made, skipped, timings)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
+        transient, fatal = classify(e)
+        detail = f"{type(e).__name__}: {e}"
+        log.error("ticket %s failed (%s): %s", ticket.name, "transient" if transient else "permanent", detail)
+        log.debug("%s", traceback.format_exc())
+        try:
+            state = claim.fail(detail, transient, now()) or "lost"
+        except OSError as e2:  # the disk itself failed: the lease will bring it back
+            log.error("could not record the failure of %s: %s", ticket.name, e2)
+            state = "lost"
+        return Outcome(state, made, skipped, timings, detail, fatal)
+
+
+def _stop(claim: Claim, reason: str, made: int, skipped: int) -> Outcome:
+    if reason == "cancelled":
+        claim.hand_back("cancelled")
+        return Outcome("cancelled", made, skipped)
+    if reason == "lost":
+        return Outcome("lost", made, skipped)
+    claim.hand_back("pending")
+    return Outcome("handed-back", made, skipped)
