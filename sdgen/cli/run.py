@@ -44,8 +44,9 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
 
 
 def _make_daemon(args, spool: Spool, **kw) -> Daemon:
+    # Workers beat four times per lease timeout, so one late beat never costs a ticket.
     launcher = get_launcher(args.launcher, data_root=spool.layout.root, max_workers=args.workers,
-                            idle_exit=args.worker_idle_exit)
+                            idle_exit=args.worker_idle_exit, heartbeat=args.lease_timeout / 4)
     return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,
                   lease_timeout=args.lease_timeout, **kw)
 
@@ -57,7 +58,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
-    worker = Worker(spool, args.worker_id)
+    worker = Worker(spool, args.worker_id, heartbeat_seconds=args.heartbeat)
     return worker.work(idle_exit=args.idle_exit, max_tickets=args.max_tickets)
 
 
@@ -137,6 +138,9 @@ def register(sub) -> None:
     p.add_argument("--idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
                    metavar="S", help="exit after the spool was idle this long")
     p.add_argument("--worker-id", metavar="ID", help="id written into leases (default: host-pid-random)")
+    p.add_argument("--heartbeat", type=_positive(float), default=defaults.HEARTBEAT_SECONDS, metavar="S",
+                   help=f"seconds between lease renewals (default {defaults.HEARTBEAT_SECONDS}); "
+                        "keep it well under the daemon's --lease-timeout")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="submit a request and process it in the foreground")

@@ -34,11 +34,15 @@ class TickReport:
     running: int = 0
     deferred: int = 0
     waiting_files: int = 0
+    open_requests: int = 0   # accepted requests not yet done, failed or cancelled
     wake_in: float | None = None  # the next moment a tick has something to do
 
     @property
     def idle(self) -> bool:
-        return not (self.pending or self.running or self.deferred or self.waiting_files)
+        # Ticket listings race with workers moving tickets; a request's state is derived
+        # from all its tickets at once, and a ticket caught mid-move keeps it open.
+        return not (self.pending or self.running or self.deferred or self.waiting_files
+                    or self.open_requests)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -76,7 +80,7 @@ class Scheduler:
         self.release_deferred(now, report)
         counts = self.spool.ticket_counts()
         self.apply_cancels(counts, now)
-        self.update_requests(counts, now)
+        report.open_requests = self.update_requests(counts, now)
         self.launch(now, report)
         return report
 
@@ -205,7 +209,9 @@ class Scheduler:
                         tickets.setdefault("cancelled", []).append(index)
                 tickets[state] = []
 
-    def update_requests(self, counts: dict, now: float) -> None:
+    def update_requests(self, counts: dict, now: float) -> int:
+        """Record every request's derived state; returns how many are still open."""
+        still_open = 0
         for request_id in self.spool.request_ids():
             meta = self._meta_of(request_id)
             if meta is None:
@@ -215,6 +221,8 @@ class Scheduler:
                 continue
             tickets = counts.get(request_id, {})
             state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
+            if state not in TERMINAL:
+                still_open += 1
             if state == meta.get("state"):
                 continue
             meta = dict(meta, state=state)
@@ -227,6 +235,7 @@ class Scheduler:
             self.spool.write_state(request_id, meta)
             log.info("request %s: %s -> %s", request_id, self._meta[request_id].get("state"), state)
             self._meta[request_id] = meta
+        return still_open
 
     def _failure_reason(self, request_id: str, meta: dict, tickets: dict) -> str:
         for state in ("failed", "held"):

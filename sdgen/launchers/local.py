@@ -45,12 +45,14 @@ class LocalLauncher(Launcher):
     name = "local"
 
     def __init__(self, data_root: Path, max_workers: int | None = None,
-                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS, pin_gpus: bool = True,
+                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+                 heartbeat: float = defaults.HEARTBEAT_SECONDS, pin_gpus: bool = True,
                  extra_env: dict[str, str] | None = None):
         self.data_root = Path(data_root)
         self.gpus = visible_gpus() if pin_gpus else []
         self.max_workers = max_workers or max(1, len(self.gpus))
         self.idle_exit = idle_exit
+        self.heartbeat = heartbeat
         self.extra_env = extra_env or {}
         self.procs: dict[str, _Proc] = {}
         self._seq = 0
@@ -74,7 +76,8 @@ class LocalLauncher(Launcher):
         logs.mkdir(parents=True, exist_ok=True)
         log_file = open(logs / f"worker-{worker_id}.log", "ab")
         cmd = [sys.executable, "-m", "sdgen", "--data", str(self.data_root), "worker",
-               "--worker-id", worker_id, "--idle-exit", str(self.idle_exit)]
+               "--worker-id", worker_id, "--idle-exit", str(self.idle_exit),
+               "--heartbeat", str(self.heartbeat)]
         popen = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[worker_id] = _Proc(popen, now, gpu, log_file)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from sdgen.spool.layout import REQUEST_ID, TICKET_STATES, Layout, parse_ticket_name
-from sdgen.spool.publish import publish
+from sdgen.spool.publish import link_new, publish
 from sdgen.spool.request import Request, validate
 from sdgen.spool.ticket import Ticket
 
@@ -52,10 +52,13 @@ class Spool:
     # -- submission -------------------------------------------------------------------------
     def submit(self, request: Request, now: float | None = None) -> str:
         """Publish a validated request into the inbox; the daemon accepts it from there."""
-        request_id = new_request_id(now)
-        text = yaml.safe_dump(request.to_dict(), sort_keys=False, allow_unicode=True)
-        self.write(self.layout.inbox / f"{request_id}.yaml", text.encode())
-        return request_id
+        data = yaml.safe_dump(request.to_dict(), sort_keys=False, allow_unicode=True).encode()
+        while True:
+            request_id = new_request_id(now)
+            # link, not rename: two submitters that drew the same id must not overwrite
+            # each other; the loser simply draws again.
+            if link_new(self.layout.tmp, self.layout.inbox / f"{request_id}.yaml", data):
+                return request_id
 
     # -- acceptance (daemon) ----------------------------------------------------------------
     def claim_inbox_file(self, path: Path, now: float) -> str | None:

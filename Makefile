@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run PROMPT="a lighthouse at dawn"   install everything, generate images locally
+#   make test                                install what the tests need, run them all
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= a watercolor painting of a lighthouse at dawn
+IMAGES ?= 4
+ARGS ?=
+
+.PHONY: run test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-ml: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[ml]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[ml,test]'
+	touch $@
+
+run: $(VENV)/.installed-ml
+	$(BIN)/sdgen run --prompt "$(PROMPT)" --images $(IMAGES) $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,138 @@
+"""Shared fixtures: a temp data directory, the sdgen CLI as a real process, daemons in
+subprocesses, and helpers that wait on the spool instead of sleeping fixed times."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdgen.spool.store import Spool
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def spool(data) -> Spool:
+    return Spool(data).ensure()
+
+
+def sdgen_env(data: Path, **extra) -> dict:
+    env = dict(os.environ, SDGEN_DATA=str(data), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def sdgen(data: Path, *args, env: dict | None = None, timeout: float = 60, check=False,
+          input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real `sdgen` CLI in a process of its own."""
+    proc = subprocess.run([sys.executable, "-m", "sdgen", *args], env=env or sdgen_env(data),
+                          capture_output=True, text=True, timeout=timeout, cwd=data.parent,
+                          input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sdgen {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+class DaemonProc:
+    """`sdgen daemon` in a subprocess, its log in a file for the test to inspect."""
+
+    def __init__(self, data: Path, *args, **env_extra):
+        self.data = data
+        data.mkdir(parents=True, exist_ok=True)
+        self.log_path = data.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sdgen", "daemon", *args], env=sdgen_env(data, **env_extra),
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=data.parent, start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon still running after {timeout}s:\n{self.output()[-3000:]}")
+
+    def signal(self, sig=signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def kill_all(self) -> None:
+        """SIGKILL the daemon and every worker it started (they are in its session)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        kill_workers(self.data)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill_all()
+        self.log.close()
+
+
+def kill_workers(data: Path) -> None:
+    """Workers run in sessions of their own: find them by their command line."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "worker" in cmd and str(data) in cmd:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture
+def daemon(data):
+    started: list[DaemonProc] = []
+
+    def start(*args, **env) -> DaemonProc:
+        d = DaemonProc(data, *args, **env)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+    kill_workers(data)
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def status_json(data: Path) -> list[dict]:
+    return json.loads(sdgen(data, "status", "--json", check=True).stdout)
+
+
+def claims_in_worker_logs(data: Path) -> dict[str, int]:
+    """ticket name -> how many times any worker started it, from the workers' own logs."""
+    counts: dict[str, int] = {}
+    for log in (data / "logs").glob("worker-*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if ": ticket " in line and " image(s), attempt " in line:
+                name = line.split(": ticket ", 1)[1].split(":", 1)[0]
+                counts[name] = counts.get(name, 0) + 1
+    return counts

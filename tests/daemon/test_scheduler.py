@@ -1,0 +1,131 @@
+"""Scheduler.tick(now) driven directly: leases, deferrals, cancels, request states."""
+
+import json
+import os
+import time
+
+from sdgen.daemon.scheduler import Scheduler
+from sdgen.spool.claim import claim_next
+from sdgen.spool.request import parse_request
+from sdgen.spool.store import Spool
+
+RID = "20261126-000000-aaaaaa"
+
+
+def accepted(spool: Spool, text="prompt: a\nimages: 2\nseed: 1\nengine: dry-run\n", rid=RID):
+    spool.accept(rid, parse_request(text), source="test", now=0.0)
+    return rid
+
+
+def state_of(spool, rid=RID):
+    return spool.read_state(rid)["state"]
+
+
+def test_a_silent_lease_is_reclaimed_after_the_timeout_of_the_daemons_clock(spool):
+    accepted(spool)
+    sched = Scheduler(spool, launcher=None, lease_timeout=20)
+    claim = claim_next(spool, "remote-worker")
+    # a worker on another host: its pid means nothing here
+    spool.write(spool.layout.lease(claim.name), json.dumps(
+        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode())
+    sched.tick(now=1000.0)
+    sched.tick(now=1019.0)
+    assert spool.ticket_names("running") == [claim.name]
+    # a heartbeat resets the clock, whatever the writer's own clock says
+    spool.write(spool.layout.lease(claim.name), json.dumps(
+        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": -9e9, "beat": 1}).encode())
+    sched.tick(now=1030.0)
+    sched.tick(now=1049.0)
+    assert spool.ticket_names("running") == [claim.name]
+    report = sched.tick(now=1050.5)
+    assert report.reclaimed == [claim.name]
+    t = spool.read_ticket("pending", claim.name)
+    assert t.deaths == 1 and "lease of remote-worker expired" in t.reason
+    assert not spool.layout.lease(claim.name).exists()
+
+
+def test_a_local_worker_whose_pid_is_gone_loses_its_ticket_at_once(spool):
+    accepted(spool)
+    claim = claim_next(spool, "w-dead")
+    lease = json.loads(spool.layout.lease(claim.name).read_text())
+    lease["pid"] = 2**22 + 12345  # above pid_max on this machine: no such process
+    spool.write(spool.layout.lease(claim.name), json.dumps(lease).encode())
+    report = Scheduler(spool, launcher=None).tick(now=time.time())
+    assert report.reclaimed == [claim.name]
+
+
+def test_deferred_tickets_come_back_when_due(spool):
+    accepted(spool)
+    claim = claim_next(spool, "w1")
+    assert claim.fail("OSError: flaky disk", transient=True, now=100.0) == "deferred"
+    sched = Scheduler(spool, launcher=None)
+    report = sched.tick(now=101.0)
+    assert report.deferred == 1 and 0 < report.wake_in <= 5
+    sched.tick(now=106.0)
+    assert claim.name in spool.ticket_names("pending")
+
+
+def test_request_states_follow_the_tickets(spool):
+    accepted(spool)
+    sched = Scheduler(spool, launcher=None)
+    sched.tick(now=1.0)
+    assert state_of(spool) == "pending"
+    c1 = claim_next(spool, "w1")
+    sched.tick(now=2.0)
+    assert state_of(spool) == "running"
+    c1.finish({})
+    c2 = claim_next(spool, "w1")
+    c2.finish({})
+    sched.tick(now=3.0)
+    state = spool.read_state(RID)
+    assert state["state"] == "done" and state["finished_at"] == 3.0
+
+
+def test_a_permanent_failure_fails_the_request_with_its_reason(spool):
+    accepted(spool)
+    sched = Scheduler(spool, launcher=None)
+    claim_next(spool, "w1").finish({})
+    claim_next(spool, "w1").fail("weights missing: run `sdgen weights fetch`", transient=False, now=1.0)
+    sched.tick(now=2.0)
+    state = spool.read_state(RID)
+    assert state["state"] == "failed" and "weights missing" in state["reason"]
+
+
+def test_cancel_moves_pending_tickets_aside(spool):
+    accepted(spool, "prompt: a\nimages: 5\nseed: 1\n")
+    running = claim_next(spool, "w1")
+    spool.cancel(RID, now=1.0)
+    Scheduler(spool, launcher=None).tick(now=2.0)
+    assert len(spool.ticket_names("cancelled")) == 4
+    assert spool.ticket_names("pending") == []
+    assert spool.ticket_names("running") == [running.name]  # stops at its next image
+    assert state_of(spool) == "cancelled"
+    assert claim_next(spool, "w2") is None
+
+
+def test_a_crash_between_moves_is_reconciled(spool):
+    accepted(spool)
+    c = claim_next(spool, "w1")
+    c.finish({})
+    # a crash left a copy in running and in pending
+    spool.write(spool.layout.ticket("running", c.name), c.ticket.to_json())
+    spool.write(spool.layout.ticket("pending", c.name), c.ticket.to_json())
+    actions = spool.reconcile()
+    assert len(actions) == 2 and spool.find_ticket(c.name) == ["done"]
+
+
+def test_acceptance_interrupted_half_way_is_finished_on_restart(spool):
+    """The daemon died after publishing some tickets: accepting again completes the set
+    without duplicates and keeps the seed it had chosen."""
+    path = spool.layout.incoming / f"{RID}.yaml"
+    path.write_text("prompt: a\nimages: 6\nbatch_size: 2\nengine: dry-run\n")
+    request = spool.accept(RID, parse_request(path.read_text()), source="x", now=0.0)
+    # simulate the crash: one ticket unpublished, the incoming file still there
+    first = spool.ticket_names("pending")[0]
+    os.unlink(spool.layout.ticket("pending", first))
+    path.write_text("prompt: a\nimages: 6\nbatch_size: 2\nengine: dry-run\n")
+    report = Scheduler(spool, launcher=None).tick(now=5.0)
+    assert report.accepted == [RID]
+    assert len(spool.ticket_names("pending")) == 3
+    assert spool.read_request(RID).seed == request.seed
+    assert not path.exists()

@@ -1,0 +1,87 @@
+"""The worker in-process with the dry-run engine: outputs, markers, reruns, stops, failures."""
+
+import hashlib
+import json
+
+from sdgen.engine.dryrun import DryRunEngine
+from sdgen.spool.claim import claim_next
+from sdgen.spool.request import parse_request
+from sdgen.worker.loop import Worker
+from sdgen.worker.runner import run_ticket
+
+RID = "20261126-000000-aaaaaa"
+
+
+def accept(spool, text="prompt: a fox\nimages: 4\nbatch_size: 4\nseed: 10\nengine: dry-run\nwidth: 128\nheight: 128\n"):
+    spool.accept(RID, parse_request(text), source="t", now=0.0)
+
+
+def test_a_ticket_makes_its_images_and_a_marker(spool):
+    accept(spool)
+    outcome = Worker(spool, "w1").step()
+    assert outcome.state == "done" and outcome.images_made == 4
+    out = spool.layout.output_dir(RID)
+    assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)]
+    [name] = spool.ticket_names("done")
+    marker = json.loads(spool.layout.ticket("done", name).read_text())
+    r = marker["result"]
+    assert r["worker"] == "w1" and r["attempt"] == 1 and r["images_made"] == 4
+    for o in r["outputs"]:
+        assert hashlib.sha256((spool.layout.root / o["file"]).read_bytes()).hexdigest() == o["sha256"]
+    assert "generate" in r["seconds"]
+
+
+def test_a_rerun_skips_images_already_written(spool):
+    accept(spool)
+    out = spool.layout.output_dir(RID)
+    out.mkdir(parents=True)
+    (out / "0000-000001-11.png").write_bytes(b"from an earlier attempt")
+    outcome = Worker(spool, "w1").step()
+    assert (outcome.images_made, outcome.images_skipped) == (3, 1)
+    assert (out / "0000-000001-11.png").read_bytes() == b"from an earlier attempt"
+
+
+def test_cancel_stops_at_the_next_image_boundary(spool):
+    accept(spool)
+    claim = claim_next(spool, "w1")
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        if len(calls) == 3:
+            spool.cancel(RID, now=1.0)
+            return "cancelled"
+        return None
+
+    outcome = run_ticket(claim, DryRunEngine(), should_stop, "w1")
+    assert outcome.state == "cancelled" and outcome.images_made == 2
+    assert spool.ticket_names("cancelled") == [claim.name]
+    assert len(list(spool.layout.output_dir(RID).iterdir())) == 2
+
+
+def test_shutdown_hands_the_ticket_back_unchanged(spool):
+    accept(spool)
+    claim = claim_next(spool, "w1")
+    outcome = run_ticket(claim, DryRunEngine(), lambda: "shutdown", "w1")
+    assert outcome.state == "handed-back"
+    t = spool.read_ticket("pending", claim.name)
+    assert t.attempt == 0 and not spool.layout.lease(claim.name).exists()
+
+
+def test_an_io_error_is_transient_and_deferred(spool):
+    accept(spool)
+    spool.layout.outputs.mkdir(parents=True, exist_ok=True)
+    spool.layout.output_dir(RID).write_text("a file where the folder should be")
+    outcome = Worker(spool, "w1").step()
+    assert outcome.state == "deferred" and "FileExistsError" in outcome.error
+    t = spool.read_ticket("deferred", spool.ticket_names("deferred")[0])
+    assert t.attempt == 1 and t.not_before > 0
+
+
+def test_dry_run_images_depend_only_on_their_seed(spool):
+    from sdgen.engine.dryrun import dry_run_image
+
+    a = dry_run_image("p", 5, 128, 128).tobytes()
+    assert a == dry_run_image("p", 5, 128, 128).tobytes()
+    assert a != dry_run_image("p", 6, 128, 128).tobytes()
+    assert dry_run_image("p", 5, 256, 128).size == (256, 128)
