@@ -136,3 +136,11 @@ def claims_in_worker_logs(data: Path) -> dict[str, int]:
                 name = line.split(": ticket ", 1)[1].split(":", 1)[0]
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+@pytest.fixture(scope="session")
+def kerascv_engine(tmp_path_factory):
+    """The real keras-cv engine (random weights, CPU), built once per test run: ~30 s, ~6 GB."""
+    from sdgen.engine.kerascv import KerasCVEngine
+
+    return KerasCVEngine(tmp_path_factory.mktemp("kerascv-data"))

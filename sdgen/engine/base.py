@@ -31,13 +31,13 @@ class Engine(ABC):
         """One image per spec, in order; image i must depend only on its own seed."""
 
 
-def _dry_run():
+def _dry_run(data_root):
     from sdgen.engine.dryrun import DryRunEngine
 
     return DryRunEngine()
 
 
-def _keras_cv():
+def _keras_cv(data_root):
     try:
         from sdgen.engine.kerascv import KerasCVEngine
     except ImportError as e:
@@ -46,15 +46,15 @@ def _keras_cv():
             "install them with `pip install 'sdgen[ml]'` (or `make run` does it), "
             "or use `engine: dry-run` to try a set-up without a model"
         ) from None
-    return KerasCVEngine()
+    return KerasCVEngine(data_root)
 
 
 ENGINES = {"dry-run": _dry_run, "keras-cv": _keras_cv}
 
 
-def get_engine(name: str) -> Engine:
+def get_engine(name: str, data_root=None) -> Engine:
     try:
         factory = ENGINES[name]
     except KeyError:
         raise EngineError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}") from None
-    return factory()
+    return factory(data_root)

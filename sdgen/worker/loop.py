@@ -39,7 +39,7 @@ class Worker:
     def engine(self, name: str) -> Engine:
         """One engine per name, built once and kept warm for every later ticket."""
         if name not in self.engines:
-            self.engines[name] = get_engine(name)
+            self.engines[name] = get_engine(name, self.spool.layout.root)
         return self.engines[name]
 
     def step(self, now: float | None = None) -> Outcome | None:

@@ -1,0 +1,184 @@
+"""The keras-cv Stable Diffusion engine: models built once per worker, per-image seeds,
+verified local weights, a small fixed set of batch sizes.
+
+Knobs (environment, so they reach workers however launched):
+  KERAS_BACKEND    tensorflow (default) | jax | torch
+  SDGEN_PRECISION  float32 | mixed_float16 | mixed_bfloat16 (default: mixed_float16 on a GPU,
+                   float32 on the CPU)
+  SDGEN_JIT        1 | 0 (default: 1 on a GPU, 0 on the CPU, where XLA is slower)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import keras  # noqa: E402
+import keras_cv  # noqa: E402,F401  (imports tensorflow, as keras-cv requires)
+from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer  # noqa: E402
+from keras_cv.src.models.stable_diffusion.decoder import Decoder  # noqa: E402
+from keras_cv.src.models.stable_diffusion.diffusion_model import DiffusionModel, DiffusionModelV2  # noqa: E402
+from keras_cv.src.models.stable_diffusion.stable_diffusion import (  # noqa: E402
+    MAX_PROMPT_LENGTH, StableDiffusion, StableDiffusionV2)
+from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextEncoderV2  # noqa: E402
+
+from sdgen.engine.base import Engine  # noqa: E402
+from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402
+from sdgen.exceptions import EngineError  # noqa: E402
+from sdgen.spool.ticket import ImageSpec, Ticket  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Every call is padded up to one of these, so XLA compiles a handful of shapes, not one per
+# odd-sized last ticket.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+_ARCH = {
+    "sd-v1": (StableDiffusion, TextEncoder, DiffusionModel),
+    "sd-v2": (StableDiffusionV2, TextEncoderV2, DiffusionModelV2),
+}
+
+
+def bucket(n: int) -> int:
+    return next(b for b in BATCH_BUCKETS if b >= n)
+
+
+def initial_noise(seeds: Sequence[int], height: int, width: int) -> np.ndarray:
+    """Each image's starting latent from its own seed only: the same image alone or inside
+    any batch starts from the same noise, on every backend."""
+    return np.stack([
+        np.random.default_rng(seed).standard_normal((height // 8, width // 8, 4), dtype=np.float32)
+        for seed in seeds
+    ])
+
+
+def on_gpu() -> bool:
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return jax.devices()[0].platform == "gpu"
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no GPU runtime at all
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def _quiet():
+    """keras-cv prints a licence banner per model and a progress bar per call."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+class KerasCVEngine(Engine):
+    name = "keras-cv"
+
+    def __init__(self, data_root: Path | str = "data", precision: str | None = None,
+                 jit: bool | None = None):
+        gpu = on_gpu()
+        self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
+            "mixed_float16" if gpu else "float32")
+        env_jit = os.environ.get("SDGEN_JIT")
+        self.jit = jit if jit is not None else (env_jit == "1" if env_jit else gpu)
+        self.device = "gpu" if gpu else "cpu"
+        self.cache = WeightCache(cache_dir(Path(data_root)))
+        self.models: dict[tuple, StableDiffusion] = {}
+        self.warm: set[tuple] = set()
+        if self.precision != "float32":
+            keras.mixed_precision.set_global_policy(self.precision)
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
+                "jit": self.jit, "device": self.device}
+
+    # -- building ---------------------------------------------------------------------------
+    def _key(self, ticket: Ticket) -> tuple:
+        return (ticket.model, ticket.weights, ticket.height, ticket.width)
+
+    def build(self, model: str, weights: str, height: int, width: int) -> StableDiffusion:
+        wrapper_cls, text_cls, unet_cls = _ARCH[model]
+        if weights == "pretrained":
+            paths = self.cache.require(model)
+            names = [wf.name for wf in FILES[model]]
+            bpe = paths[names[0]]
+        else:
+            paths, names = {}, []
+            bpe = random_tokenizer_file(self.cache.dir)
+        with _quiet():
+            sd = wrapper_cls(img_height=height, img_width=width, jit_compile=self.jit)
+            text_encoder = text_cls(MAX_PROMPT_LENGTH, download_weights=False)
+            unet = unet_cls(height, width, MAX_PROMPT_LENGTH, download_weights=False)
+            decoder = Decoder(height, width, download_weights=False)
+        if weights == "pretrained":
+            # the verified files, straight to keras' HDF5 loader: never through get_file
+            text_encoder.load_weights(str(paths[names[1]]))
+            unet.load_weights(str(paths[names[2]]))
+            decoder.load_weights(str(paths[names[3]]))
+        if self.jit:
+            for m in (text_encoder, unet, decoder):
+                m.compile(jit_compile=True)
+        sd._text_encoder, sd._diffusion_model, sd._decoder = text_encoder, unet, decoder
+        sd._tokenizer = SimpleTokenizer(bpe_path=str(bpe))
+        return sd
+
+    def prepare(self, ticket: Ticket) -> dict[str, float]:
+        key = self._key(ticket)
+        timings = {}
+        if key not in self.models:
+            t0 = time.perf_counter()
+            self.models[key] = self.build(*key)
+            timings["model_build"] = round(time.perf_counter() - t0, 3)
+        size = bucket(len(ticket.images))
+        if key + (size,) not in self.warm:
+            # One 1-step pass at this batch size traces/compiles everything it needs, so the
+            # compile cost is reported apart from generation.
+            t0 = time.perf_counter()
+            self._run(self.models[key], ticket, [0] * size, steps=1)
+            self.warm.add(key + (size,))
+            timings["compile"] = round(time.perf_counter() - t0, 3)
+        timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return timings
+
+    # -- generating -------------------------------------------------------------------------
+    def _run(self, sd: StableDiffusion, ticket: Ticket, seeds: list[int], steps: int) -> np.ndarray:
+        try:
+            with _quiet():
+                context = sd.encode_text(ticket.prompt)
+                noise = initial_noise(seeds, ticket.height, ticket.width)
+                return sd.generate_image(
+                    context, negative_prompt=ticket.negative_prompt or None, batch_size=len(seeds),
+                    num_steps=steps, unconditional_guidance_scale=ticket.guidance,
+                    diffusion_noise=noise)
+        except ValueError as e:
+            if "too long" in str(e):
+                raise EngineError(f"prompt is longer than {MAX_PROMPT_LENGTH} CLIP tokens: shorten it",
+                                  transient=False) from None
+            raise
+
+    def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
+        self.prepare(ticket)
+        sd = self.models[self._key(ticket)]
+        seeds = [spec.seed for spec in images]
+        padded = seeds + [seeds[-1]] * (bucket(len(seeds)) - len(seeds))
+        pixels = self._run(sd, ticket, padded, steps=ticket.steps)
+        return [Image.fromarray(pixels[i]) for i in range(len(seeds))]

@@ -1,0 +1,67 @@
+"""The real keras-cv model code with random weights at 128x128 on the CPU (few tests: each
+compile costs seconds; the engine is built once per run)."""
+
+import numpy as np
+import pytest
+
+from sdgen.engine.kerascv import bucket, initial_noise
+from sdgen.exceptions import EngineError
+from sdgen.spool.request import parse_request
+from sdgen.spool.split import split_request
+from sdgen.worker.loop import Worker
+
+RID = "20261126-000000-aaaaaa"
+SMALL = "width: 128\nheight: 128\nsteps: 2\nweights: random\nengine: keras-cv\n"
+
+
+def ticket(text):
+    return split_request(RID, parse_request(text + SMALL))[0]
+
+
+def test_batch_buckets():
+    assert [bucket(n) for n in (1, 2, 3, 5, 9, 33, 64)] == [1, 2, 4, 8, 16, 64, 64]
+
+
+def test_noise_depends_only_on_each_seed():
+    batch = initial_noise([5, 6], 128, 128)
+    assert batch.shape == (2, 16, 16, 4)
+    np.testing.assert_array_equal(batch[1], initial_noise([6], 128, 128)[0])
+
+
+@pytest.mark.slow
+def test_an_image_is_the_same_alone_and_inside_a_batch(kerascv_engine):
+    t = ticket("prompt: a lighthouse\nimages: 2\nbatch_size: 2\nseed: 11\nnegative_prompt: fog\n")
+    pair = kerascv_engine.generate(t, t.images)
+    alone = kerascv_engine.generate(t, t.images[1:])
+    a, b = np.asarray(pair[1], dtype=int), np.asarray(alone[0], dtype=int)
+    assert a.shape == (128, 128, 3)
+    assert np.abs(a - b).max() <= 2  # float noise only
+    assert np.abs(np.asarray(pair[0], dtype=int) - a).mean() > 5  # other seed, other image
+
+
+@pytest.mark.slow
+def test_a_worker_runs_a_keras_cv_ticket_with_its_warm_engine(spool, kerascv_engine):
+    spool.accept(RID, parse_request("prompt: a fox\nimages: 3\nbatch_size: 2\nseed: 3\n" + SMALL),
+                 source="t", now=0.0)
+    worker = Worker(spool, "w1")
+    worker.engines["keras-cv"] = kerascv_engine  # the session's engine, already built
+    outcomes = [worker.step(), worker.step()]
+    assert [o.state for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
+    assert "model_build" not in outcomes[1].seconds  # warm: built once per process
+    out = sorted(p.name for p in spool.layout.output_dir(RID).iterdir())
+    assert out == ["0000-000000-3.png", "0000-000001-4.png", "0000-000002-5.png"]
+
+
+@pytest.mark.slow
+def test_missing_pretrained_weights_fail_the_ticket_at_once(spool):
+    from sdgen.engine.kerascv import KerasCVEngine
+
+    engine = KerasCVEngine(spool.layout.root)
+    spool.accept(RID, parse_request("prompt: a\nimages: 1\nseed: 1\nwidth: 128\nheight: 128\n"),
+                 source="t", now=0.0)
+    worker = Worker(spool, "w1")
+    worker.engines["keras-cv"] = engine
+    outcome = worker.step()
+    assert outcome.state == "failed" and "sdgen weights fetch" in outcome.error
+    with pytest.raises(EngineError):
+        engine.build("sd-v1", "pretrained", 128, 128)
