@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, run, status, submit, weights
+    from sdgen.cli import admin, run, show, status, submit, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -30,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     run.register(sub)
     weights.register(sub)
+    show.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = args.command in ("submit", "status", "list", "cancel", "retry", "weights")
+    quiet = args.command in ("submit", "status", "list", "cancel", "retry", "weights", "show")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,

@@ -12,6 +12,7 @@ from sdgen.exceptions import RequestError
 from sdgen.spool.intake import read_request_file
 from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
 from sdgen.spool.store import Spool
+from sdgen.worker.pngmeta import read_meta
 
 # option dest -> request key; several spellings (the original example's included) per key
 OPTIONS = [
@@ -39,6 +40,8 @@ OPTIONS = [
 def add_request_options(p: argparse.ArgumentParser, with_file: bool = True) -> None:
     if with_file:
         p.add_argument("file", nargs="?", metavar="FILE.yaml", help="a request file instead of options")
+        p.add_argument("--from", dest="from_png", metavar="IMAGE.png",
+                       help="make that sdgen image again (options given too override its values)")
     for flags, key, kw in OPTIONS:
         p.add_argument(*flags, dest=key, **kw)
 
@@ -61,6 +64,12 @@ def request_from_args(args: argparse.Namespace) -> Request:
         if not path.exists():
             raise RequestError(f"{args.file} does not exist")
         return read_request_file(path, check_name=False)
+    if getattr(args, "from_png", None):
+        meta = read_meta(Path(args.from_png))
+        keys = ("negative_prompt", "steps", "guidance", "width", "height", "model", "weights",
+                "engine", "seed")
+        given = {"images": 1, **{k: meta[k] for k in keys}, "prompt": given.get("prompt") or [meta["prompt"]],
+                 **{k: v for k, v in given.items() if k != "prompt"}}
     prompts = given.pop("prompt", None)
     if prompts:
         given["prompt" if len(prompts) == 1 else "prompts"] = prompts[0] if len(prompts) == 1 else prompts

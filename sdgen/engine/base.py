@@ -21,6 +21,10 @@ class Engine(ABC):
         between calls."""
         return len(ticket.images)
 
+    def describe(self) -> dict:
+        """What made the images (engine, backend, precision, versions), for their metadata."""
+        return {"engine": self.name}
+
     def prepare(self, ticket: Ticket) -> dict[str, float]:
         """Build whatever `ticket` needs (cached across tickets); returns timings in seconds
         of work actually done now (empty when everything was warm)."""

@@ -21,6 +21,7 @@ from sdgen.exceptions import EngineError, UserError
 from sdgen.spool.claim import Claim
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
+from sdgen.worker.pngmeta import png_info
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ def classify(e: BaseException) -> tuple[bool, bool]:
     return True, False
 
 
-def _write_png(path, image) -> str:
+def _write_png(path, image, pnginfo=None) -> str:
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=pnginfo)
     data = buf.getvalue()
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
     with open(tmp, "wb") as f:
@@ -101,7 +102,8 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
             images = engine.generate(ticket, [spec for spec, _ in part])
             gen_seconds += time.perf_counter() - t0
             for (spec, path), image in zip(part, images, strict=True):
-                outputs.append((spec, path, _write_png(path, image)))
+                info = png_info(ticket, spec, engine.describe())
+                outputs.append((spec, path, _write_png(path, image, info)))
                 made += 1
         if made:
             fsync_dir(out_dir)

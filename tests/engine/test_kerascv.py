@@ -65,3 +65,13 @@ def test_missing_pretrained_weights_fail_the_ticket_at_once(spool):
     assert outcome.state == "failed" and "sdgen weights fetch" in outcome.error
     with pytest.raises(EngineError):
         engine.build("sd-v1", "pretrained", 128, 128)
+
+
+@pytest.mark.slow
+def test_the_fused_loop_matches_keras_cvs_stock_loop(kerascv_engine):
+    t = ticket("prompt: a harbour at night\nimages: 2\nbatch_size: 2\nseed: 21\n")
+    fused = kerascv_engine.generate(t, t.images, sampler="fused")
+    stock = kerascv_engine.generate(t, t.images, sampler="stock")
+    for f, s in zip(fused, stock):
+        diff = np.abs(np.asarray(f, dtype=int) - np.asarray(s, dtype=int))
+        assert diff.max() <= 2, diff.max()
