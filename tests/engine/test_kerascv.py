@@ -75,3 +75,27 @@ def test_the_fused_loop_matches_keras_cvs_stock_loop(kerascv_engine):
     for f, s in zip(fused, stock):
         diff = np.abs(np.asarray(f, dtype=int) - np.asarray(s, dtype=int))
         assert diff.max() <= 2, diff.max()
+
+
+@pytest.mark.slow
+def test_the_whole_path_daemon_worker_engine_png(tmp_path):
+    """`sdgen run` with the real model in a worker process of its own."""
+    import json
+
+    from PIL import Image
+
+    from tests.conftest import sdgen
+
+    data = tmp_path / "data"
+    proc = sdgen(data, "run", "--prompt", "a red fox", "--images", "2", "--batch-size", "2", "--steps", "1",
+                 "--width", "128", "--height", "128", "--weights", "random", "--seed", "8",
+                 "--worker-idle-exit", "1", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = data / "outputs" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == ["0000-000000-8.png", "0000-000001-9.png"]
+    meta = json.loads(Image.open(files[1]).text["sdgen"])
+    assert meta["engine"] == "keras-cv" and meta["seed"] == 9 and "noise" in meta["note"]
+    assert meta["backend"] == "tensorflow" and meta["keras_cv"] == "0.9.0"
+    marker = json.loads(next((data / "spool" / "tickets" / "done").iterdir()).read_text())
+    assert marker["result"]["seconds"]["model_build"] > 0 and "compile" in marker["result"]["seconds"]
