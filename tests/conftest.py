@@ -29,7 +29,10 @@ def spool(data) -> Spool:
 
 
 def sdgen_env(data: Path, **extra) -> dict:
-    env = dict(os.environ, SDGEN_DATA=str(data), PYTHONUNBUFFERED="1")
+    """The environment of an sdgen process in a test. MLflow tracking is off unless a test
+    turns it on (SDGEN_TRACKING="on"): tests/tracking/ covers it against a real server."""
+    env = dict(os.environ, SDGEN_DATA=str(data), PYTHONUNBUFFERED="1", SDGEN_TRACKING="off")
+    env.pop("MLFLOW_TRACKING_URI", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -144,3 +147,55 @@ def kerascv_engine(tmp_path_factory):
     from sdgen.engine.kerascv import KerasCVEngine
 
     return KerasCVEngine(tmp_path_factory.mktemp("kerascv-data"))
+
+
+class MlflowServer:
+    """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1."""
+
+    def __init__(self, root: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.root = root
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> None:
+        import urllib.request
+
+        self.log = open(self.root / "mlflow-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def healthy():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                return urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=timeout, interval=0.5, what="mlflow server /health")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()

@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, run, show, status, submit, weights
+    from sdgen.cli import admin, run, show, status, submit, ui, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     weights.register(sub)
     show.register(sub)
+    ui.register(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -14,6 +15,7 @@ from sdgen.exceptions import DaemonRunning
 from sdgen.launchers.base import get_launcher
 from sdgen.spool.progress import summarize
 from sdgen.spool.store import Spool
+from sdgen.tracking.loop import TrackerThread
 from sdgen.worker.loop import Worker
 
 
@@ -39,6 +41,10 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between full rescans (default {defaults.RESCAN_SECONDS})")
     p.add_argument("--lease-timeout", type=_positive(float), default=defaults.LEASE_TIMEOUT_SECONDS,
                    metavar="S", help="reclaim a ticket whose lease is silent this long")
+    p.add_argument("--no-tracking", action="store_true",
+                   help="log nothing to MLflow (also: SDGEN_TRACKING=off)")
+    p.add_argument("--log-images", choices=["all", "sample", "none"], default="all",
+                   help="images attached to each ticket's MLflow run (default all)")
     p.add_argument("--worker-idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
                    metavar="S", help="workers exit after the spool was idle this long")
 
@@ -47,8 +53,11 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     # Workers beat four times per lease timeout, so one late beat never costs a ticket.
     launcher = get_launcher(args.launcher, data_root=spool.layout.root, max_workers=args.workers,
                             idle_exit=args.worker_idle_exit, heartbeat=args.lease_timeout / 4)
+    tracker = None
+    if not (args.no_tracking or os.environ.get("SDGEN_TRACKING", "").lower() in ("off", "0", "no")):
+        tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
     return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,
-                  lease_timeout=args.lease_timeout, **kw)
+                  lease_timeout=args.lease_timeout, tracker=tracker, **kw)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError, UserError
@@ -19,6 +20,11 @@ def collect(spool: Spool) -> list[dict]:
     """One summary per request: accepted ones, ones still in the inbox, rejected files."""
     layout = spool.layout
     counts = spool.ticket_counts()
+    backlog: dict[str, int] = {}
+    for name in spool.event_names():
+        rid = name.split("-", 1)[1][:22]
+        backlog[rid] = backlog.get(rid, 0) + 1
+    tracking = _tracking_status(spool)
     rows = []
     for request_id in spool.request_ids():
         meta = spool.read_state(request_id)
@@ -28,6 +34,9 @@ def collect(spool: Spool) -> list[dict]:
         row["output_dir"] = str(layout.output_dir(request_id))
         if row["state"] == "failed":
             row["reason"] = meta.get("reason", "tickets failed or held")
+        row["tracking_backlog"] = backlog.get(request_id, 0)
+        if tracking and not tracking.get("ok") and row["tracking_backlog"]:
+            row["tracking_error"] = f"MLflow unreachable since {_when(tracking['down_since'])}: {tracking['error']}"
         rows.append(row)
     for folder in (layout.inbox, layout.incoming):
         for entry in sorted(os.listdir(folder)) if folder.exists() else []:
@@ -54,6 +63,17 @@ def collect(spool: Spool) -> list[dict]:
         rows.append({"id": f"rejected/{entry}", "name": "", "state": "rejected", "priority": 0,
                      "images_total": 0, "images_done": 0, "tickets_total": 0, "reason": reason})
     return rows
+
+
+def _tracking_status(spool: Spool) -> dict | None:
+    try:
+        return json.loads(spool.layout.tracking_status.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
 def find(rows: list[dict], request_id: str) -> dict:
@@ -88,6 +108,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no requests yet: `sdgen submit --prompt ...` queues one")
     else:
         print(_table(rows))
+        waiting = sum(r.get("tracking_backlog", 0) for r in rows)
+        tracking = _tracking_status(spool)
+        if tracking and not tracking.get("ok"):
+            print(f"MLflow ({tracking['uri']}) unreachable since {_when(tracking['down_since'])}: "
+                  f"{waiting} attempt(s) wait in spool/events and will be logged when it is back")
     return 0
 
 

@@ -16,7 +16,7 @@ from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import ticket_name
 from sdgen.spool.progress import request_state
 from sdgen.spool.store import Spool
-from sdgen.spool.ticket import Ticket, after_death, backoff_seconds
+from sdgen.spool.ticket import Ticket, after_death, attempt_event, backoff_seconds
 from sdgen.worker.loop import EXIT_FATAL
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,13 @@ class Scheduler:
         if layout.ticket("done", name).exists():
             layout.ticket("running", name).unlink(missing_ok=True)
         else:
+            lease = Lease.read(layout.lease(name))
             state, updated = after_death(ticket, detail, worker, now)
             self.spool.move_ticket(name, "running", state, updated)
             log.warning("ticket %s: %s; now %s", name, detail, state)
+            self.spool.record_event(attempt_event(
+                ticket, "KILLED", worker, lease.host if lease else "", lease.claimed_at if lease else now,
+                now, error=detail))
         layout.lease(name).unlink(missing_ok=True)
         report.reclaimed.append(name)
         report.running = max(0, report.running - 1)

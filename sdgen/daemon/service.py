@@ -61,7 +61,7 @@ class Daemon:
                  grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
                  until: Callable[[TickReport], bool] | None = None,
-                 on_tick: Callable[[TickReport], None] | None = None):
+                 on_tick: Callable[[TickReport], None] | None = None, tracker=None):
         self.spool = spool
         self.launcher = launcher
         self.poll = poll
@@ -70,6 +70,7 @@ class Daemon:
         self.grace = grace
         self.until = until
         self.on_tick = on_tick
+        self.tracker = tracker  # a TrackerThread, or None when tracking is off
         self.scheduler = Scheduler(spool, launcher, lease_timeout=lease_timeout)
         self.wake = threading.Event()
         self.stopping = False
@@ -89,6 +90,8 @@ class Daemon:
                 watcher = Watcher([layout.inbox, layout.requests, layout.spool / "tickets"], self.wake)
                 watcher.start()
             self._install_signals()
+            if self.tracker is not None:
+                self.tracker.start()
             log.info("daemon up on %s (%s, up to %d worker(s))", self.spool.layout.root,
                      "polling" if self.poll or watcher is None else "watching", self.launcher.max_workers)
             while not self.stopping:
@@ -121,6 +124,8 @@ class Daemon:
         self.scheduler.reap(time.time(), {w.worker_id: w.returncode for w in exited}, TickReport())
         counts = self.spool.ticket_counts()
         self.scheduler.update_requests(counts, time.time())
+        if self.tracker is not None:
+            self.tracker.stop()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -50,6 +50,21 @@ class Layout:
         return self.spool / "workers"
 
     @property
+    def events(self) -> Path:
+        return self.spool / "events"
+
+    @property
+    def tracking_status(self) -> Path:
+        return self.spool / "tracking.json"
+
+    def mlflow_record(self, request_id: str) -> Path:
+        return self.request_dir(request_id) / "mlflow.json"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
     def outputs(self) -> Path:
         return self.root / "outputs"
 
@@ -96,7 +111,7 @@ class Layout:
 
     def all_dirs(self) -> list[Path]:
         return [self.tmp, self.inbox, self.incoming, self.rejected, self.requests, self.leases,
-                self.workers, self.outputs, self.logs] + [self.tickets(s) for s in TICKET_STATES]
+                self.workers, self.events, self.outputs, self.logs] + [self.tickets(s) for s in TICKET_STATES]
 
 
 def ticket_name(priority: int, index: int, request_id: str) -> str:

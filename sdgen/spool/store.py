@@ -195,6 +195,18 @@ class Spool:
     def cancel(self, request_id: str, now: float) -> None:
         self.write(self.layout.cancel_marker(request_id), json.dumps({"at": now}).encode())
 
+    # -- events (what happened to each attempt, for tracking) ----------------------------------
+    def record_event(self, event: dict) -> None:
+        """Publish one attempt's outcome for the tracker; it deletes the file once logged."""
+        name = f"{time.time_ns():020d}-{event['request_id']}-{secrets.token_hex(3)}.json"
+        self.write(self.layout.events / name, json.dumps(event).encode())
+
+    def event_names(self) -> list[str]:
+        try:
+            return sorted(e for e in os.listdir(self.layout.events) if e.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
     def ticket_counts(self) -> dict[str, dict[str, list[int]]]:
         """request id -> state -> ticket indexes, from one listing of each ticket folder.
         A ticket caught in two folders (mid-move) counts once, in the state that wins."""

@@ -99,3 +99,16 @@ def after_retry(ticket: Ticket, now: float) -> Ticket:
     """`sdgen retry`: a fresh start for a failed or held ticket, history kept."""
     return replace(ticket, attempt=0, deaths=0, not_before=0.0, reason="",
                    history=_record(ticket, "retry", "retried by user", "", now))
+
+
+def attempt_event(ticket: Ticket, status: str, worker: str, host: str, started_at: float,
+                  ended_at: float, error: str = "", result: dict | None = None,
+                  engine: dict | None = None, gpu: str | None = None) -> dict:
+    """What the tracker needs to log one attempt as an MLflow child run.
+    status: FINISHED, FAILED or KILLED (worker lost, or cancelled)."""
+    return {
+        "kind": "attempt", "request_id": ticket.request_id, "ticket": ticket.name,
+        "attempt": ticket.attempt + 1, "status": status, "worker": worker, "host": host,
+        "gpu": gpu, "started_at": started_at, "ended_at": ended_at, "error": error[:4000],
+        "result": result or {}, "engine": engine or {}, "ticket_data": json.loads(ticket.to_json()),
+    }

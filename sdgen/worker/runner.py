@@ -21,6 +21,7 @@ from sdgen.exceptions import EngineError, UserError
 from sdgen.spool.claim import Claim
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
+from sdgen.spool.ticket import attempt_event
 from sdgen.worker.pngmeta import png_info
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         for i in range(0, len(todo), chunk):
             reason = should_stop()
             if reason:
-                return _stop(claim, reason, made, skipped)
+                return _stop(claim, reason, made, skipped, engine)
             part = todo[i:i + chunk]
             t0 = time.perf_counter()
             images = engine.generate(ticket, [spec for spec, _ in part])
@@ -119,6 +120,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
                          "sha256": d} for s, p, d in outputs],
         }
         claim.finish(result)
+        _event(claim, "FINISHED", engine, now(), result=result)
         return Outcome("done", made, skipped, timings)
     except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
         transient, fatal = classify(e)
@@ -127,15 +129,31 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         log.debug("%s", traceback.format_exc())
         try:
             state = claim.fail(detail, transient, now()) or "lost"
+            if state != "lost":
+                _event(claim, "FAILED", engine, now(), error=detail, result={"seconds": timings})
         except OSError as e2:  # the disk itself failed: the lease will bring it back
             log.error("could not record the failure of %s: %s", ticket.name, e2)
             state = "lost"
         return Outcome(state, made, skipped, timings, detail, fatal)
 
 
-def _stop(claim: Claim, reason: str, made: int, skipped: int) -> Outcome:
+def _event(claim: Claim, status: str, engine: Engine, ended_at: float, error: str = "",
+           result: dict | None = None) -> None:
+    """Tell the tracker how this attempt ended. Never fails the ticket: a lost event only
+    means a missing MLflow child run, not a lost image."""
+    try:
+        claim.spool.record_event(attempt_event(
+            claim.ticket, status, claim.lease.worker, socket.gethostname(), claim.lease.claimed_at,
+            ended_at, error=error, result=result, engine=engine.describe(),
+            gpu=os.environ.get("CUDA_VISIBLE_DEVICES")))
+    except OSError as e:
+        log.warning("could not record the tracking event of %s: %s", claim.name, e)
+
+
+def _stop(claim: Claim, reason: str, made: int, skipped: int, engine: Engine | None = None) -> Outcome:
     if reason == "cancelled":
-        claim.hand_back("cancelled")
+        if claim.hand_back("cancelled") and engine is not None:
+            _event(claim, "KILLED", engine, time.time(), error="request cancelled")
         return Outcome("cancelled", made, skipped)
     if reason == "lost":
         return Outcome("lost", made, skipped)

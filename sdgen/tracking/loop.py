@@ -1,0 +1,62 @@
+"""Runs the tracker beside the scheduler, in a thread, so a slow or absent MLflow server
+never delays scheduling; backs off while it is down."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sdgen.spool.store import Spool
+
+log = logging.getLogger(__name__)
+
+
+class TrackerThread:
+    def __init__(self, spool: Spool, launcher: str = "local", images: str = "all",
+                 interval: float = 1.0, max_backoff: float = 30.0):
+        self.spool, self.launcher, self.images = spool, launcher, images
+        self.interval, self.max_backoff = interval, max_backoff
+        self.tracker = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sdgen-tracker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _make(self) -> bool:
+        if self.tracker is None:
+            try:
+                from sdgen.tracking.mlflow_log import Tracker  # mlflow's import takes seconds
+
+                self.tracker = Tracker(self.spool, launcher=self.launcher, images=self.images)
+            except Exception as e:  # noqa: BLE001 - e.g. mlflow not installed or a bad URI
+                log.warning("MLflow tracking is off: %s", e)
+                return False
+        return True
+
+    def _run(self) -> None:
+        if not self._make():
+            return
+        wait = self.interval
+        while not self._stop.is_set():
+            ok = self.tracker.step(time.time())
+            wait = self.interval if ok else min(self.max_backoff, max(2.0, wait * 2))
+            self._stop.wait(wait)
+
+    def stop(self, flush_seconds: float = 30.0) -> None:
+        """Stop, then log what is still waiting for up to `flush_seconds` (if MLflow is up)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.tracker is None and not self._make():
+            return
+        deadline = time.monotonic() + flush_seconds
+        while time.monotonic() < deadline:
+            if not self.tracker.step(time.time()):
+                log.warning("MLflow unreachable at shutdown: %d event(s) wait in spool/events for "
+                            "the next daemon", self.tracker.backlog())
+                return
+            if self.tracker.settled():
+                return
+            time.sleep(0.2)

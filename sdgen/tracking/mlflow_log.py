@@ -1,0 +1,323 @@
+"""Everything sdgen tells MLflow, logged by the daemon from what the spool records.
+
+Workers never talk to MLflow: they publish one event file per attempt (spool/events/),
+and this tracker turns requests into parent runs and events into child runs. So a tracking
+server that is down or slow never stops generation, nothing is lost while it is down (the
+events wait on disk and are logged when it is back), and MLflow credentials stay with the
+daemon. The only module that imports mlflow.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+# Fail fast instead of mlflow's default minutes of retries: the tracker retries by itself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from sdgen.spool.progress import summarize  # noqa: E402
+from sdgen.spool.store import Spool  # noqa: E402
+from sdgen.tracking.contact_sheet import contact_sheet  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUS = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+IMAGE_MODES = ("all", "sample", "none")
+SAMPLE_IMAGES = 4
+LOG_TAIL_LINES = 60
+
+
+def tracking_uri(data_root: Path) -> str:
+    """MLFLOW_TRACKING_URI, else the embedded SQLite store under the data directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(data_root) / 'mlflow' / 'mlflow.db'}"
+
+
+def _ms(t: float) -> int:
+    return int(t * 1000)
+
+
+def _param(value) -> str:
+    return str(value)[:6000]
+
+
+class Tracker:
+    def __init__(self, spool: Spool, launcher: str = "local", images: str = "all",
+                 uri: str | None = None):
+        self.spool = spool
+        self.launcher = launcher
+        self.images = images
+        self.uri = uri or tracking_uri(spool.layout.root)
+        self.embedded = not os.environ.get("MLFLOW_TRACKING_URI") and uri is None
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._experiments: dict[str, str] = {}
+        self._finalized: set[str] = set()
+        self._failed: set[str] = set()   # finalized as FAILED: `sdgen retry` may reopen them
+        self._progress: dict[str, tuple[int, float]] = {}
+        self.down_since: float | None = None
+        self.last_error = ""
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self, now: float) -> bool:
+        """Log what is new. False (after one warning) if MLflow failed; call again later."""
+        try:
+            counts = self.spool.ticket_counts()
+            for request_id in self.spool.request_ids():
+                if request_id in self._finalized:
+                    if request_id in self._failed:
+                        self._reopen_if_retried(request_id, counts.get(request_id, {}))
+                    continue
+                record = self.parent(request_id, now)
+                if record is None:
+                    continue
+                if record.get("finalized"):
+                    self._finalized.add(request_id)
+                    if record.get("status") == "FAILED":
+                        self._failed.add(request_id)
+                    continue
+                self._progress_and_finish(request_id, record, counts.get(request_id, {}), now)
+            for name in self.spool.event_names():
+                self._log_event(name)
+        except Exception as e:  # noqa: BLE001 - any tracking failure: warn once, retry later
+            self._went_down(now, e)
+            return False
+        self._came_back(now)
+        return True
+
+    def settled(self) -> bool:
+        """Nothing left to log: no events, and every finished request's parent is closed."""
+        if self.spool.event_names():
+            return False
+        counts = self.spool.ticket_counts()
+        for request_id in self.spool.request_ids():
+            if request_id in self._finalized:
+                continue
+            meta = self.spool.read_state(request_id)
+            if meta and summarize(meta, counts.get(request_id, {}),
+                                  self.spool.is_cancelled(request_id))["state"] in FINAL_STATUS:
+                return False
+        return True
+
+    def backlog(self) -> int:
+        return len(self.spool.event_names())
+
+    def _went_down(self, now: float, e: Exception) -> None:
+        text = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("MLflow at %s is not answering (%s); generation goes on, tracking will "
+                        "catch up when it is back", self.uri, text)
+        self.last_error = text
+        self._write_status(now)
+
+    def _came_back(self, now: float) -> None:
+        if self.down_since is not None:
+            log.warning("MLflow is back after %.0fs; caught up", now - self.down_since)
+            self.down_since = None
+            self._write_status(now)
+        elif not self.spool.layout.tracking_status.exists():
+            self._write_status(now)
+
+    def _write_status(self, now: float) -> None:
+        status = {"uri": self.uri if self.embedded else self.uri.split("@")[-1], "ok": self.down_since is None,
+                  "down_since": self.down_since, "error": self.last_error if self.down_since else "",
+                  "updated": now}
+        self.spool.write(self.spool.layout.tracking_status, json.dumps(status).encode())
+
+    # -- experiments and parent runs ------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                location = None
+                if self.embedded:
+                    location = (self.spool.layout.mlflow_dir / "artifacts" / name).as_uri()
+                exp_id = self.client.create_experiment(name, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            self._experiments[name] = exp_id
+        return self._experiments[name]
+
+    def parent(self, request_id: str, now: float) -> dict | None:
+        """The request's parent run ({experiment_id, run_id, finalized}), created on first sight."""
+        path = self.spool.layout.mlflow_record(request_id)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            pass
+        meta = self.spool.read_state(request_id)
+        if meta is None:
+            return None
+        request = self.spool.read_request(request_id)
+        name = request.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "sdgen"
+        exp_id = self.experiment_id(name)
+        run = self.client.create_run(exp_id, start_time=_ms(meta.get("accepted_at", now)), tags={
+            "sdgen.request_id": request_id, "sdgen.name": request.name, "sdgen.user": getpass.getuser(),
+            "sdgen.host": socket.gethostname(), "sdgen.launcher": self.launcher,
+        }, run_name=request.name or request_id)
+        run_id = run.info.run_id
+        fields = request.to_dict()
+        fields["prompts"] = " | ".join(request.prompts)
+        fields.pop("prompt", None)
+        fields["images_total"] = request.images_total
+        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in fields.items()])
+        self.client.log_artifact(run_id, str(self.spool.layout.request_file(request_id)))
+        record = {"experiment_id": exp_id, "run_id": run_id, "finalized": False}
+        self.spool.write(path, json.dumps(record).encode())
+        return record
+
+    def _progress_and_finish(self, request_id: str, record: dict, tickets: dict, now: float) -> None:
+        meta = self.spool.read_state(request_id)
+        row = summarize(meta, tickets, self.spool.is_cancelled(request_id))
+        done = row["images_done"]
+        last = self._progress.get(request_id)
+        if last is None or last[0] != done:
+            metrics = [Metric("images_done", done, _ms(now), done)]
+            if last is not None and now > last[1]:
+                metrics.append(Metric("images_per_s", (done - last[0]) / (now - last[1]), _ms(now), done))
+            self.client.log_batch(record["run_id"], metrics=metrics)
+            self._progress[request_id] = (done, now)
+        state = row["state"]
+        if state not in FINAL_STATUS or tickets.get("running"):
+            return
+        if any(f"-{request_id}-" in e for e in self.spool.event_names()):
+            return  # log the last attempts first, so the parent ends after its children
+        self._finish_parent(request_id, record, meta, state, now)
+
+    def _finish_parent(self, request_id: str, record: dict, meta: dict, state: str, now: float) -> None:
+        run_id = record["run_id"]
+        images = []
+        for name in self.spool.ticket_names("done"):
+            if name.endswith(request_id):
+                marker = json.loads(self.spool.layout.ticket("done", name).read_text())
+                images.extend(marker.get("result", {}).get("outputs", []))
+        images.sort(key=lambda o: (o["prompt_index"], o["image_index"]))
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / "manifest.json"
+            manifest.write_text(json.dumps({"request_id": request_id, "state": state,
+                                            "images": images}, indent=1))
+            self.client.log_artifact(run_id, str(manifest))
+            sheet = contact_sheet([self.spool.layout.root / o["file"] for o in images])
+            if sheet is not None:
+                sheet.save(Path(tmp) / "contact_sheet.png")
+                self.client.log_artifact(run_id, str(Path(tmp) / "contact_sheet.png"))
+        if meta.get("reason"):
+            self.client.set_tag(run_id, "sdgen.reason", _param(meta["reason"]))
+        self.client.set_terminated(run_id, FINAL_STATUS[state], end_time=_ms(meta.get("finished_at") or now))
+        record = dict(record, finalized=True, status=FINAL_STATUS[state])
+        if state == "failed":
+            self._failed.add(request_id)
+        self.spool.write(self.spool.layout.mlflow_record(request_id), json.dumps(record).encode())
+        self._finalized.add(request_id)
+        log.info("MLflow: request %s logged as %s (%d images)", request_id, FINAL_STATUS[state], len(images))
+
+    def _reopen_if_retried(self, request_id: str, tickets: dict) -> None:
+        meta = self.spool.read_state(request_id)
+        if meta is None or summarize(meta, tickets, False)["state"] == "failed":
+            return
+        record = json.loads(self.spool.layout.mlflow_record(request_id).read_text())
+        self.client.update_run(record["run_id"], status="RUNNING")
+        record.update(finalized=False, status="RUNNING")
+        self.spool.write(self.spool.layout.mlflow_record(request_id), json.dumps(record).encode())
+        self._finalized.discard(request_id)
+        self._failed.discard(request_id)
+
+    # -- child runs -------------------------------------------------------------------------
+    def _log_event(self, name: str) -> None:
+        path = self.spool.layout.events / name
+        try:
+            event = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError:
+            log.error("unreadable tracking event %s: set aside", name)
+            os.rename(path, path.with_suffix(".corrupt"))
+            return
+        record = self.parent(event["request_id"], event["ended_at"])
+        if record is None:
+            return
+        if record.get("finalized"):
+            # A late attempt of a finished request (a fenced late writer): log it anyway.
+            pass
+        if "run_id" not in event:
+            t = event["ticket_data"]
+            run = self.client.create_run(record["experiment_id"], start_time=_ms(event["started_at"]), tags={
+                "mlflow.parentRunId": record["run_id"], "sdgen.request_id": event["request_id"],
+                "sdgen.ticket": event["ticket"], "sdgen.attempt": str(event["attempt"]),
+                "sdgen.worker": event["worker"], "sdgen.host": event["host"] or "",
+                "sdgen.gpu": event.get("gpu") or "", "sdgen.launcher": self.launcher,
+            }, run_name=f"ticket {t['index']} attempt {event['attempt']}")
+            event["run_id"] = run.info.run_id
+            # Remember the run before logging into it: a crash now cannot create a twin.
+            self.spool.write(path, json.dumps(event).encode())
+        self._fill_child(event)
+        self.client.set_terminated(event["run_id"], event["status"], end_time=_ms(event["ended_at"]))
+        path.unlink(missing_ok=True)
+
+    def _fill_child(self, event: dict) -> None:
+        run_id = event["run_id"]
+        t = event["ticket_data"]
+        engine = event.get("engine") or {}
+        seeds = [i["seed"] for i in t["images"]]
+        params = {
+            "prompt": t["prompt"], "negative_prompt": t["negative_prompt"],
+            "seeds": ",".join(map(str, seeds)), "batch": len(seeds), "steps": t["steps"],
+            "size": f"{t['width']}x{t['height']}", "guidance": t["guidance"], "model": t["model"],
+            "weights": t["weights"], "engine": t["engine"],
+            "backend": engine.get("backend", ""), "precision": engine.get("precision", ""),
+        }
+        result = event.get("result") or {}
+        seconds = result.get("seconds") or {}
+        ts = _ms(event["ended_at"])
+        metrics = [Metric(k, float(v), ts, 0) for k, v in (
+            ("model_build_s", seconds.get("model_build")), ("compile_s", seconds.get("compile")),
+            ("peak_rss_mb", seconds.get("peak_rss_mb")), ("generate_s", seconds.get("generate")),
+            ("total_s", seconds.get("total"))) if v is not None]
+        made = result.get("images_made")
+        if made:
+            metrics.append(Metric("seconds_per_image", seconds.get("generate", 0.0) / made, ts, 0))
+            metrics.append(Metric("images_made", made, ts, 0))
+        tags = []
+        if event.get("error"):
+            tags.append(RunTag("sdgen.error", _param(event["error"])))
+        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
+                              metrics=metrics, tags=tags)
+        outputs = result.get("outputs") or []
+        chosen = {"all": outputs, "sample": outputs[:SAMPLE_IMAGES], "none": []}[self.images]
+        for o in chosen:
+            file = self.spool.layout.root / o["file"]
+            if file.exists():
+                self.client.log_artifact(run_id, str(file), artifact_path="images")
+        if event["status"] == "FAILED" or event.get("error"):
+            tail = self._worker_log_tail(event["worker"])
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "error.txt"
+                p.write_text(event.get("error", "") + ("\n\n--- worker log tail ---\n" + tail if tail else ""))
+                self.client.log_artifact(run_id, str(p))
+
+    def _worker_log_tail(self, worker: str) -> str:
+        path = self.spool.layout.logs / f"worker-{worker}.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def read_status(spool: Spool) -> dict | None:
+    try:
+        return json.loads(spool.layout.tracking_status.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
