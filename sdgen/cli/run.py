@@ -43,6 +43,8 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                    metavar="S", help="reclaim a ticket whose lease is silent this long")
     p.add_argument("--no-tracking", action="store_true",
                    help="log nothing to MLflow (also: SDGEN_TRACKING=off)")
+    p.add_argument("--system-metrics", action="store_true",
+                   help="workers sample CPU, memory and GPU use into each ticket's MLflow run")
     p.add_argument("--log-images", choices=["all", "sample", "none"], default="all",
                    help="images attached to each ticket's MLflow run (default all)")
     p.add_argument("--worker-idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
@@ -52,7 +54,8 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
 def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     # Workers beat four times per lease timeout, so one late beat never costs a ticket.
     launcher = get_launcher(args.launcher, data_root=spool.layout.root, max_workers=args.workers,
-                            idle_exit=args.worker_idle_exit, heartbeat=args.lease_timeout / 4)
+                            idle_exit=args.worker_idle_exit, heartbeat=args.lease_timeout / 4,
+                            extra_env={"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None)
     tracker = None
     if not (args.no_tracking or os.environ.get("SDGEN_TRACKING", "").lower() in ("off", "0", "no")):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)

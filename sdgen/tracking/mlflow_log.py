@@ -286,11 +286,16 @@ class Tracker:
         if made:
             metrics.append(Metric("seconds_per_image", seconds.get("generate", 0.0) / made, ts, 0))
             metrics.append(Metric("images_made", made, ts, 0))
+        for step, sample in enumerate(result.get("system") or []):
+            metrics.extend(Metric(f"system/{k}", float(v), _ms(sample["t"]), step)
+                           for k, v in sample.items() if k != "t")
         tags = []
         if event.get("error"):
             tags.append(RunTag("sdgen.error", _param(event["error"])))
         self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
-                              metrics=metrics, tags=tags)
+                              metrics=metrics[:1000], tags=tags)
+        for i in range(1000, len(metrics), 1000):  # MLflow takes at most 1000 per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
         outputs = result.get("outputs") or []
         chosen = {"all": outputs, "sample": outputs[:SAMPLE_IMAGES], "none": []}[self.images]
         for o in chosen:

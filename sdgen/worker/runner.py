@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+import contextlib
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,7 +23,9 @@ from sdgen.spool.claim import Claim
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
 from sdgen.spool.ticket import attempt_event
+from sdgen.worker import sysmetrics
 from sdgen.worker.pngmeta import png_info
+from sdgen.worker.sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +93,13 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
                 skipped += 1
             else:
                 todo.append((spec, path))
-        if todo:
-            timings.update(engine.prepare(ticket))
-        gen_seconds = 0.0
-        chunk = max(1, engine.chunk_size(ticket))
-        for i in range(0, len(todo), chunk):
-            reason = should_stop()
-            if reason:
-                return _stop(claim, reason, made, skipped, engine)
-            part = todo[i:i + chunk]
-            t0 = time.perf_counter()
-            images = engine.generate(ticket, [spec for spec, _ in part])
-            gen_seconds += time.perf_counter() - t0
-            for (spec, path), image in zip(part, images, strict=True):
-                info = png_info(ticket, spec, engine.describe())
-                outputs.append((spec, path, _write_png(path, image, info)))
-                made += 1
+        sampler = SystemSampler() if sysmetrics.enabled() else contextlib.nullcontext()
+        with sampler:
+            made, stop = _generate(engine, ticket, todo, should_stop, outputs, timings)
+        if stop:
+            return _stop(claim, stop, made, skipped, engine)
         if made:
             fsync_dir(out_dir)
-        timings["generate"] = round(gen_seconds, 4)
         timings["total"] = round(time.perf_counter() - started, 4)
         outputs.sort(key=lambda o: (o[0].prompt_index, o[0].image_index))
         result = {
@@ -119,6 +110,8 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
                          "prompt_index": s.prompt_index, "image_index": s.image_index,
                          "sha256": d} for s, p, d in outputs],
         }
+        if isinstance(sampler, SystemSampler):
+            result["system"] = sampler.samples
         claim.finish(result)
         _event(claim, "FINISHED", engine, now(), result=result)
         return Outcome("done", made, skipped, timings)
@@ -134,7 +127,30 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         except OSError as e2:  # the disk itself failed: the lease will bring it back
             log.error("could not record the failure of %s: %s", ticket.name, e2)
             state = "lost"
-        return Outcome(state, made, skipped, timings, detail, fatal)
+        return Outcome(state, 0, skipped, timings, detail, fatal)
+
+
+def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tuple[int, str | None]:
+    """Make the missing images: (how many, why it stopped early or None)."""
+    made = 0
+    if todo:
+        timings.update(engine.prepare(ticket))
+    gen_seconds = 0.0
+    chunk = max(1, engine.chunk_size(ticket))
+    for i in range(0, len(todo), chunk):
+        reason = should_stop()
+        if reason:
+            return made, reason
+        part = todo[i:i + chunk]
+        t0 = time.perf_counter()
+        images = engine.generate(ticket, [spec for spec, _ in part])
+        gen_seconds += time.perf_counter() - t0
+        for (spec, path), image in zip(part, images, strict=True):
+            info = png_info(ticket, spec, engine.describe())
+            outputs.append((spec, path, _write_png(path, image, info)))
+            made += 1
+    timings["generate"] = round(gen_seconds, 4)
+    return made, None
 
 
 def _event(claim: Claim, status: str, engine: Engine, ended_at: float, error: str = "",

@@ -42,11 +42,12 @@ def test_a_multi_ticket_request_makes_a_run_tree(data, daemon, mlflow_server):
     exp = f"tree-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a fox", "--images", "5", "--batch-size", "2",
                  "--seed", "10", "--name", "foxes")
-    d = daemon("--workers", "2", "--exit-when-idle", *FAST, **tracked(mlflow_server))
+    d = daemon("--workers", "2", "--exit-when-idle", "--system-metrics", *FAST, **tracked(mlflow_server))
     assert d.wait(120) == 0, d.output()
     client = MlflowClient(mlflow_server.uri)
     [parent], children = runs_of(client, exp)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "foxes"
+    assert all(c.data.metrics["system/rss_mb"] > 10 for c in children)
     assert parent.data.tags["sdgen.request_id"] == rid and parent.data.tags["sdgen.launcher"] == "local"
     assert parent.data.params["images"] == "5" and parent.data.params["batch_size"] == "2"
     assert parent.data.params["seed"] == "10" and parent.data.params["prompts"] == "a fox"
