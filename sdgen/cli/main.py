@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, run, show, status, submit, ui, weights
+    from sdgen.cli import admin, adsp, run, show, status, submit, ui, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -32,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     weights.register(sub)
     show.register(sub)
     ui.register(sub)
+    adsp.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = args.command in ("submit", "status", "list", "cancel", "retry", "weights", "show")
+    quiet = args.command in ("submit", "status", "list", "cancel", "retry", "weights", "show", "adsp")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,

@@ -34,7 +34,12 @@ def _positive(kind):
 def _daemon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive(int), metavar="N",
                    help="most workers at once (default: one per GPU, else 1)")
-    p.add_argument("--launcher", default="local", choices=["local"], help="where workers run")
+    p.add_argument("--launcher", default="local", choices=["local", "adsp"],
+                   help="where workers run: local processes, or ADSP run-once jobs")
+    p.add_argument("--adsp-project", metavar="ID", help="ADSP project for the jobs (default: this session's)")
+    p.add_argument("--adsp-resource-profile", metavar="NAME", help="resource profile of the jobs "
+                   "(`sdgen adsp profiles` lists them)")
+    p.add_argument("--adsp-keep-jobs", action="store_true", help="keep finished ADSP jobs and runs")
     p.add_argument("--poll", action="store_true",
                    help="no file watcher, rescans only (for NFS: other hosts' writes make no events)")
     p.add_argument("--rescan", type=_positive(float), default=defaults.RESCAN_SECONDS, metavar="S",
@@ -53,9 +58,14 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
 
 def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     # Workers beat four times per lease timeout, so one late beat never costs a ticket.
-    launcher = get_launcher(args.launcher, data_root=spool.layout.root, max_workers=args.workers,
-                            idle_exit=args.worker_idle_exit, heartbeat=args.lease_timeout / 4,
-                            extra_env={"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None)
+    options = dict(data_root=spool.layout.root, max_workers=args.workers, idle_exit=args.worker_idle_exit,
+                   heartbeat=args.lease_timeout / 4)
+    if args.launcher == "adsp":
+        options.update(project=args.adsp_project, resource_profile=args.adsp_resource_profile,
+                       keep_jobs=args.adsp_keep_jobs)
+    else:
+        options["extra_env"] = {"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None
+    launcher = get_launcher(args.launcher, **options)
     tracker = None
     if not (args.no_tracking or os.environ.get("SDGEN_TRACKING", "").lower() in ("off", "0", "no")):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
@@ -146,11 +156,15 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("worker", help="run a worker (the daemon starts these)")
+    env = os.environ.get
     p.add_argument("--max-tickets", type=_positive(int), metavar="N", help="exit after N tickets")
-    p.add_argument("--idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
-                   metavar="S", help="exit after the spool was idle this long")
-    p.add_argument("--worker-id", metavar="ID", help="id written into leases (default: host-pid-random)")
-    p.add_argument("--heartbeat", type=_positive(float), default=defaults.HEARTBEAT_SECONDS, metavar="S",
+    p.add_argument("--idle-exit", type=_positive(float),
+                   default=float(env("SDGEN_IDLE_EXIT") or defaults.WORKER_IDLE_EXIT_SECONDS),
+                   metavar="S", help="exit after the spool was idle this long ($SDGEN_IDLE_EXIT)")
+    p.add_argument("--worker-id", metavar="ID", default=env("SDGEN_WORKER_ID"),
+                   help="id written into leases ($SDGEN_WORKER_ID; default: host-pid-random)")
+    p.add_argument("--heartbeat", type=_positive(float),
+                   default=float(env("SDGEN_HEARTBEAT") or defaults.HEARTBEAT_SECONDS), metavar="S",
                    help=f"seconds between lease renewals (default {defaults.HEARTBEAT_SECONDS}); "
                         "keep it well under the daemon's --lease-timeout")
     p.set_defaults(func=cmd_worker)

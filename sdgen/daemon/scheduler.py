@@ -69,6 +69,7 @@ class Scheduler:
         self._meta: dict[str, dict] = {}
         self._crash_streak = 0
         self._launch_after = 0.0
+        self.busy_workers: set[str] = set()
 
     # -- the step ---------------------------------------------------------------------------
     def tick(self, now: float) -> TickReport:
@@ -132,6 +133,7 @@ class Scheduler:
         layout = self.spool.layout
         running = self.spool.ticket_names("running")
         report.running = len(running)
+        self.busy_workers: set[str] = set()
         for name in list(self._leases):
             if name not in running:
                 del self._leases[name]
@@ -141,6 +143,8 @@ class Scheduler:
             except FileNotFoundError:
                 raw = None
             lease = Lease.read(layout.lease(name)) if raw else None
+            if lease:
+                self.busy_workers.add(lease.worker)
             if lease and lease.worker in exited:
                 self._reclaim(name, f"worker {lease.worker} exited with code {exited[lease.worker]}",
                               lease.worker, now, report)
@@ -270,5 +274,6 @@ class Scheduler:
         if not (self.launcher and self.launching) or now < self._launch_after:
             return
         wanted = min(self.launcher.max_workers, report.pending + report.running)
+        self.launcher.trim(now, getattr(self, "busy_workers", set()), wanted)
         for _ in range(wanted - len(self.launcher.running())):
             report.launched.append(self.launcher.launch(now))

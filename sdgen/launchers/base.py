@@ -33,6 +33,10 @@ class Launcher(ABC):
     def reap(self, now: float) -> list[ExitedWorker]:
         """Workers that ended since the last call."""
 
+    def trim(self, now: float, busy: set[str], wanted: int) -> None:
+        """Stop workers the queue no longer needs. Local workers leave by themselves when
+        idle, so by default nothing is done."""
+
     @abstractmethod
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Ask every worker to hand its ticket back and exit; force it after `grace` s."""
@@ -43,4 +47,8 @@ def get_launcher(name: str, **options) -> Launcher:
         from sdgen.launchers.local import LocalLauncher
 
         return LocalLauncher(**options)
-    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local' (adsp and slurm are planned)")
+    if name == "adsp":
+        from sdgen.launchers.adsp import AdspLauncher
+
+        return AdspLauncher(**options)
+    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local' and 'adsp' (slurm is planned)")

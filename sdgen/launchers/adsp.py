@@ -1,0 +1,259 @@
+"""ADSP (AE5) workers: each run-once job runs `sdgen worker` on the shared data directory.
+
+Built around ae5-tools' known bugs (../shared/research/ae5-tools.md): its job_create POST is
+retried on 502 and can create a job twice, so job names are deterministic and an existing
+job of that name is adopted before creating again; its wait loop can hang, so runs are
+polled here, one cheap `runs/{id}` request each, with a capped backoff and a start
+deadline. The jobs this daemon launched are kept in spool/adsp-jobs.json so a restarted
+daemon re-adopts them. Credentials stay in this process: job variables carry only what a
+worker needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sdgen import defaults
+from sdgen.exceptions import UserError
+from sdgen.launchers.base import ExitedWorker, Launcher
+from sdgen.spool.publish import publish
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"completed", "failed", "stopped", "error"}
+KNOWN = TERMINAL | {"initial", "running"}
+POLL_MIN, POLL_MAX = 2.0, 30.0
+START_DEADLINE = 20 * 60.0  # a run still "initial" after this is stopped and counted failed
+INSTALL_HINT = ("ae5-tools is not installed: `conda install -c ae5-admin ae5-tools` (it is not on "
+                "PyPI; anaconda-project.yml lists it)")
+
+
+def project_id(explicit: str | None = None) -> str:
+    """`--adsp-project`, else this session's or job's own project (TOOL_PROJECT_URL in a
+    session, APP_SOURCE in a job: .../projects/<32hex>/...)."""
+    if explicit:
+        return explicit
+    url = os.environ.get("TOOL_PROJECT_URL") or os.environ.get("APP_SOURCE")
+    if not url:
+        raise UserError("cannot tell which ADSP project to run jobs in: run inside an ADSP "
+                        "session or pass --adsp-project a0-<id>")
+    try:
+        return "a0-" + url.split("/")[4]
+    except IndexError:
+        raise UserError(f"cannot read a project id from {url!r}: pass --adsp-project a0-<id>") from None
+
+
+def open_session():
+    """An AEUserSession from AE5_HOSTNAME / AE5_USERNAME / AE5_PASSWORD (ADSP secrets first)."""
+    try:
+        import ae5_tools
+        from ae5_tools.api import AEUserSession
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    loader = getattr(ae5_tools, "load_ae5_user_secrets", None)
+    if loader is not None:
+        try:
+            loader()
+        except Exception as e:  # noqa: BLE001 - no secrets folder outside ADSP
+            log.debug("no ADSP user secrets loaded: %s", e)
+    missing = [v for v in ("AE5_HOSTNAME", "AE5_USERNAME", "AE5_PASSWORD") if not os.environ.get(v)]
+    if missing:
+        raise UserError(f"{', '.join(missing)} not set: define them as ADSP secrets or environment variables")
+    return AEUserSession(os.environ["AE5_HOSTNAME"], os.environ["AE5_USERNAME"],
+                         os.environ["AE5_PASSWORD"], persist=False)
+
+
+def worker_variables(data_root: Path, worker_id: str, idle_exit: float, heartbeat: float) -> dict[str, str]:
+    """Everything a job's worker needs, and nothing else (no credentials of any kind: the
+    worker never talks to AE5 or MLflow)."""
+    return {"SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
+            "SDGEN_IDLE_EXIT": str(idle_exit), "SDGEN_HEARTBEAT": str(heartbeat)}
+
+
+@dataclass
+class Job:
+    name: str
+    job_id: str = ""
+    run_id: str = ""
+    state: str = "creating"
+    created: float = 0.0
+    next_poll: float = 0.0
+    poll_every: float = POLL_MIN
+
+
+class AdspLauncher(Launcher):
+    name = "adsp"
+
+    def __init__(self, data_root: Path, max_workers: int | None = None, project: str | None = None,
+                 resource_profile: str | None = None, keep_jobs: bool = False,
+                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+                 heartbeat: float = defaults.HEARTBEAT_SECONDS, session=None, **_ignored):
+        self.data_root = Path(data_root)
+        self.max_workers = max_workers or int(os.environ.get("ADSP_WORKER_MAX", "1"))
+        self.session = session or open_session()
+        self.project = project_id(project)
+        self.resource_profile = resource_profile
+        self.keep_jobs = keep_jobs
+        self.idle_exit, self.heartbeat = idle_exit, heartbeat
+        self.state_file = self.data_root / "spool" / "adsp-jobs.json"
+        self.jobs: dict[str, Job] = {}
+        self._down_since: float | None = None
+        self._unknown_logged: set[tuple[str, str]] = set()
+        self._load()
+
+    # -- persistence ------------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            saved = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        self.jobs = {name: Job(**job) for name, job in saved.items()}
+        if self.jobs:
+            log.info("re-adopting %d ADSP job(s) from an earlier daemon: %s", len(self.jobs),
+                     ", ".join(sorted(self.jobs)))
+
+    def _save(self) -> None:
+        data = json.dumps({n: asdict(j) for n, j in self.jobs.items()}, indent=1).encode()
+        publish(self.data_root / "spool" / "tmp", self.state_file, data)
+
+    def _ae5_failed(self, what: str, e: Exception, now: float) -> None:
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("AE5 call failed (%s: %s: %s); retrying on later ticks", what,
+                        type(e).__name__, " ".join(str(e).split())[:200])
+
+    def _ae5_ok(self, now: float) -> None:
+        if self._down_since is not None:
+            log.warning("AE5 answers again after %.0fs", now - self._down_since)
+            self._down_since = None
+
+    # -- the interface ----------------------------------------------------------------------
+    def running(self) -> list[str]:
+        return list(self.jobs)
+
+    def launch(self, now: float) -> str:
+        name = f"sdgen-w-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
+        job = Job(name=name, created=now)
+        self.jobs[name] = job
+        self._save()  # before the POST: a crash after it must not lose the job
+        self._create(job, now)
+        return name
+
+    def _create(self, job: Job, now: float) -> None:
+        try:
+            existing = self._find_job(job.name)
+            if existing is None:
+                record = self.session.job_create(
+                    self.project, name=job.name, command="worker",
+                    resource_profile=self.resource_profile,
+                    variables=worker_variables(self.data_root, job.name, self.idle_exit, self.heartbeat),
+                    run=True, wait=False)
+                job.job_id = record["id"]
+            else:
+                log.warning("ADSP job %s already exists (a retried create): adopting it", job.name)
+                job.job_id = existing["id"]
+            runs = self.session.job_runs(job.job_id)
+            if runs:
+                job.run_id = runs[0]["id"]
+                job.state = runs[0].get("state", "initial")
+            self._ae5_ok(now)
+        except Exception as e:  # noqa: BLE001 - a 502, RetryError, timeout: find it next tick
+            self._ae5_failed(f"creating job {job.name}", e, now)
+            job.state = "creating"
+        self._save()
+
+    def _find_job(self, name: str) -> dict | None:
+        return next((j for j in self.session.job_list() if j.get("name") == name), None)
+
+    def reap(self, now: float) -> list[ExitedWorker]:
+        exited = []
+        for job in list(self.jobs.values()):
+            if now < job.next_poll:
+                continue
+            try:
+                if job.state == "creating" or not job.run_id:
+                    self._create(job, now)
+                    if not job.run_id:
+                        job.next_poll = now + POLL_MIN
+                        continue
+                info = self.session.api("get", f"runs/{job.run_id}")
+                self._ae5_ok(now)
+            except Exception as e:  # noqa: BLE001 - AE5 unreachable: keep the job, poll later
+                self._ae5_failed(f"polling {job.name}", e, now)
+                job.next_poll = now + job.poll_every
+                job.poll_every = min(POLL_MAX, job.poll_every * 2)
+                continue
+            state = str(info.get("state", "unknown"))
+            if state not in KNOWN and (job.name, state) not in self._unknown_logged:
+                self._unknown_logged.add((job.name, state))
+                log.warning("ADSP run %s of job %s is in unknown state %r: still polling it",
+                            job.run_id, job.name, state)
+            if state == "initial" and now - job.created > START_DEADLINE:
+                log.error("ADSP job %s did not start within %.0f min: stopping it", job.name, START_DEADLINE / 60)
+                self._quietly(lambda: self.session.run_stop(job.run_id))
+                state = "failed"
+            job.state = state
+            if state in TERMINAL:
+                exited.append(self._finish(job, now))
+            else:
+                job.poll_every = min(POLL_MAX, job.poll_every * 1.5)
+                job.next_poll = now + job.poll_every
+        self._save()
+        return exited
+
+    def _finish(self, job: Job, now: float) -> ExitedWorker:
+        ok = job.state == "completed"
+        if not ok:
+            text = self._quietly(lambda: self.session.run_log(job.run_id)) or ""
+            logs = self.data_root / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"worker-{job.name}.log").write_text(text if isinstance(text, str) else json.dumps(text))
+            log.error("ADSP job %s ended %s; its log is in logs/worker-%s.log", job.name, job.state, job.name)
+        if not self.keep_jobs:
+            self._quietly(lambda: self.session.run_delete(job.run_id))
+            self._quietly(lambda: self.session.job_delete(job.job_id))
+        del self.jobs[job.name]
+        return ExitedWorker(job.name, 0 if ok else 1, now - job.created)
+
+    def _quietly(self, call):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - cleanup is best effort
+            log.warning("ADSP call failed: %s", e)
+            return None
+
+    def trim(self, now: float, busy: set[str], wanted: int) -> None:
+        """Stop jobs beyond what the queue needs that hold no ticket (e.g. after a cancel)."""
+        idle = [j for j in self.jobs.values() if j.name not in busy and j.run_id and j.state == "running"]
+        for job in idle[:max(0, len(self.jobs) - wanted)]:
+            log.info("stopping ADSP job %s: no work left for it", job.name)
+            if self._quietly(lambda: self.session.run_stop(job.run_id)) is not None:
+                job.next_poll = now
+
+    def stop_all(self, grace: float) -> list[ExitedWorker]:
+        """Jobs are not stopped with the daemon: for up to `grace` seconds it waits for them
+        to finish and leave (they exit once the spool is idle); any still running then are
+        re-adopted from spool/adsp-jobs.json by the next daemon."""
+        exited = []
+        deadline = time.monotonic() + grace
+        while self.jobs and time.monotonic() < deadline:
+            for job in self.jobs.values():
+                job.next_poll = 0.0
+            exited.extend(self.reap(time.time()))
+            if self.jobs:
+                time.sleep(1.0)
+        if self.jobs:
+            log.info("leaving %d ADSP job(s) running for the next daemon to re-adopt", len(self.jobs))
+        self._save()
+        return exited
+
+
+def list_profiles(session=None) -> list[dict]:
+    session = session or open_session()
+    return session.resource_profile_list()

@@ -1,0 +1,186 @@
+"""The adsp launcher end to end: the daemon drives ADSP jobs through a fake ae5-tools whose
+jobs are real `sdgen worker` processes (tests/fakes/README.md)."""
+
+import json
+import os
+import secrets
+import signal
+import time
+
+import pytest
+
+from tests.conftest import REPO, sdgen, status_json, wait_for
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "pw-" + secrets.token_hex(8)
+FAST = ("--launcher", "adsp", "--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
+
+
+@pytest.fixture
+def ae5(tmp_path):
+    fake_dir = tmp_path / "fake-ae5"
+    env = dict(PYTHONPATH=f"{REPO / 'tests' / 'fakes'}{os.pathsep}{REPO}", FAKE_AE5_DIR=str(fake_dir),
+               AE5_HOSTNAME="ae5.example.com", AE5_USERNAME="alice", AE5_PASSWORD=PASSWORD,
+               TOOL_PROJECT_URL=f"https://ae5.example.com/projects/{secrets.token_hex(16)}/sessions/x")
+    env["dir"] = fake_dir
+    yield env
+    state = fake_state(fake_dir)
+    for run in state["runs"].values():
+        try:
+            os.killpg(run["pid"], signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def fake_state(fake_dir):
+    try:
+        return json.loads((fake_dir / "state.json").read_text())
+    except FileNotFoundError:
+        return {"jobs": {}, "runs": {}}
+
+
+def jobs_created(fake_dir) -> int:
+    return len([p for p in fake_dir.iterdir() if p.is_dir()]) if fake_dir.exists() else 0
+
+
+def start(daemon, ae5, *args, **env):
+    e = {k: v for k, v in ae5.items() if k != "dir"}
+    e.update(env)
+    return daemon(*FAST, *args, **e)
+
+
+def submit(data, *args):
+    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", *args,
+                 check=True).stdout.strip()
+
+
+def flag(ae5, name, on=True):
+    ae5["dir"].mkdir(parents=True, exist_ok=True)
+    path = ae5["dir"] / name
+    path.touch() if on else path.unlink()
+
+
+def no_secret_anywhere(data, ae5, daemon_output):
+    assert PASSWORD not in daemon_output
+    for path in list(data.rglob("*")) + list(ae5["dir"].rglob("*")):
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    for job in fake_state(ae5["dir"])["jobs"].values():
+        assert not [k for k in job["variables"] if k.startswith(("AE5_", "MLFLOW"))]
+
+
+def test_a_request_completes_through_adsp_jobs(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "12", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "2", "--exit-when-idle")
+    assert d.wait(120) == 0, d.output()
+    assert len(os.listdir(data / "outputs" / rid)) == 12
+    assert status_json(data)[0]["state"] == "done"
+    assert 1 <= jobs_created(ae5["dir"]) <= 2
+    state = fake_state(ae5["dir"])
+    variables = next(iter(json.loads((ae5["dir"] / "state.json").read_text())["runs"].values()), {})
+    assert state["jobs"] == {} and state["runs"] == {}  # finished jobs and runs deleted
+    assert variables == {} or "SDGEN_WORKER_ID" in variables.get("variables", {})
+    no_secret_anywhere(data, ae5, d.output())
+
+
+def test_a_failing_job_is_logged_and_the_work_goes_on(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    flag(ae5, "fail-jobs")
+    d = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
+    wait_for(lambda: "ended failed" in d.output(), timeout=60, what="a failed job")
+    logs = list((data / "logs").glob("worker-sdgen-w-*.log"))
+    assert logs and "worker environment broken" in logs[0].read_text()
+    flag(ae5, "fail-jobs", on=False)
+    assert d.wait(120) == 0, d.output()
+    assert len(os.listdir(data / "outputs" / rid)) == 2
+
+
+def test_a_stopped_run_gives_its_ticket_to_another_job(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "6", "--batch-size", "6", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "1", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="0.4")
+    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    [run] = fake_state(ae5["dir"])["runs"].values()
+    from tests.fakes.ae5_tools import api  # noqa: F401 - same module the daemon uses
+
+    os.environ["FAKE_AE5_DIR"] = str(ae5["dir"])
+    try:
+        api.AEUserSession("h", "u", "p").run_stop(run["id"])
+    finally:
+        del os.environ["FAKE_AE5_DIR"]
+    assert d.wait(120) == 0, d.output()
+    assert "ended stopped" in d.output()
+    assert len(os.listdir(data / "outputs" / rid)) == 6
+    assert jobs_created(ae5["dir"]) == 2
+
+
+def test_a_502_on_create_makes_no_duplicate_job(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    flag(ae5, "create-502")
+    d = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
+    assert d.wait(120) == 0, d.output()
+    assert "already exists (a retried create): adopting it" in d.output()
+    assert jobs_created(ae5["dir"]) == 1
+    assert len(os.listdir(data / "outputs" / rid)) == 2
+
+
+def test_an_unknown_state_is_logged_and_polled(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    flag(ae5, "unknown-state")
+    d = start(daemon, ae5, "--workers", "1", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="1")
+    wait_for(lambda: "unknown state 'suspended'" in d.output(), timeout=60, what="unknown state warning")
+    flag(ae5, "unknown-state", on=False)
+    assert d.wait(120) == 0, d.output()
+    assert d.output().count("unknown state 'suspended'") == 1
+    assert len(os.listdir(data / "outputs" / rid)) == 2
+
+
+def test_an_unreachable_ae5_is_waited_out(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    flag(ae5, "unreachable")
+    d = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
+    wait_for(lambda: "AE5 call failed" in d.output(), timeout=60, what="the AE5 warning")
+    time.sleep(3)
+    assert d.proc.poll() is None  # still running
+    flag(ae5, "unreachable", on=False)
+    assert d.wait(120) == 0, d.output()
+    assert d.output().count("AE5 call failed") == 1 and "Traceback" not in d.output()
+    assert len(os.listdir(data / "outputs" / rid)) == 2
+    assert jobs_created(ae5["dir"]) == 1
+
+
+def test_a_restarted_daemon_re_adopts_its_jobs(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "8", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "1", SDGEN_DRY_RUN_DELAY="0.3")
+    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    os.killpg(d.proc.pid, signal.SIGKILL)  # the daemon only: ADSP jobs live on
+    d.proc.wait()
+    d2 = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
+    assert d2.wait(120) == 0, d2.output()
+    assert "re-adopting 1 ADSP job(s)" in d2.output()
+    assert jobs_created(ae5["dir"]) == 1
+    assert len(os.listdir(data / "outputs" / rid)) == 8
+
+
+def test_cancel_stops_jobs_left_without_work(data, daemon, ae5):
+    rid = submit(data, "--prompt", "a", "--images", "30", "--batch-size", "3", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "1", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.3")
+    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    sdgen(data, "cancel", rid, check=True)
+    wait_for(lambda: "no work left for it" in d.output(), timeout=60, what="the job to be stopped")
+    wait_for(lambda: fake_state(ae5["dir"])["runs"] == {}, timeout=60, what="the run to be cleaned up")
+    assert "ended stopped" in d.output()
+
+
+def test_anaconda_project_commands_exist():
+    import yaml
+
+    spec = yaml.safe_load((REPO / "anaconda-project.yml").read_text())
+    for name, cmd in spec["commands"].items():
+        unix = cmd["unix"]
+        assert unix.split()[0] in ("sdgen", "bash"), (name, unix)
+        if unix.startswith("sdgen "):
+            args = unix.split()[1:3]
+            args = [a for a in args if not a.startswith("-")][:2]
+            proc = sdgen(REPO / "tmp-data", *args, "--help")
+            assert proc.returncode == 0, (name, proc.stderr)
