@@ -21,3 +21,18 @@ def register(sub) -> None:
     asub.required = True
     s = asub.add_parser("profiles", help="list resource profiles and their GPU counts")
     s.set_defaults(func=cmd_profiles)
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from sdgen.config import data_root
+    from sdgen.launchers.bootstrap import bootstrap
+
+    result, path = bootstrap(data_root(args.data), force=args.force)
+    print(f"{path}: {'already up to date' if result == 'unchanged' else 'built'}")
+    return 0
+
+
+def register_bootstrap(sub) -> None:
+    p = sub.add_parser("bootstrap", help="pack this environment into DATA/worker_env for ADSP jobs")
+    p.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
+    p.set_defaults(func=cmd_bootstrap)

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.register(sub)
     ui.register(sub)
     adsp.register(sub)
+    adsp.register_bootstrap(sub)
     return parser
 
 
