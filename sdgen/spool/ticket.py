@@ -51,6 +51,7 @@ class Ticket:
     @classmethod
     def from_json(cls, data: bytes | str) -> "Ticket":
         d = json.loads(data)
+        d.pop("result", None)  # a done-marker is a ticket plus its result
         d["images"] = tuple(ImageSpec(**i) for i in d["images"])
         d["history"] = tuple(d.get("history", ()))
         return cls(**d)

@@ -1,0 +1,28 @@
+"""The short version of benchmarks/soak.py: faults, hostile input and a small scale run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_soak_quick_keeps_every_promise(tmp_path):
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "all", "--quick",
+                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for part in ("faults", "hostile"):
+        f = r[part]
+        assert f["lost"] == 0 and f["duplicated"] == 0 and f["held_without_reason"] == 0, f
+        assert f["produced"] == f["expected"] and f["final_exit"] == 0 and f["stray_part_files"] == 0, f
+    assert r["faults"]["daemon_died_unasked"] == 0 and set(r["faults"]["running_after_sigterm"]) == {0}
+    h = r["hostile"]
+    assert h["quarantined"] == h["with_reason"] == h["bad_files_dropped"] and h["inbox_left"] == 0
+    assert h["outside_file_untouched"] and h["daemon_rss_mb_peak"] < h["daemon_rss_mb_before"] + 50
+    assert r["scale"]["overhead"]["overhead_fraction_in_worker"] < 0.1
