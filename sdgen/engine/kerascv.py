@@ -6,6 +6,7 @@ Knobs (environment, so they reach workers however launched):
   SDGEN_PRECISION  float32 | mixed_float16 | mixed_bfloat16 (default: mixed_float16 on a GPU,
                    float32 on the CPU)
   SDGEN_JIT        1 | 0 (default: 1 on a GPU, 0 on the CPU, where XLA is slower)
+  SDGEN_ATTENTION  fused (default: one fused dot-product-attention op, attention.py) | stock
   SDGEN_SAMPLER    fused (default: the whole loop as one compiled function, sampler.py) |
                    stock (keras-cv's own generate_image, kept as the reference)
 """
@@ -36,6 +37,7 @@ from keras_cv.src.models.stable_diffusion.stable_diffusion import (  # noqa: E40
 from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextEncoderV2  # noqa: E402
 
 from sdgen.engine.base import Engine  # noqa: E402
+from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402
 from sdgen.exceptions import EngineError  # noqa: E402
@@ -100,6 +102,9 @@ class KerasCVEngine(Engine):
                  jit: bool | None = None, sampler: str | None = None):
         gpu = on_gpu()
         self.sampler = sampler or os.environ.get("SDGEN_SAMPLER") or "fused"
+        self.attention = os.environ.get("SDGEN_ATTENTION") or "fused"
+        if self.attention not in ("fused", "stock"):
+            raise EngineError(f"SDGEN_ATTENTION must be fused or stock, got {self.attention!r}")
         if self.sampler not in ("fused", "stock"):
             raise EngineError(f"SDGEN_SAMPLER must be fused or stock, got {self.sampler!r}")
         self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
@@ -116,7 +121,7 @@ class KerasCVEngine(Engine):
 
     def describe(self) -> dict:
         return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
-                "jit": self.jit, "device": self.device, "sampler": self.sampler, "keras": keras.__version__,
+                "jit": self.jit, "device": self.device, "sampler": self.sampler, "attention": self.attention, "keras": keras.__version__,
                 "keras_cv": keras_cv.__version__}
 
     # -- building ---------------------------------------------------------------------------
@@ -142,6 +147,8 @@ class KerasCVEngine(Engine):
             text_encoder.load_weights(str(paths[names[1]]))
             unet.load_weights(str(paths[names[2]]))
             decoder.load_weights(str(paths[names[3]]))
+        if self.attention == "fused":
+            use_fused_attention(unet)
         if self.jit:
             for m in (text_encoder, unet, decoder):
                 m.compile(jit_compile=True)

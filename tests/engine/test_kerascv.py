@@ -69,9 +69,18 @@ def test_missing_pretrained_weights_fail_the_ticket_at_once(spool):
 
 @pytest.mark.slow
 def test_the_fused_loop_matches_keras_cvs_stock_loop(kerascv_engine):
+    """Both optimisations at once (fused loop + fused attention) against keras-cv as shipped
+    (its generate_image with its own attention)."""
+    from sdgen.engine.attention import use_fused_attention
+
     t = ticket("prompt: a harbour at night\nimages: 2\nbatch_size: 2\nseed: 21\n")
     fused = kerascv_engine.generate(t, t.images, sampler="fused")
-    stock = kerascv_engine.generate(t, t.images, sampler="stock")
+    unet = kerascv_engine.models[kerascv_engine._key(t)]._diffusion_model
+    use_fused_attention(unet, False)  # before the stock path is first traced
+    try:
+        stock = kerascv_engine.generate(t, t.images, sampler="stock")
+    finally:
+        use_fused_attention(unet, True)
     for f, s in zip(fused, stock):
         diff = np.abs(np.asarray(f, dtype=int) - np.asarray(s, dtype=int))
         assert diff.max() <= 2, diff.max()
@@ -99,3 +108,24 @@ def test_the_whole_path_daemon_worker_engine_png(tmp_path):
     assert meta["backend"] == "tensorflow" and meta["keras_cv"] == "0.9.0"
     marker = json.loads(next((data / "spool" / "tickets" / "done").iterdir()).read_text())
     assert marker["result"]["seconds"]["model_build"] > 0 and "compile" in marker["result"]["seconds"]
+
+
+@pytest.mark.slow
+def test_fused_attention_matches_keras_cvs_attention(kerascv_engine):
+    from sdgen.engine.attention import _fused_call, attention_layers
+
+    t = ticket("prompt: a\nimages: 1\nseed: 1\n")
+    kerascv_engine.prepare(t)
+    unet = kerascv_engine.models[kerascv_engine._key(t)]._diffusion_model
+    layers = attention_layers(unet)
+    assert len(layers) == 32 and all("call" in layer.__dict__ for layer in layers)  # fused by default
+    rng = np.random.default_rng(0)
+    cross = next(layer for layer in layers if layer.to_k.kernel.shape[0] == 768)
+    self_attention = next(layer for layer in layers if layer.to_k.kernel.shape[0] != 768)
+    for layer in (self_attention, cross):
+        dim = layer.to_q.kernel.shape[0]
+        ctx = rng.standard_normal((2, 77, 768), dtype=np.float32) if layer is cross else None
+        x = rng.standard_normal((2, 256, dim), dtype=np.float32)
+        original = type(layer).call(layer, x, context=ctx)
+        fused = _fused_call(layer, x, context=ctx)
+        np.testing.assert_allclose(np.asarray(fused), np.asarray(original), rtol=1e-4, atol=1e-4)
