@@ -136,9 +136,12 @@ def faults(trials: int, requests: int, images: int, quick: bool) -> dict:
             daemon.wait()
             kills[kind] += 1
             daemon = start_daemon(data, "--workers", "3", *FAST, SDGEN_DRY_RUN_DELAY=delay)
-        else:
+        else:  # SIGTERM to everything: the daemon and every worker (orphans of killed daemons too)
             daemon.send_signal(signal.SIGTERM)
+            for w in workers_of(data):
+                w.send_signal(signal.SIGTERM)
             code = wait_idle(daemon, 60)
+            psutil.wait_procs(workers_of(data), timeout=30)
             running = os.listdir(data / "spool" / "tickets" / "running")
             kills[kind] += 1
             if code != 0:
@@ -193,9 +196,9 @@ def hostile(files: int, quick: bool) -> dict:
             os.symlink(outside, inbox / f"link-{k}.yaml")
         if k % 50 == 0:  # a file "still being written": a .part name, renamed later
             (inbox / f"slow-{k}.yaml.part").write_bytes(b"prompt: [half")
+    dropped = len(corpus) + len(list(inbox.glob("link-*"))) + len(list(inbox.glob("*.part")))
     for part in inbox.glob("*.part"):
         os.rename(part, part.with_suffix(""))  # completes as a (bad) request
-    dropped = len(list(inbox.iterdir()))
     rss_peak = rss_before
     deadline = time.time() + 300
     while time.time() < deadline:

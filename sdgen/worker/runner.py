@@ -57,6 +57,28 @@ def classify(e: BaseException) -> tuple[bool, bool]:
     return True, False
 
 
+def _sweep_parts(out_dir) -> None:
+    """Remove half-written images left by workers of this host that died mid-write."""
+    host = socket.gethostname()
+    for part in out_dir.glob(".*.part"):
+        try:
+            part_host, pid = part.name[:-len(".part")].rsplit(".", 2)[-2:]
+            if part_host == host and not _alive(int(pid)):
+                part.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_png(path, image, pnginfo=None) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=pnginfo)
@@ -83,6 +105,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
     made = skipped = 0
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_parts(out_dir)
         todo = []
         for spec in ticket.images:
             path = out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)

@@ -1,6 +1,7 @@
 """The worker in-process with the dry-run engine: outputs, markers, reruns, stops, failures."""
 
 import hashlib
+import os
 import json
 
 from sdgen.engine.dryrun import DryRunEngine
@@ -85,3 +86,17 @@ def test_dry_run_images_depend_only_on_their_seed(spool):
     assert a == dry_run_image("p", 5, 128, 128).tobytes()
     assert a != dry_run_image("p", 6, 128, 128).tobytes()
     assert dry_run_image("p", 5, 256, 128).size == (256, 128)
+
+
+def test_half_written_images_of_dead_workers_are_swept(spool):
+    import socket
+
+    accept(spool)
+    out = spool.layout.output_dir(RID)
+    out.mkdir(parents=True)
+    dead = out / f".0000-000000-10.png.{socket.gethostname()}.{2**22 + 7}.part"
+    live = out / f".other.png.{socket.gethostname()}.{os.getpid()}.part"
+    dead.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    Worker(spool, "w1").step()
+    assert not dead.exists() and live.exists()
