@@ -22,7 +22,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[ml,test]'
 	touch $@
 
+# Pretrained weights are fetched once into the shared cache (skipped for dry-run / random).
 run: $(VENV)/.installed-ml
+	@case "$(ARGS)" in *dry-run*|*random*) ;; *) $(BIN)/sdgen weights status --model sd-v1 >/dev/null || $(BIN)/sdgen weights fetch --model sd-v1 ;; esac
 	$(BIN)/sdgen run --prompt "$(PROMPT)" --images $(IMAGES) $(ARGS)
 
 test: $(VENV)/.installed-test

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TERMINAL = {"completed", "failed", "stopped", "error"}
 KNOWN = TERMINAL | {"initial", "running"}
 POLL_MIN, POLL_MAX = 2.0, 30.0
+TRIM_AFTER = 10.0  # seconds a surplus job must hold no ticket before it is stopped
 START_DEADLINE = 20 * 60.0  # a run still "initial" after this is stopped and counted failed
 INSTALL_HINT = ("ae5-tools is not installed: `conda install -c ae5-admin ae5-tools` (it is not on "
                 "PyPI; anaconda-project.yml lists it)")
@@ -105,6 +106,7 @@ class AdspLauncher(Launcher):
         self.jobs: dict[str, Job] = {}
         self._down_since: float | None = None
         self._unknown_logged: set[tuple[str, str]] = set()
+        self._idle_since: dict[str, float] = {}
         self._load()
 
     # -- persistence ------------------------------------------------------------------------
@@ -229,12 +231,21 @@ class AdspLauncher(Launcher):
             return None
 
     def trim(self, now: float, busy: set[str], wanted: int) -> None:
-        """Stop jobs beyond what the queue needs that hold no ticket (e.g. after a cancel)."""
-        idle = [j for j in self.jobs.values() if j.name not in busy and j.run_id and j.state == "running"]
-        for job in idle[:max(0, len(self.jobs) - wanted)]:
-            log.info("stopping ADSP job %s: no work left for it", job.name)
-            if self._quietly(lambda: self.session.run_stop(job.run_id)) is not None:
-                job.next_poll = now
+        """Stop jobs beyond what the queue needs (e.g. after a cancel) once they have held no
+        ticket for TRIM_AFTER seconds: listings race with claims, and stopping a job that
+        just claimed a ticket would cost that ticket an attempt."""
+        surplus = len(self.jobs) - wanted
+        for job in list(self.jobs.values()):
+            if job.name in busy or surplus <= 0 or not job.run_id or job.state != "running":
+                self._idle_since.pop(job.name, None)
+                continue
+            since = self._idle_since.setdefault(job.name, now)
+            if now - since >= TRIM_AFTER:
+                log.info("stopping ADSP job %s: no work left for it", job.name)
+                if self._quietly(lambda: self.session.run_stop(job.run_id)) is not None:
+                    job.next_poll = now
+                    surplus -= 1
+                self._idle_since.pop(job.name, None)
 
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Jobs are not stopped with the daemon: for up to `grace` seconds it waits for them

@@ -42,6 +42,13 @@ def tracking_uri(data_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(data_root) / 'mlflow' / 'mlflow.db'}"
 
 
+def redact(uri: str) -> str:
+    """A URI safe for logs and spool files: no user:password@ part."""
+    import re
+
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
 def _ms(t: float) -> int:
     return int(t * 1000)
 
@@ -111,11 +118,11 @@ class Tracker:
         return len(self.spool.event_names())
 
     def _went_down(self, now: float, e: Exception) -> None:
-        text = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        text = redact(" ".join(f"{type(e).__name__}: {e}".split())[:300])
         if self.down_since is None:
             self.down_since = now
             log.warning("MLflow at %s is not answering (%s); generation goes on, tracking will "
-                        "catch up when it is back", self.uri, text)
+                        "catch up when it is back", redact(self.uri), text)
         self.last_error = text
         self._write_status(now)
 
@@ -128,7 +135,7 @@ class Tracker:
             self._write_status(now)
 
     def _write_status(self, now: float) -> None:
-        status = {"uri": self.uri if self.embedded else self.uri.split("@")[-1], "ok": self.down_since is None,
+        status = {"uri": redact(self.uri), "ok": self.down_since is None,
                   "down_since": self.down_since, "error": self.last_error if self.down_since else "",
                   "updated": now}
         self.spool.write(self.spool.layout.tracking_status, json.dumps(status).encode())

@@ -72,9 +72,10 @@ def no_secret_anywhere(data, ae5, daemon_output):
 
 def test_a_request_completes_through_adsp_jobs(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "12", "--batch-size", "2", "--seed", "1")
-    d = start(daemon, ae5, "--workers", "2", "--exit-when-idle")
+    d = start(daemon, ae5, "--workers", "2", "--exit-when-idle", SDGEN_TRACKING="on")  # embedded MLflow
     assert d.wait(120) == 0, d.output()
     assert len(os.listdir(data / "outputs" / rid)) == 12
+    assert (data / "mlflow" / "mlflow.db").exists()  # grepped for the password below
     assert status_json(data)[0]["state"] == "done"
     assert 1 <= jobs_created(ae5["dir"]) <= 2
     state = fake_state(ae5["dir"])
@@ -170,6 +171,20 @@ def test_cancel_stops_jobs_left_without_work(data, daemon, ae5):
     wait_for(lambda: "no work left for it" in d.output(), timeout=60, what="the job to be stopped")
     wait_for(lambda: fake_state(ae5["dir"])["runs"] == {}, timeout=60, what="the run to be cleaned up")
     assert "ended stopped" in d.output()
+
+
+def test_adsp_profiles_lists_gpus(data, ae5):
+    env = {k: v for k, v in ae5.items() if k != "dir"}
+    from tests.conftest import sdgen_env
+
+    proc = sdgen(data, "adsp", "profiles", env=sdgen_env(data, **env))
+    assert proc.returncode == 0, proc.stderr
+    assert "gpu-large" in proc.stdout and "1 GPU" in proc.stdout
+
+
+def test_without_ae5_tools_the_launcher_says_how_to_install(data):
+    proc = sdgen(data, "daemon", "--launcher", "adsp", "--exit-when-idle")
+    assert proc.returncode == 2 and "conda install -c ae5-admin ae5-tools" in proc.stderr
 
 
 def test_anaconda_project_commands_exist():

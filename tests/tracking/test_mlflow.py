@@ -169,3 +169,10 @@ def test_an_mlflow_outage_loses_nothing_and_catches_up(data, daemon, mlflow_serv
     assert len(os.listdir(data / "outputs" / rid)) == 24
     d.signal(signal.SIGTERM)
     assert d.wait(60) == 0
+
+
+def test_credentials_in_a_tracking_uri_are_never_written():
+    from sdgen.tracking.mlflow_log import redact
+
+    assert redact("https://alice:s3cret@mlflow.example.com/path") == "https://mlflow.example.com/path"
+    assert redact("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"

@@ -100,3 +100,14 @@ def test_half_written_images_of_dead_workers_are_swept(spool):
     live.write_bytes(b"being written")
     Worker(spool, "w1").step()
     assert not dead.exists() and live.exists()
+
+
+def test_out_of_memory_is_transient_and_ends_the_worker_process():
+    from sdgen.exceptions import EngineError, UserError
+    from sdgen.worker.runner import classify
+
+    assert classify(MemoryError()) == (True, True)
+    assert classify(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")) == (True, True)
+    assert classify(OSError("disk")) == (True, False)
+    assert classify(EngineError("weights missing", transient=False)) == (False, False)
+    assert classify(UserError("bad")) == (False, False)
