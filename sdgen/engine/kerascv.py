@@ -7,6 +7,8 @@ Knobs (environment, so they reach workers however launched):
                    float32 on the CPU)
   SDGEN_JIT        1 | 0 (default: 1 on a GPU, 0 on the CPU, where XLA is slower)
   SDGEN_ATTENTION  fused (default: one fused dot-product-attention op, attention.py) | stock
+  SDGEN_COMPILE_CACHE  folder for JAX's persistent compilation cache (default
+                   <data>/cache/jax; "off" disables): a new worker on a warm node skips compiling
   SDGEN_SAMPLER    fused (default: the whole loop as one compiled function, sampler.py) |
                    stock (keras-cv's own generate_image, kept as the reference)
 """
@@ -113,11 +115,25 @@ class KerasCVEngine(Engine):
         self.jit = jit if jit is not None else (env_jit == "1" if env_jit else gpu)
         self.device = "gpu" if gpu else "cpu"
         self.cache = WeightCache(cache_dir(Path(data_root)))
+        self.compile_cache = self._enable_compile_cache(Path(data_root))
         self.models: dict[tuple, StableDiffusion] = {}
         self.samplers: dict[tuple, FusedSampler] = {}
         self.warm: set[tuple] = set()
         if self.precision != "float32":
             keras.mixed_precision.set_global_policy(self.precision)
+
+    @staticmethod
+    def _enable_compile_cache(data_root: Path) -> str | None:
+        """JAX keeps compiled executables on disk, shared by every worker on the data dir."""
+        folder = os.environ.get("SDGEN_COMPILE_CACHE") or str(data_root / "cache" / "jax")
+        if keras.backend.backend() != "jax" or folder == "off":
+            return None
+        import jax
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        return folder
 
     def describe(self) -> dict:
         return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
