@@ -53,5 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except SdgenError as e:
         print(f"sdgen {args.command}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. a full disk: one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"sdgen {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -94,9 +94,22 @@ class Daemon:
                 self.tracker.start()
             log.info("daemon up on %s (%s, up to %d worker(s))", self.spool.layout.root,
                      "polling" if self.poll or watcher is None else "watching", self.launcher.max_workers)
+            failing = ""
             while not self.stopping:
                 self.wake.clear()
-                report = self.scheduler.tick(time.time())
+                try:
+                    report = self.scheduler.tick(time.time())
+                except OSError as e:
+                    # A full or failing disk must not take the daemon down: say so once,
+                    # then keep trying; nothing is lost, every write is atomic.
+                    if str(e) != failing:
+                        log.error("spool step failed (%s); retrying every %.1fs", e, self.rescan)
+                        failing = str(e)
+                    self.wake.wait(self.rescan)
+                    continue
+                if failing:
+                    log.warning("spool step works again")
+                    failing = ""
                 if self.on_tick:
                     self.on_tick(report)
                 if self.until and self.until(report):

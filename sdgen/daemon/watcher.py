@@ -17,8 +17,13 @@ class _Wake(FileSystemEventHandler):
     def __init__(self, event: threading.Event):
         self.event = event
 
+    # Reads make events too (inotify open / close-without-write): reacting to them would
+    # let the daemon's own reads wake it forever.
+    IGNORED = ("opened", "closed_no_write")
+
     def on_any_event(self, event):  # never raise here: it would kill the dispatch thread
-        self.event.set()
+        if event.event_type not in self.IGNORED:
+            self.event.set()
 
 
 class Watcher:

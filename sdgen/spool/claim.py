@@ -23,7 +23,7 @@ from filelock import FileLock
 
 from sdgen.spool.publish import link_new
 from sdgen.spool.store import Spool
-from sdgen.spool.ticket import Ticket, after_failure
+from sdgen.spool.ticket import Ticket, after_failure, after_pause
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,20 @@ class Claim:
         self._lease_path().unlink(missing_ok=True)
         return state
 
+    def pause(self, reason: str, now: float, wait: float) -> str:
+        """Defer without counting an attempt (disk full). If even that small write fails,
+        hand the ticket back by rename, which needs no new space."""
+        if not self.still_mine():
+            return "lost"
+        state, updated = after_pause(self.ticket, reason, self.lease.worker, now, wait)
+        try:
+            self.spool.move_ticket(self.name, "running", state, updated)
+        except OSError:
+            self.spool.move_ticket(self.name, "running", "pending")
+            state = "pending"
+        self._lease_path().unlink(missing_ok=True)
+        return state
+
     def hand_back(self, to_state: str = "pending") -> bool:
         """Give the ticket back unchanged (shutdown, cancel): not a failed attempt."""
         if not self.still_mine():
@@ -133,7 +147,12 @@ def claim_next(spool: Spool, worker_id: str, now: float | None = None,
                 layout.ticket("running", name).unlink(missing_ok=True)
                 continue
             lease = Lease(worker=worker_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
-            spool.write(layout.lease(name), lease.to_json())
+            try:
+                spool.write(layout.lease(name), lease.to_json())
+            except OSError:
+                # No lease, no claim: give the ticket back by rename (needs no space).
+                os.rename(layout.ticket("running", name), layout.ticket("pending", name))
+                raise
             try:
                 ticket = spool.read_ticket("running", name)
             except (ValueError, TypeError, KeyError) as e:

@@ -83,6 +83,13 @@ def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now:
                                not_before=now + backoff_seconds(attempt))
 
 
+def after_pause(ticket: Ticket, reason: str, worker: str, now: float, wait: float) -> tuple[str, Ticket]:
+    """An environmental stop (the disk is full): deferred, but not a failed attempt, so a
+    long outage can never hold or poison a ticket."""
+    return "deferred", replace(ticket, not_before=now + wait, reason=f"waiting: {reason}",
+                               history=_record(ticket, "paused", reason, worker, now))
+
+
 def after_death(ticket: Ticket, detail: str, worker: str, now: float,
                 max_deaths: int = defaults.MAX_WORKER_DEATHS) -> tuple[str, Ticket]:
     """Where a ticket goes when its worker died or its lease expired."""

@@ -15,7 +15,7 @@ from sdgen.exceptions import EngineError
 from sdgen.spool.claim import claim_next
 from sdgen.spool.store import Spool
 from sdgen.worker.heartbeat import Heartbeat
-from sdgen.worker.runner import Outcome, run_ticket
+from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_ticket
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,14 @@ class Worker:
         while not self.stopping:
             if max_tickets is not None and self.tickets_run >= max_tickets:
                 break
-            outcome = self.step()
+            try:
+                outcome = self.step()
+            except OSError as e:  # e.g. no space even for a lease: wait, then try again
+                log.error("cannot claim (%s): waiting %.0fs", e, DISK_FULL_WAIT)
+                self._sleep(DISK_FULL_WAIT)
+                continue
+            if outcome is not None and outcome.pause:
+                self._sleep(DISK_FULL_WAIT)
             if outcome is None:
                 if time.monotonic() - idle_since >= idle_exit:
                     log.info("idle for %.0fs: exiting", idle_exit)
@@ -93,6 +100,11 @@ class Worker:
                 log.error("exiting so that a fresh process takes over (%s)", outcome.error)
                 return EXIT_FATAL
         return EXIT_OK
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def _install_signals(self) -> None:
         def on_signal(signum, frame):

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import contextlib
+import errno
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +30,8 @@ from sdgen.worker.sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
+DISK_FULL_WAIT = 10.0  # seconds a ticket (and its worker) wait after the disk was full
+
 
 @dataclass
 class Outcome:
@@ -38,11 +41,16 @@ class Outcome:
     seconds: dict = field(default_factory=dict)
     error: str = ""
     fatal_for_worker: bool = False  # e.g. out of memory: this process should exit
+    pause: bool = False             # e.g. the disk is full: wait before claiming again
 
 
 def _is_oom(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}".lower()
     return isinstance(e, MemoryError) or "out of memory" in text or "resource_exhausted" in text
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def classify(e: BaseException) -> tuple[bool, bool]:
@@ -84,11 +92,15 @@ def _write_png(path, image, pnginfo=None) -> str:
     image.save(buf, format="PNG", pnginfo=pnginfo)
     data = buf.getvalue()
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a part written into a full disk keeps it full
+        raise
     return hashlib.sha256(data).hexdigest()
 
 
@@ -139,6 +151,14 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         _event(claim, "FINISHED", engine, now(), result=result)
         return Outcome("done", made, skipped, timings)
     except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
+        if is_disk_full(e):
+            log.error("ticket %s: disk full (%s); deferred without counting an attempt", ticket.name, e)
+            try:
+                state = claim.pause(f"{e.strerror} ({spool.layout.root}): free some space", now(),
+                                    DISK_FULL_WAIT)
+            except OSError:
+                state = "lost"
+            return Outcome(state, 0, skipped, timings, f"OSError: {e}", pause=True)
         transient, fatal = classify(e)
         detail = f"{type(e).__name__}: {e}"
         log.error("ticket %s failed (%s): %s", ticket.name, "transient" if transient else "permanent", detail)

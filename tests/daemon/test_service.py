@@ -1,5 +1,6 @@
 """The daemon and its local workers as real processes, with real signals."""
 
+import json
 import os
 import signal
 import time
@@ -7,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import claims_in_worker_logs, sdgen, status_json, wait_for
+from tests.conftest import DaemonProc, claims_in_worker_logs, kill_workers, sdgen, status_json, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +178,40 @@ def test_run_is_one_command_end_to_end(data):
     out_dir = proc.stdout.strip().splitlines()[-1]
     assert sorted(os.listdir(out_dir)) == expected_pngs(4, 3)
     assert "3/3 images" in proc.stderr and "(done)" in proc.stderr
+
+
+def test_a_full_disk_defers_work_until_space_is_freed(tmp_path):
+    """The data directory on a 6 MiB tmpfs, filled up: tickets are deferred with the reason,
+    the daemon stays up, and everything completes once space is freed."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        data = mnt / "data"
+        rid = submit(data, "--prompt", "a", "--images", "6", "--seed", "1", "--width", "1024", "--height", "1024")
+        d = DaemonProc(data, "--workers", "1", "--exit-when-idle", *FAST, SDGEN_DRY_RUN_DELAY="1")
+        wait_for(lambda: list((data / "spool" / "requests").glob("*/state.json")), what="acceptance")
+        # leave room for small spool files (tickets, leases) but not for a 78 kB image
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * (free - 48 * 1024))
+        spool_deferred = data / "spool" / "tickets" / "deferred"
+        wait_for(lambda: spool_deferred.exists() and os.listdir(spool_deferred), timeout=60, what="a deferred ticket")
+        ticket = json.loads(next(spool_deferred.iterdir()).read_text())
+        assert "No space left on device" in ticket["reason"] and ticket["attempt"] == 0
+        time.sleep(12)  # a full disk for a while: nothing gets held, the daemon stays up
+        assert d.proc.poll() is None
+        assert not os.listdir(data / "spool" / "tickets" / "held")
+        filler.unlink()
+        assert d.wait(180) == 0, d.output()
+        assert pngs(data, rid) == expected_pngs(1, 6)
+        assert [p for p in (data / "outputs").rglob("*.part")] == []
+        assert "Traceback" not in d.output()
+        d.close()
+    finally:
+        kill_workers(mnt / "data")
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -2,6 +2,7 @@
 
 import logging
 import threading
+import time
 
 from sdgen.daemon.watcher import Watcher
 from tests.conftest import wait_for
@@ -25,3 +26,20 @@ def test_events_wake_the_daemon_and_a_dead_observer_is_reported_once(tmp_path, c
 def test_a_watcher_that_cannot_start_leaves_rescans(tmp_path):
     w = Watcher([tmp_path / "missing"], threading.Event())
     assert w.start() is False and w.healthy() is False
+
+
+def test_reading_files_does_not_wake_the_daemon(tmp_path):
+    f = tmp_path / "state.json"
+    f.write_text("{}")
+    wake = threading.Event()
+    w = Watcher([tmp_path], wake)
+    assert w.start()
+    time.sleep(0.3)
+    wake.clear()
+    for _ in range(20):
+        f.read_text()
+    time.sleep(0.5)
+    assert not wake.is_set()
+    f.write_text("{1}")
+    wait_for(wake.is_set, timeout=5, what="a wake-up on a write")
+    w.stop()
