@@ -92,6 +92,7 @@ class _Progress:
         self.started = time.monotonic()
         self.first_done: tuple[float, int] | None = None
         self.row: dict | None = None
+        self.last_line = ""
 
     def update(self, *_):
         meta = self.spool.read_state(self.request_id)
@@ -112,8 +113,10 @@ class _Progress:
         filled = int(width * done / total) if total else 0
         bar = "#" * filled + "-" * (width - filled)
         end = "\n" if row["state"] in ("done", "failed", "cancelled") else ""
-        print(f"\r[{bar}] {done}/{total} images{rate}{eta} ({row['state']})   ", end=end,
-              file=self.stream, flush=True)
+        line = f"\r[{bar}] {done}/{total} images{rate}{eta} ({row['state']})   "
+        if line != self.last_line or end:  # a log file gets a line per change, not per tick
+            print(line, end=end, file=self.stream, flush=True)
+            self.last_line = line
 
     def finished(self, *_) -> bool:
         return bool(self.row) and self.row["state"] in ("done", "failed", "cancelled")
