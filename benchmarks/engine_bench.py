@@ -31,7 +31,7 @@ def main() -> int:
     a = p.parse_args()
 
     t0 = time.perf_counter()
-    from sdgen.engine.kerascv import KerasCVEngine, keras, keras_cv
+    from sdgen.engine.kerascv import KerasCVEngine, keras
     from sdgen.spool.request import parse_request
     from sdgen.spool.split import split_request
 

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 # Fail fast instead of mlflow's default minutes of retries: the tracker retries by itself.
