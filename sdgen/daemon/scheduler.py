@@ -274,6 +274,6 @@ class Scheduler:
         if not (self.launcher and self.launching) or now < self._launch_after:
             return
         wanted = min(self.launcher.max_workers, report.pending + report.running)
-        self.launcher.trim(now, getattr(self, "busy_workers", set()), wanted)
+        self.launcher.trim(now, self.busy_workers, wanted)
         for _ in range(wanted - len(self.launcher.running())):
             report.launched.append(self.launcher.launch(now))
