@@ -46,9 +46,21 @@ def sdgen(data: Path, *args, **extra) -> subprocess.CompletedProcess:
 
 
 def start_daemon(data: Path, *args, **extra) -> subprocess.Popen:
+    """Start a daemon and wait until it holds the data directory (a signal sent during its
+    imports would only test Python's default handler)."""
     log = open(data.parent / "daemon.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "sdgen", "daemon", *args], env=env_for(data, **extra),
+    proc = subprocess.Popen([sys.executable, "-m", "sdgen", "daemon", *args], env=env_for(data, **extra),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    info = data / "spool" / "daemon.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(info.read_text())["pid"] == proc.pid:
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    return proc
 
 
 def workers_of(data: Path) -> list[psutil.Process]:

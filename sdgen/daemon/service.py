@@ -76,6 +76,7 @@ class Daemon:
         self.stopping = False
 
     def run(self) -> int:
+        self._install_signals()  # first: a SIGTERM during start-up still means a clean stop
         self.spool.ensure()
         lock = acquire_daemon_lock(self.spool)
         watcher = None
@@ -89,7 +90,6 @@ class Daemon:
                 layout = self.spool.layout
                 watcher = Watcher([layout.inbox, layout.requests, layout.spool / "tickets"], self.wake)
                 watcher.start()
-            self._install_signals()
             if self.tracker is not None:
                 self.tracker.start()
             log.info("daemon up on %s (%s, up to %d worker(s))", self.spool.layout.root,

@@ -157,27 +157,32 @@ class Tracker:
         """The request's parent run ({experiment_id, run_id, finalized}), created on first sight."""
         path = self.spool.layout.mlflow_record(request_id)
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except FileNotFoundError:
-            pass
+            record = None
+        if record is not None and record.get("ready", True):
+            return record
         meta = self.spool.read_state(request_id)
         if meta is None:
             return None
         request = self.spool.read_request(request_id)
-        name = request.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "sdgen"
-        exp_id = self.experiment_id(name)
-        run = self.client.create_run(exp_id, start_time=_ms(meta.get("accepted_at", now)), tags={
-            "sdgen.request_id": request_id, "sdgen.name": request.name, "sdgen.user": getpass.getuser(),
-            "sdgen.host": socket.gethostname(), "sdgen.launcher": self.launcher,
-        }, run_name=request.name or request_id)
-        run_id = run.info.run_id
+        if record is None:
+            name = request.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "sdgen"
+            exp_id = self.experiment_id(name)
+            run = self.client.create_run(exp_id, start_time=_ms(meta.get("accepted_at", now)), tags={
+                "sdgen.request_id": request_id, "sdgen.name": request.name, "sdgen.user": getpass.getuser(),
+                "sdgen.host": socket.gethostname(), "sdgen.launcher": self.launcher,
+            }, run_name=request.name or request_id)
+            # Remember the run before logging into it: an outage now must not make a twin.
+            record = {"experiment_id": exp_id, "run_id": run.info.run_id, "finalized": False, "ready": False}
+            self.spool.write(path, json.dumps(record).encode())
         fields = request.to_dict()
         fields["prompts"] = " | ".join(request.prompts)
         fields.pop("prompt", None)
         fields["images_total"] = request.images_total
-        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in fields.items()])
-        self.client.log_artifact(run_id, str(self.spool.layout.request_file(request_id)))
-        record = {"experiment_id": exp_id, "run_id": run_id, "finalized": False}
+        self.client.log_batch(record["run_id"], params=[Param(k, _param(v)) for k, v in fields.items()])
+        self.client.log_artifact(record["run_id"], str(self.spool.layout.request_file(request_id)))
+        record["ready"] = True
         self.spool.write(path, json.dumps(record).encode())
         return record
 
