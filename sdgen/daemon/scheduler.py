@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sdgen import defaults
 from sdgen.exceptions import RequestError
 from sdgen.launchers.base import Launcher
-from sdgen.spool.claim import Lease
+from sdgen.spool.claim import Lease, pid_alive
 from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import ticket_name
 from sdgen.spool.progress import request_state
@@ -45,14 +45,6 @@ class TickReport:
                     or self.open_requests)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Scheduler:
@@ -149,7 +141,7 @@ class Scheduler:
                 self._reclaim(name, f"worker {lease.worker} exited with code {exited[lease.worker]}",
                               lease.worker, now, report)
                 continue
-            if lease and lease.host == self.host and not _pid_alive(lease.pid):
+            if lease and lease.host == self.host and not pid_alive(lease.pid):
                 self._reclaim(name, f"worker {lease.worker} (pid {lease.pid}) is gone", lease.worker, now, report)
                 continue
             seen = self._leases.get(name)

@@ -28,6 +28,17 @@ from sdgen.spool.ticket import Ticket, after_failure, after_pause
 log = logging.getLogger(__name__)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still exists: the proof that breaks a local lease early."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Lease:
     worker: str

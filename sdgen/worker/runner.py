@@ -20,7 +20,7 @@ from typing import Callable
 
 from sdgen.engine.base import Engine
 from sdgen.exceptions import EngineError, UserError
-from sdgen.spool.claim import Claim
+from sdgen.spool.claim import Claim, pid_alive
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
 from sdgen.spool.ticket import attempt_event
@@ -71,20 +71,12 @@ def _sweep_parts(out_dir) -> None:
     for part in out_dir.glob(".*.part"):
         try:
             part_host, pid = part.name[:-len(".part")].rsplit(".", 2)[-2:]
-            if part_host == host and not _alive(int(pid)):
+            if part_host == host and not pid_alive(int(pid)):
                 part.unlink(missing_ok=True)
         except (ValueError, OSError):
             continue
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_png(path, image, pnginfo=None) -> str:
