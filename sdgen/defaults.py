@@ -27,6 +27,10 @@ MAX_WORKER_DEATHS = 2
 # The daemon rescans the spool this often even when the watcher reports nothing.
 RESCAN_SECONDS = 2.0
 
+# Worker exit codes: 3 = this worker cannot work (out of GPU memory, broken install);
+# the daemon does not count it as a crash to back off from.
+WORKER_EXIT_OK, WORKER_EXIT_FATAL = 0, 3
+
 # Workers started by the daemon exit after the spool has been idle this long.
 WORKER_IDLE_EXIT_SECONDS = 30.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sdgen import defaults
 from sdgen.exceptions import RequestError
@@ -16,8 +16,7 @@ from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import ticket_name
 from sdgen.spool.progress import request_state
 from sdgen.spool.store import Spool
-from sdgen.spool.ticket import Ticket, after_death, attempt_event, backoff_seconds
-from sdgen.worker.loop import EXIT_FATAL
+from sdgen.spool.ticket import Ticket, after_death, attempt_event, backoff_seconds, due_at
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +178,16 @@ class Scheduler:
                 ticket = self.spool.read_ticket("deferred", name)
             except FileNotFoundError:
                 continue
-            if ticket.not_before <= now:
+            due = due_at(ticket, now)
+            if due <= now:
                 self.spool.move_ticket(name, "deferred", "pending")
-            else:
-                report.deferred += 1
-                wait = ticket.not_before - now
-                report.wake_in = wait if report.wake_in is None else min(report.wake_in, wait)
+                continue
+            if not ticket.not_before:
+                # only the daemon writes deferred tickets once they are there
+                self.spool.write(self.spool.layout.ticket("deferred", name),
+                                 replace(ticket, not_before=due).to_json())
+            report.deferred += 1
+            report.wake_in = due - now if report.wake_in is None else min(report.wake_in, due - now)
 
     # -- requests ---------------------------------------------------------------------------
     def _meta_of(self, request_id: str) -> dict | None:
@@ -252,7 +255,7 @@ class Scheduler:
     # -- workers ----------------------------------------------------------------------------
     def _note_exits(self, exited, now: float) -> None:
         for w in exited:
-            if w.returncode in (0, EXIT_FATAL) or w.ran_seconds >= 30:
+            if w.returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL) or w.ran_seconds >= 30:
                 self._crash_streak = 0
                 continue
             self._crash_streak += 1

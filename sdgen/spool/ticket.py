@@ -34,7 +34,8 @@ class Ticket:
     weights: str
     attempt: int = 0        # attempts that ended without a result (failures and deaths)
     deaths: int = 0         # attempts whose worker died without a word
-    not_before: float = 0.0  # deferred until this time (daemon clock)
+    wait_s: float = 0.0      # deferred: how long to wait, counted from when the daemon sees it
+    not_before: float = 0.0  # deferred until this time, stamped by the daemon on its own clock
     reason: str = ""        # why it is failed, held or deferred
     history: tuple[dict, ...] = field(default_factory=tuple)
 
@@ -69,6 +70,13 @@ def _record(ticket: Ticket, event: str, detail: str, worker: str, now: float) ->
     return (ticket.history + (entry,))[-20:]
 
 
+def due_at(ticket: Ticket, now: float) -> float:
+    """When a deferred ticket may run again, on the daemon's clock. A worker only says how
+    long to wait: its own clock may be minutes off, so `now + wait` from a worker would
+    retry at once or stall. The daemon stamps the due time when it first sees the ticket."""
+    return ticket.not_before if ticket.not_before else now + ticket.wait_s
+
+
 def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now: float,
                   max_attempts: int = defaults.MAX_ATTEMPTS) -> tuple[str, Ticket]:
     """Where a ticket goes when its attempt raised: (state, updated ticket)."""
@@ -80,13 +88,13 @@ def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now:
         reason = f"gave up after {attempt} attempts; last error: {error}"
         return "held", replace(ticket, attempt=attempt, reason=reason, history=history)
     return "deferred", replace(ticket, attempt=attempt, reason=error, history=history,
-                               not_before=now + backoff_seconds(attempt))
+                               wait_s=backoff_seconds(attempt), not_before=0.0)
 
 
 def after_pause(ticket: Ticket, reason: str, worker: str, now: float, wait: float) -> tuple[str, Ticket]:
     """An environmental stop (the disk is full): deferred, but not a failed attempt, so a
     long outage can never hold or poison a ticket."""
-    return "deferred", replace(ticket, not_before=now + wait, reason=f"waiting: {reason}",
+    return "deferred", replace(ticket, wait_s=wait, not_before=0.0, reason=f"waiting: {reason}",
                                history=_record(ticket, "paused", reason, worker, now))
 
 
@@ -105,7 +113,7 @@ def after_death(ticket: Ticket, detail: str, worker: str, now: float,
 
 def after_retry(ticket: Ticket, now: float) -> Ticket:
     """`sdgen retry`: a fresh start for a failed or held ticket, history kept."""
-    return replace(ticket, attempt=0, deaths=0, not_before=0.0, reason="",
+    return replace(ticket, attempt=0, deaths=0, wait_s=0.0, not_before=0.0, reason="",
                    history=_record(ticket, "retry", "retried by user", "", now))
 
 

@@ -19,7 +19,7 @@ from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_ticket
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FATAL = 0, 3
+EXIT_OK, EXIT_FATAL = defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL
 
 
 def new_worker_id() -> str:

@@ -1,7 +1,9 @@
+from dataclasses import replace
+
 from sdgen.spool.layout import parse_ticket_name, ticket_name
 from sdgen.spool.request import parse_request
 from sdgen.spool.split import split_request
-from sdgen.spool.ticket import Ticket, after_death, after_failure, after_retry, backoff_seconds
+from sdgen.spool.ticket import Ticket, after_death, after_failure, after_retry, backoff_seconds, due_at
 
 
 def a_ticket(**kw) -> Ticket:
@@ -18,10 +20,19 @@ def test_backoff_is_exponential_and_capped():
     assert [backoff_seconds(a, base=5, cap=60) for a in (1, 2, 3, 4, 5, 6)] == [5, 10, 20, 40, 60, 60]
 
 
+def test_a_deferred_ticket_is_due_on_the_daemons_clock_not_the_workers():
+    # a worker whose clock is an hour ahead defers a ticket: the wait counts from when the
+    # daemon first sees it, and once stamped the due time stays put
+    _, t = after_failure(a_ticket(), "OSError: disk", True, "w1", now=3600.0 + 50.0)
+    assert due_at(t, now=50.0) == 50.0 + backoff_seconds(1)
+    stamped = replace(t, not_before=due_at(t, now=50.0))
+    assert due_at(stamped, now=53.0) == 50.0 + backoff_seconds(1)
+
+
 def test_transient_failures_defer_then_hold():
     t = a_ticket()
     state, t = after_failure(t, "OSError: disk", True, "w1", now=1000.0, max_attempts=3)
-    assert state == "deferred" and t.attempt == 1 and t.not_before == 1000.0 + backoff_seconds(1)
+    assert state == "deferred" and t.attempt == 1 and t.wait_s == backoff_seconds(1) and t.not_before == 0
     state, t = after_failure(t, "OSError: disk", True, "w1", now=2000.0, max_attempts=3)
     assert state == "deferred" and t.attempt == 2
     state, t = after_failure(t, "OSError: disk", True, "w1", now=3000.0, max_attempts=3)

@@ -76,7 +76,7 @@ def test_an_io_error_is_transient_and_deferred(spool):
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "deferred" and "FileExistsError" in outcome.error
     t = spool.read_ticket("deferred", spool.ticket_names("deferred")[0])
-    assert t.attempt == 1 and t.not_before > 0
+    assert t.attempt == 1 and t.wait_s > 0
 
 
 def test_dry_run_images_depend_only_on_their_seed(spool):
