@@ -4,6 +4,7 @@ processes and real signals. Prints figures; `--json FILE` keeps them.
     python benchmarks/soak.py faults  [--trials 20]      workers/daemon SIGKILLed, SIGTERM + restart
     python benchmarks/soak.py hostile [--files 300]      a corpus of bad files beside valid work
     python benchmarks/soak.py scale   [--max-tickets 100000]
+    python benchmarks/soak.py infra                      two daemons, clock skew, disk full, MLflow down
     python benchmarks/soak.py all --quick                 the short version the test suite runs
 
 Targets (issue 7): 0 images lost, 0 duplicated, no ticket held without a reason, the daemon
@@ -351,7 +352,7 @@ def scale(max_tickets: int, quick: bool) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["faults", "hostile", "scale", "all"])
+    p.add_argument("what", choices=["faults", "hostile", "infra", "scale", "all"])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--files", type=int, default=300)
     p.add_argument("--max-tickets", type=int, default=100_000)
@@ -365,6 +366,10 @@ def main() -> int:
     if a.what in ("hostile", "all"):
         results["hostile"] = hostile(60 if a.quick else a.files, a.quick)
         print("hostile", json.dumps(results["hostile"]), flush=True)
+    if a.what in ("infra", "all"):
+        from soak_infra import infra
+
+        results["infra"] = infra(a.quick)
     if a.what in ("scale", "all"):
         results["scale"] = scale(1000 if a.quick else a.max_tickets, a.quick)
     if a.json:

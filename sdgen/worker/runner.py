@@ -80,6 +80,9 @@ def _sweep_parts(out_dir) -> None:
 
 
 def _write_png(path, image, pnginfo=None) -> str:
+    """Publish an image with link(2), never over an existing file: a late writer (frozen
+    past its lease, then thawed) must not replace the picture a done-marker describes.
+    Returns the sha256 of the file that is at `path` afterwards."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=pnginfo)
     data = buf.getvalue()
@@ -89,10 +92,13 @@ def _write_png(path, image, pnginfo=None) -> str:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            log.warning("%s was made by another attempt meanwhile; kept it", path.name)
+            data = path.read_bytes()
+    finally:
         tmp.unlink(missing_ok=True)  # a part written into a full disk keeps it full
-        raise
     return hashlib.sha256(data).hexdigest()
 
 
@@ -139,7 +145,8 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         }
         if isinstance(sampler, SystemSampler):
             result["system"] = sampler.samples
-        claim.finish(result)
+        if not claim.finish(result):
+            return Outcome("lost", made, skipped, timings, "another attempt finished this ticket first")
         _event(claim, "FINISHED", engine, now(), result=result)
         return Outcome("done", made, skipped, timings)
     except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome

@@ -111,3 +111,30 @@ def test_out_of_memory_is_transient_and_ends_the_worker_process():
     assert classify(OSError("disk")) == (True, False)
     assert classify(EngineError("weights missing", transient=False)) == (False, False)
     assert classify(UserError("bad")) == (False, False)
+
+
+def test_a_late_writer_thawed_mid_ticket_replaces_nothing_and_reports_lost(spool):
+    """Frozen past its lease: the daemon gave the ticket to w2, which finished it. When the
+    late worker's engine returns, its pictures (different bytes here) must not replace w2's,
+    and it must not log a second finished attempt."""
+    accept(spool)
+    late = claim_next(spool, "late")
+
+    class ThawedLate(DryRunEngine):
+        def generate(self, ticket, images):
+            if not spool.ticket_names("done"):
+                spool.move_ticket(late.name, "running", "pending")  # what the daemon's reclaim does
+                spool.layout.lease(late.name).unlink()
+                assert Worker(spool, "w2").step().state == "done"
+            return [img.rotate(90) for img in super().generate(ticket, images)]
+
+    outcome = run_ticket(late, ThawedLate(), lambda: None, "late")
+    assert outcome.state == "lost" and outcome.images_made == 4
+    marker = json.loads(spool.layout.ticket("done", late.name).read_text())
+    assert marker["result"]["worker"] == "w2"
+    for o in marker["result"]["outputs"]:
+        assert hashlib.sha256((spool.layout.root / o["file"]).read_bytes()).hexdigest() == o["sha256"]
+    finished = [e for e in spool.event_names()
+                if json.loads((spool.layout.events / e).read_text())["status"] == "FINISHED"]
+    assert len(finished) == 1
+    assert not list(spool.layout.output_dir(RID).glob(".*.part"))
