@@ -14,6 +14,7 @@ never dies from a worker's fault; bounded daemon memory; nothing quadratic.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -104,13 +105,18 @@ def audit(data: Path, expected: dict[str, int]) -> dict:
         for name in spool.ticket_names(state):
             if not spool.read_ticket(state, name).reason:
                 held_without_reason += 1
-    rework = 0
+    rework = mismatched = 0
     for name in spool.ticket_names("done"):
         t = spool.read_ticket("done", name)
         rework += t.attempt
+        marker = json.loads(spool.layout.ticket("done", name).read_text())
+        for o in marker.get("result", {}).get("outputs", []):
+            f = data / o["file"]
+            if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != o["sha256"]:
+                mismatched += 1
     return {"expected": sum(expected.values()), "produced": produced, "lost": lost,
             "duplicated": duplicated + double_markers, "held_without_reason": held_without_reason,
-            "tickets_rerun_after_a_fault": rework,
+            "tickets_rerun_after_a_fault": rework, "images_not_as_their_marker_says": mismatched,
             "stray_part_files": len(list((data / "outputs").rglob("*.part")))}
 
 

@@ -79,8 +79,8 @@ def clock_skew(stops: int) -> dict:
         return {"skipped": "faketime is not installed (apt-get install faketime)"}
     root = Path(tempfile.mkdtemp(prefix="sdgen-skew-"))
     data = root / "data"
-    expected = submit_many(data, 4, 24, 4)
-    delay = 0.3
+    expected = submit_many(data, 6, 12 * stops, 4)  # enough work to outlast every freeze
+    delay = 0.5
     daemon = start_daemon(data, "--workers", "1", "--rescan", "0.3", "--lease-timeout", "3",
                           "--worker-idle-exit", "3", SDGEN_DRY_RUN_DELAY=delay)
     workers = {}
@@ -100,11 +100,14 @@ def clock_skew(stops: int) -> dict:
         w = workers[wid]
         if w.poll() is not None:
             break
-        time.sleep(rng.uniform(0.5, 1.5))
-        holding = any(json.loads(p.read_text()).get("worker") == wid
-                      for p in spool.layout.leases.glob("*.json") if p.exists())
+        time.sleep(rng.uniform(0.2, 1.0))
+        deadline = time.monotonic() + 5
+        holding = False
+        while not holding and time.monotonic() < deadline:  # freeze it while it holds a ticket
+            holding = any(_lease_worker(p) == wid for p in spool.layout.leases.glob("*.json"))
+            time.sleep(0.05)
         os.killpg(w.pid, signal.SIGSTOP)
-        time.sleep(5.0)  # past the 3 s lease timeout of the daemon's clock
+        time.sleep(4.0)  # past the 3 s lease timeout of the daemon's clock
         os.killpg(w.pid, signal.SIGCONT)
         frozen_while_holding += holding
     for w in workers.values():
@@ -121,6 +124,13 @@ def clock_skew(stops: int) -> dict:
             "lease_expiries": expiries, "late_writers_fenced": fenced, "tickets_done_by": worked,
             "wrongful_expiries": expiries["ahead-steady"] + expiries["behind-steady"],
             "final_exit": code, **audit(data, expected)}
+
+
+def _lease_worker(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("worker")
+    except (OSError, ValueError):
+        return None
 
 
 def disk_full(trials: int) -> dict:
@@ -200,10 +210,10 @@ def mlflow_outage(trials: int) -> dict:
     expected = {}
     for i in range(3):
         rid = sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                    "--prompt", f"outage {i}", "--images", "16", "--batch-size", "2", "--seed", str(i),
+                    "--prompt", f"outage {i}", "--images", "40", "--batch-size", "2", "--seed", str(i),
                     "--experiment", exp, **track).stdout.strip()
-        expected[rid] = 16
-    daemon = start_daemon(data, "--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY=0.15, **track)
+        expected[rid] = 40
+    daemon = start_daemon(data, "--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY=0.2, **track)
     rng = random.Random(5)
     downtime = 0.0
     for _ in range(trials):
@@ -216,7 +226,7 @@ def mlflow_outage(trials: int) -> dict:
         downtime += down + time.monotonic() - t
     final_wait = time.monotonic() + 300
     client = MlflowClient(server.uri)
-    tickets = 3 * 8
+    tickets = 3 * 20
     parents = children = 0
     while time.monotonic() < final_wait:
         e = client.get_experiment_by_name(exp)
@@ -241,7 +251,7 @@ def mlflow_outage(trials: int) -> dict:
             "parent_runs": len(parents), "requests": len(expected),
             "duplicate_parents": sum(n - 1 for n in per_request.values() if n > 1),
             "child_runs": len(children), "child_status": child_status, "tickets": tickets,
-            "daemon_exit": code, **out}
+            "final_exit": code, **out}
 
 
 def infra(quick: bool) -> dict:

@@ -17,12 +17,24 @@ def test_soak_quick_keeps_every_promise(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    for part in ("faults", "hostile"):
-        f = r[part]
+    infra = r["infra"]
+    parts = [r["faults"], r["hostile"]] + [v for v in infra.values() if "skipped" not in v]
+    for f in parts:
         assert f["lost"] == 0 and f["duplicated"] == 0 and f["held_without_reason"] == 0, f
         assert f["produced"] == f["expected"] and f["final_exit"] == 0 and f["stray_part_files"] == 0, f
+        assert f["images_not_as_their_marker_says"] == 0, f
     assert r["faults"]["daemon_died_unasked"] == 0 and set(r["faults"]["running_after_sigterm"]) == {0}
     h = r["hostile"]
     assert h["quarantined"] == h["with_reason"] == h["bad_files_dropped"] and h["inbox_left"] == 0
     assert h["outside_file_untouched"] and h["daemon_rss_mb_peak"] < h["daemon_rss_mb_before"] + 50
+    d = infra["two_daemons"]
+    assert d["one_held"] == d["other_refused_in_one_line"] == d["trials"] and d["both_ran"] == 0
+    k = infra["clock_skew"]
+    if "skipped" not in k:
+        assert k["wrongful_expiries"] == 0
+        assert k["late_writers_fenced"]["ahead-steady"] == k["late_writers_fenced"]["behind-steady"] == 0
+        assert sum(k["late_writers_fenced"].values()) <= sum(k["lease_expiries"].values())
+    f = infra["disk_full"]
+    if "skipped" not in f:
+        assert f["trials_with_a_deferral"] == f["trials"] and f["held_while_full"] == f["daemon_died"] == 0
     assert r["scale"]["overhead"]["overhead_fraction_in_worker"] < 0.1

@@ -95,7 +95,12 @@ class Claim:
             self._lease_path().unlink(missing_ok=True)
 
     def finish(self, result: dict) -> bool:
-        """Publish the done-marker (ticket + result). False if another attempt did first."""
+        """Publish the done-marker (ticket + result). False if the ticket was taken back (a
+        late writer leaves it to the new holder, which skips the images already there) or
+        another attempt published first."""
+        if not self.still_mine():
+            log.warning("ticket %s was taken back before it finished; leaving it to its new holder", self.name)
+            return False
         marker = json.loads(self.ticket.to_json())
         marker["result"] = result
         won = link_new(self.spool.layout.tmp, self.spool.layout.ticket("done", self.name),

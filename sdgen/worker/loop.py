@@ -58,7 +58,7 @@ class Worker:
             def should_stop() -> str | None:
                 if self.stopping:
                     return "shutdown"
-                if beat.lost.is_set():
+                if beat.lost.is_set() or not claim.still_mine():  # at every image, not every beat
                     return "lost"
                 if self.spool.is_cancelled(ticket.request_id):
                     return "cancelled"
