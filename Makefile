@@ -28,6 +28,7 @@ run: $(VENV)/.installed-ml
 	$(BIN)/sdgen run --prompt "$(PROMPT)" --images $(IMAGES) $(ARGS)
 
 test: $(VENV)/.installed-test
+	scripts/system-packages.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

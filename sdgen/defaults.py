@@ -31,6 +31,12 @@ RESCAN_SECONDS = 2.0
 # the daemon does not count it as a crash to back off from.
 WORKER_EXIT_OK, WORKER_EXIT_FATAL = 0, 3
 
+# A worker that exits with an error within STARTUP_SECONDS failed at start-up; after this
+# many in a row the daemon stops launching and says why in `sdgen status` (a broken
+# install or a wrong partition would otherwise fill a cluster's queue with failures).
+STARTUP_SECONDS = 30.0
+MAX_STARTUP_FAILURES = 3
+
 # Workers started by the daemon exit after the spool has been idle this long.
 WORKER_IDLE_EXIT_SECONDS = 30.0
 

@@ -32,14 +32,32 @@ def _positive(kind):
 
 
 def _daemon_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=_positive(int), metavar="N",
-                   help="most workers at once (default: one per GPU, else 1)")
-    p.add_argument("--launcher", default="local", choices=["local", "adsp"],
-                   help="where workers run: local processes, or ADSP run-once jobs")
+    p.add_argument("--workers", "--max-jobs", type=_positive(int), metavar="N",
+                   help="most workers (local processes, ADSP or Slurm jobs) at once "
+                        "(default: one per GPU, else 1)")
+    p.add_argument("--launcher", default="local", choices=["local", "adsp", "slurm"],
+                   help="where workers run: local processes, ADSP run-once jobs or Slurm batch jobs")
     p.add_argument("--adsp-project", metavar="ID", help="ADSP project for the jobs (default: this session's)")
     p.add_argument("--adsp-resource-profile", metavar="NAME", help="resource profile of the jobs "
                    "(`sdgen adsp profiles` lists them)")
     p.add_argument("--adsp-keep-jobs", action="store_true", help="keep finished ADSP jobs and runs")
+    g = p.add_argument_group("Slurm jobs (--launcher slurm)")
+    g.add_argument("--slurm-partition", metavar="NAME")
+    g.add_argument("--slurm-gres", metavar="SPEC", help="e.g. gpu:1")
+    g.add_argument("--slurm-gpus", metavar="SPEC", help="sbatch --gpus, e.g. 1 or a100:1")
+    g.add_argument("--slurm-time", metavar="LIMIT", help="time limit per job, e.g. 4:00:00; a job "
+                   "that reaches it hands its tickets back through their leases")
+    g.add_argument("--slurm-account", metavar="NAME")
+    g.add_argument("--slurm-qos", metavar="NAME")
+    g.add_argument("--slurm-cpus", type=_positive(int), metavar="N", help="--cpus-per-task")
+    g.add_argument("--slurm-mem", metavar="SIZE", help="e.g. 32G")
+    g.add_argument("--slurm-arg", action="append", default=[], metavar="ARG",
+                   help="one more sbatch argument, verbatim (repeatable), e.g. --slurm-arg=--constraint=a100")
+    g.add_argument("--slurm-python", metavar="PATH", help="python with sdgen installed, as the compute "
+                   "nodes see it (default: the daemon's own, which suits a shared software tree)")
+    g.add_argument("--slurm-env", action="append", default=[], metavar="NAME",
+                   help="pass this variable of the daemon's environment to every job (repeatable); "
+                        "credentials are refused")
     p.add_argument("--poll", action="store_true",
                    help="no file watcher, rescans only (for NFS: other hosts' writes make no events)")
     p.add_argument("--rescan", type=_positive(float), default=defaults.RESCAN_SECONDS, metavar="S",
@@ -63,6 +81,14 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     if args.launcher == "adsp":
         options.update(project=args.adsp_project, resource_profile=args.adsp_resource_profile,
                        keep_jobs=args.adsp_keep_jobs)
+    elif args.launcher == "slurm":
+        from sdgen.launchers.slurm import JobOptions
+
+        options["job_options"] = JobOptions(
+            partition=args.slurm_partition, gres=args.slurm_gres, gpus=args.slurm_gpus,
+            time_limit=args.slurm_time, account=args.slurm_account, qos=args.slurm_qos,
+            cpus=args.slurm_cpus, mem=args.slurm_mem, extra=tuple(args.slurm_arg), env=tuple(args.slurm_env),
+            python=args.slurm_python)
     else:
         options["extra_env"] = {"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None
     launcher = get_launcher(args.launcher, **options)

@@ -25,6 +25,7 @@ def collect(spool: Spool) -> list[dict]:
         rid = name.split("-", 1)[1][:22]
         backlog[rid] = backlog.get(rid, 0) + 1
     tracking = _tracking_status(spool)
+    blocked = (_read_json(layout.launcher_status) or {}).get("blocked")
     rows = []
     for request_id in spool.request_ids():
         meta = spool.read_state(request_id)
@@ -37,6 +38,8 @@ def collect(spool: Spool) -> list[dict]:
         row["tracking_backlog"] = backlog.get(request_id, 0)
         if tracking and not tracking.get("ok") and row["tracking_backlog"]:
             row["tracking_error"] = f"MLflow unreachable since {_when(tracking['down_since'])}: {tracking['error']}"
+        if blocked and row["state"] in ("pending", "running"):
+            row["launcher_error"] = blocked
         rows.append(row)
     for folder in (layout.inbox, layout.incoming):
         for entry in sorted(os.listdir(folder)) if folder.exists() else []:
@@ -66,8 +69,12 @@ def collect(spool: Spool) -> list[dict]:
 
 
 def _tracking_status(spool: Spool) -> dict | None:
+    return _read_json(spool.layout.tracking_status)
+
+
+def _read_json(path) -> dict | None:
     try:
-        return json.loads(spool.layout.tracking_status.read_text())
+        return json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         return None
 
@@ -108,6 +115,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no requests yet: `sdgen submit --prompt ...` queues one")
     else:
         print(_table(rows))
+        launcher = _read_json(spool.layout.launcher_status) or {}
+        if launcher.get("blocked"):
+            print(f"launcher {launcher['launcher']} stopped launching workers at {_when(launcher['since'])}: "
+                  f"{launcher['blocked']}")
         waiting = sum(r.get("tracking_backlog", 0) for r in rows)
         tracking = _tracking_status(spool)
         if tracking and not tracking.get("ok"):

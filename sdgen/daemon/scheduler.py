@@ -3,6 +3,7 @@ launches. The service calls it in a loop; tests call it directly with a chosen `
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -60,6 +61,7 @@ class Scheduler:
         self._meta: dict[str, dict] = {}
         self._crash_streak = 0
         self._launch_after = 0.0
+        self.blocked: str | None = None  # why no more workers are launched
         self.busy_workers: set[str] = set()
 
     # -- the step ---------------------------------------------------------------------------
@@ -255,18 +257,32 @@ class Scheduler:
     # -- workers ----------------------------------------------------------------------------
     def _note_exits(self, exited, now: float) -> None:
         for w in exited:
-            if w.returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL) or w.ran_seconds >= 30:
+            if (w.returncode is None or w.returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL)
+                    or w.ran_seconds >= defaults.STARTUP_SECONDS):
                 self._crash_streak = 0
                 continue
             self._crash_streak += 1
+            how = w.detail or f"exited with code {w.returncode}"
+            if self._crash_streak >= defaults.MAX_STARTUP_FAILURES:
+                self.blocked = (f"{self._crash_streak} workers in a row failed at start-up; last: {w.worker_id} "
+                                f"{how} after {w.ran_seconds:.0f}s (see logs/worker-{w.worker_id}.log). "
+                                f"Fix the cause, then restart the daemon")
+                log.error("no more workers will be launched: %s", self.blocked)
+                self.write_launcher_status(now)
+                continue
             delay = backoff_seconds(self._crash_streak, base=2.0, cap=120.0)
             self._launch_after = now + delay
-            log.error("worker %s exited with code %s after %.1fs (see logs/worker-%s.log); "
-                      "next launch in %.0fs", w.worker_id, w.returncode, w.ran_seconds, w.worker_id, delay)
+            log.error("worker %s %s after %.1fs (see logs/worker-%s.log); next launch in %.0fs",
+                      w.worker_id, how, w.ran_seconds, w.worker_id, delay)
+
+    def write_launcher_status(self, now: float) -> None:
+        name = self.launcher.name if self.launcher else ""
+        self.spool.write(self.spool.layout.launcher_status, json.dumps(
+            {"launcher": name, "blocked": self.blocked, "since": now}).encode())
 
     def launch(self, now: float, report: TickReport) -> None:
         report.pending = len(self.spool.ticket_names("pending"))
-        if not (self.launcher and self.launching) or now < self._launch_after:
+        if not (self.launcher and self.launching) or self.blocked or now < self._launch_after:
             return
         wanted = min(self.launcher.max_workers, report.pending + report.running)
         self.launcher.trim(now, self.busy_workers, wanted)

@@ -83,6 +83,7 @@ class Daemon:
         try:
             for action in self.spool.reconcile():
                 log.warning("recovery: %s", action)
+            self.scheduler.write_launcher_status(time.time())  # a restart clears a stop
             swept = sweep_tmp(self.spool, time.time())
             if swept:
                 log.info("swept %d stale file(s) from spool/tmp", swept)

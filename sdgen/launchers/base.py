@@ -11,8 +11,9 @@ from sdgen.exceptions import UserError
 @dataclass(frozen=True)
 class ExitedWorker:
     worker_id: str
-    returncode: int | None   # None when unknown (a remote job that vanished)
-    ran_seconds: float
+    returncode: int | None   # None: ended from outside (cancelled, timed out, preempted, node lost)
+    ran_seconds: float       # time it ran (for a batch job: not counting its wait in the queue)
+    detail: str = ""         # how it ended, in words, for logs and `sdgen status`
 
 
 class Launcher(ABC):
@@ -47,8 +48,12 @@ def get_launcher(name: str, **options) -> Launcher:
         from sdgen.launchers.local import LocalLauncher
 
         return LocalLauncher(**options)
+    if name == "slurm":
+        from sdgen.launchers.slurm import SlurmLauncher
+
+        return SlurmLauncher(**options)
     if name == "adsp":
         from sdgen.launchers.adsp import AdspLauncher
 
         return AdspLauncher(**options)
-    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local' and 'adsp' (slurm is planned)")
+    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local', 'adsp' and 'slurm'")

@@ -73,6 +73,10 @@ class Layout:
         return self.root / "logs"
 
     @property
+    def launcher_status(self) -> Path:
+        return self.spool / "launcher.json"
+
+    @property
     def daemon_lock(self) -> Path:
         return self.spool / "daemon.lock"
 

@@ -1,0 +1,195 @@
+"""The slurm launcher against a real single-node Slurm (tests/servers.py): the daemon submits
+real batch jobs that run real `sdgen worker` processes on the shared data directory."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from sdgen.launchers.slurm import (JobOptions, batch_script, check_env_names, final_outcome,
+                                   parse_job_record, parse_runtime, sbatch_args)
+from sdgen.exceptions import UserError
+from tests.conftest import sdgen, status_json, wait_for
+
+SECRET = "s3cret-" + str(time.time_ns())
+FAST = ("--launcher", "slurm", "--rescan", "0.3", "--lease-timeout", "4")
+
+
+# -- pure parts -----------------------------------------------------------------------------
+def test_sbatch_args_carry_every_cluster_option():
+    opts = JobOptions(partition="gpu", gres="gpu:1", gpus="a100:1", time_limit="4:00:00", account="proj",
+                      qos="high", cpus=8, mem="32G", extra=("--constraint=a100",))
+    args = sbatch_args("sdgen-w-x", "/d/logs/worker-sdgen-w-x.log", opts)
+    assert args[:5] == ["--parsable", "--job-name=sdgen-w-x", "--output=/d/logs/worker-sdgen-w-x.log",
+                        "--export=NONE", "--no-requeue"]
+    assert args[5:] == ["--partition=gpu", "--gres=gpu:1", "--gpus=a100:1", "--time=4:00:00", "--account=proj",
+                        "--qos=high", "--cpus-per-task=8", "--mem=32G", "--constraint=a100"]
+    assert sbatch_args("n", "o", JobOptions())[5:] == []
+
+
+def test_the_batch_script_quotes_its_environment():
+    text = batch_script({"SDGEN_DATA": "/data with space/$HOME", "A": "x'y"}, "/opt/py/bin/python")
+    assert "export SDGEN_DATA='/data with space/$HOME'" in text
+    assert text.rstrip().endswith("exec /opt/py/bin/python -m sdgen worker")
+
+
+def test_slurm_records_are_read():
+    assert parse_runtime("00:00:03") == 3 and parse_runtime("1-02:00:05") == 93605 and parse_runtime("12:07") == 727
+    assert parse_runtime("INVALID") == 0
+    rec = parse_job_record("JobId=7 JobName=w JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0 RunTime=00:00:02")
+    assert (rec["JobState"], rec["ExitCode"], rec["RunTime"]) == ("FAILED", "3:0", "00:00:02")
+    assert final_outcome("COMPLETED", "0:0") == 0
+    assert final_outcome("FAILED", "127:0") == 127 and final_outcome("OUT_OF_MEMORY", "0:125") == 1
+    for outside in ("CANCELLED", "CANCELLED+", "TIMEOUT", "PREEMPTED", "NODE_FAIL"):
+        assert final_outcome(outside, "0:15") is None
+
+
+@pytest.mark.parametrize("name", ["AE5_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY", "API_KEY"])
+def test_credentials_cannot_be_passed_to_jobs(name):
+    with pytest.raises(UserError, match="credential"):
+        check_env_names((name,))
+
+
+# -- against the real cluster -----------------------------------------------------------------
+@pytest.fixture
+def slurm(slurm_cluster):
+    yield slurm_cluster
+    slurm_cluster.run("scancel", "--full", "-u", "root", check=False)
+    wait_for(lambda: not jobs(slurm_cluster, active_only=True), timeout=30, what="jobs to end")
+
+
+def jobs(cluster, active_only=False) -> dict[str, str]:
+    """Job id -> state of sdgen's jobs (final states too, unless active_only)."""
+    out = cluster.run("squeue", "-h", "-t", "all", "-o", "%i|%j|%T", check=False).stdout
+    rows = [line.split("|") for line in out.splitlines() if "|sdgen-w-" in line]
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL"}
+    return {i: s for i, _, s in rows if not (active_only and s in final)}
+
+
+def submitted_since(cluster, before: set[str]) -> dict[str, str]:
+    return {i: s for i, s in jobs(cluster).items() if i not in before}
+
+
+def submit(data, *args) -> str:
+    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", *args,
+                 check=True).stdout.strip()
+
+
+def start(daemon, slurm, *args, **env):
+    return daemon(*FAST, *args, **slurm.env, **env)
+
+
+def test_a_request_completes_through_slurm_jobs_with_at_most_n_running(data, daemon, slurm):
+    before = set(jobs(slurm))
+    rid = submit(data, "--prompt", "a", "--images", "24", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "2", "--exit-when-idle",
+              SDGEN_DRY_RUN_DELAY="0.2", AE5_PASSWORD=SECRET, MLFLOW_TRACKING_TOKEN=SECRET)
+    most = 0
+    while d.proc.poll() is None:
+        most = max(most, sum(1 for s in submitted_since(slurm, before).values() if s in ("PENDING", "RUNNING")))
+        time.sleep(0.1)
+    assert d.wait(5) == 0, d.output()[-3000:]
+    assert status_json(data)[0]["state"] == "done" and len(list((data / "outputs" / rid).glob("*.png"))) == 24
+    mine = submitted_since(slurm, before)
+    assert most == 2 and len(mine) == 2, (most, mine)
+    done_by = {json.loads(p.read_text())["result"]["worker"] for p in (data / "spool/tickets/done").iterdir()}
+    # every job kept its output; no credential reached a job's script, output or Slurm's record
+    wait_for(lambda: all(s == "COMPLETED" for s in submitted_since(slurm, before).values()), timeout=30,
+             what="jobs to leave when idle")
+    names = set()
+    for job_id in mine:
+        record = slurm.run("scontrol", "show", "job", job_id).stdout
+        assert SECRET not in record
+        names.add(name := parse_job_record(record.replace("\n", " "))["JobName"])
+        log = (data / "logs" / f"worker-{name}.log").read_text()
+        assert "idle for 2s: exiting" in log
+        assert SECRET not in log and SECRET not in (data / "logs" / f"worker-{name}.sbatch").read_text()
+    assert done_by <= names  # the workers in the jobs did the tickets
+    assert SECRET not in d.output()
+
+
+def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data, daemon, slurm):
+    before = set(jobs(slurm))
+    submit(data, "--prompt", "a", "--images", "4", "--seed", "1")
+    d = start(daemon, slurm, "--max-jobs", "1", "--slurm-python", "/nonexistent/bin/python")
+    wait_for(lambda: "no more workers will be launched" in d.output(), timeout=90, what="the launcher to stop")
+    time.sleep(3)
+    failed = submitted_since(slurm, before)
+    assert len(failed) == 3 and set(failed.values()) == {"FAILED"}, failed
+    row = status_json(data)[0]
+    assert row["state"] == "pending" and "3 workers in a row failed at start-up" in row["launcher_error"]
+    assert "exit code 127:0" in row["launcher_error"]
+    table = sdgen(data, "status", check=True).stdout
+    assert "launcher slurm stopped launching workers" in table and "restart the daemon" in table
+    name = row["launcher_error"].split("last: ")[1].split()[0]
+    assert "/nonexistent/bin/python" in (data / "logs" / f"worker-{name}.log").read_text()
+    assert "Traceback" not in d.output()
+    # a restart (after fixing the cause) clears the stop and the work gets done
+    d.signal(signal.SIGTERM)
+    assert d.wait(30) == 0
+    d2 = start(daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle")
+    assert d2.wait(120) == 0, d2.output()[-3000:]
+    assert status_json(data)[0]["state"] == "done" and "launcher_error" not in status_json(data)[0]
+
+
+def test_sbatch_refusing_a_job_is_reported_the_same_way(data, daemon, slurm):
+    submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    d = start(daemon, slurm, "--slurm-partition", "nosuchpartition")
+    wait_for(lambda: "no more workers will be launched" in d.output(), timeout=60, what="the launcher to stop")
+    err = status_json(data)[0]["launcher_error"]
+    assert "was refused by sbatch" in err and "partition" in err.lower()
+
+
+def test_a_job_cancelled_from_outside_has_its_tickets_finished_by_another(data, daemon, slurm):
+    before = set(jobs(slurm))
+    rid = submit(data, "--prompt", "a", "--images", "12", "--batch-size", "4", "--seed", "1")
+    d = start(daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle",
+              SDGEN_DRY_RUN_DELAY="0.5")
+    leases = data / "spool" / "leases"
+    wait_for(lambda: leases.exists() and list(leases.iterdir()), timeout=60, what="a job to claim a ticket")
+    [first] = submitted_since(slurm, before)
+    slurm.run("scancel", first)
+    assert d.wait(120) == 0, d.output()[-3000:]
+    out = d.output()
+    assert f"Slurm job {first} CANCELLED" in out
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 12
+    others = set(submitted_since(slurm, before)) - {first}
+    assert others, "no job took over"
+    # scancel sends SIGTERM first: the worker hands its ticket back unchanged at an image
+    # boundary, and a job submitted after it finishes the ticket
+    first_name = next(line.split()[-1][1:-1] for line in out.splitlines() if f"submitted Slurm job {first} " in line)
+    log = (data / "logs" / f"worker-{first_name}.log").read_text()
+    assert "handing back at the next image boundary" in log
+    markers = [json.loads(p.read_text()) for p in (data / "spool/tickets/done").iterdir()]
+    assert len(markers) == 3 and {m["result"]["worker"] for m in markers} - {first_name}
+
+
+def test_a_restarted_daemon_re_adopts_its_running_jobs(data, daemon, slurm):
+    before = set(jobs(slurm))
+    rid = submit(data, "--prompt", "a", "--images", "24", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "3", SDGEN_DRY_RUN_DELAY="0.3")
+    wait_for(lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 2, timeout=60,
+             what="two running jobs")
+    d.signal(signal.SIGKILL)
+    d.wait(10)
+    d2 = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "3", "--exit-when-idle",
+               SDGEN_DRY_RUN_DELAY="0.3")
+    assert d2.wait(120) == 0, d2.output()[-3000:]
+    assert "re-adopting 2 Slurm job(s)" in d2.output()
+    assert len(submitted_since(slurm, before)) == 2  # no duplicate was submitted
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 24
+
+
+def test_cancelling_a_request_cancels_its_slurm_jobs(data, daemon, slurm):
+    before = set(jobs(slurm))
+    rid = submit(data, "--prompt", "a", "--images", "40", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, slurm, "--max-jobs", "3", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.5")
+    wait_for(lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 3, timeout=60,
+             what="three running jobs")
+    sdgen(data, "cancel", rid, check=True)
+    wait_for(lambda: set(submitted_since(slurm, before).values()) == {"CANCELLED"}, timeout=60,
+             what="every job of the request to be cancelled")
+    out = d.output()
+    assert out.count("no work left for it") == 3
+    assert status_json(data)[0]["state"] == "cancelled"
