@@ -160,17 +160,19 @@ class Scheduler:
             ticket = self.spool.read_ticket("running", name)
         except FileNotFoundError:
             return  # finished or handed back meanwhile
+        lease = Lease.read(layout.lease(name))
+        # The lease goes before the ticket leaves running/: once pending, another worker may
+        # claim it at once, and its new lease must survive.
+        layout.lease(name).unlink(missing_ok=True)
         if layout.ticket("done", name).exists():
             layout.ticket("running", name).unlink(missing_ok=True)
         else:
-            lease = Lease.read(layout.lease(name))
             state, updated = after_death(ticket, detail, worker, now)
             self.spool.move_ticket(name, "running", state, updated)
             log.warning("ticket %s: %s; now %s", name, detail, state)
             self.spool.record_event(attempt_event(
                 ticket, "KILLED", worker, lease.host if lease else "", lease.claimed_at if lease else now,
                 now, error=detail))
-        layout.lease(name).unlink(missing_ok=True)
         report.reclaimed.append(name)
         report.running = max(0, report.running - 1)
 
@@ -263,6 +265,7 @@ class Scheduler:
                 continue
             self._crash_streak += 1
             how = w.detail or f"exited with code {w.returncode}"
+            self._record_worker_failure(w, how, now)
             if self._crash_streak >= defaults.MAX_STARTUP_FAILURES:
                 self.blocked = (f"{self._crash_streak} workers in a row failed at start-up; last: {w.worker_id} "
                                 f"{how} after {w.ran_seconds:.0f}s (see logs/worker-{w.worker_id}.log). "
@@ -274,6 +277,15 @@ class Scheduler:
             self._launch_after = now + delay
             log.error("worker %s %s after %.1fs (see logs/worker-%s.log); next launch in %.0fs",
                       w.worker_id, how, w.ran_seconds, w.worker_id, delay)
+
+    def _record_worker_failure(self, w, how: str, now: float) -> None:
+        """A worker that failed at start-up held no ticket, so no attempt records it: tell the
+        tracker, once per request it was launched for, so its output reaches MLflow."""
+        for request_id, meta in self._meta.items():
+            if meta.get("state") in ("pending", "running"):
+                self.spool.record_event({"kind": "worker-failed", "request_id": request_id,
+                                         "worker": w.worker_id, "error": f"{how} after {w.ran_seconds:.0f}s",
+                                         "ended_at": now})
 
     def write_launcher_status(self, now: float) -> None:
         name = self.launcher.name if self.launcher else ""

@@ -117,8 +117,8 @@ class Claim:
         if not self.still_mine():
             return None
         state, updated = after_failure(self.ticket, error, transient, self.lease.worker, now)
+        self._drop_lease()
         self.spool.move_ticket(self.name, "running", state, updated)
-        self._lease_path().unlink(missing_ok=True)
         return state
 
     def pause(self, reason: str, now: float, wait: float) -> str:
@@ -127,21 +127,26 @@ class Claim:
         if not self.still_mine():
             return "lost"
         state, updated = after_pause(self.ticket, reason, self.lease.worker, now, wait)
+        self._drop_lease()
         try:
             self.spool.move_ticket(self.name, "running", state, updated)
         except OSError:
             self.spool.move_ticket(self.name, "running", "pending")
             state = "pending"
-        self._lease_path().unlink(missing_ok=True)
         return state
 
     def hand_back(self, to_state: str = "pending") -> bool:
         """Give the ticket back unchanged (shutdown, cancel): not a failed attempt."""
         if not self.still_mine():
             return False
-        moved = self.spool.move_ticket(self.name, "running", to_state)
+        self._drop_lease()
+        return self.spool.move_ticket(self.name, "running", to_state)
+
+    def _drop_lease(self) -> None:
+        """Before the ticket leaves running/: once it is pending again another worker may
+        claim it at once and write its own lease, which must not then be deleted."""
         self._lease_path().unlink(missing_ok=True)
-        return moved
+        self._lost = True
 
 
 def claim_next(spool: Spool, worker_id: str, now: float | None = None,

@@ -256,6 +256,10 @@ class Tracker:
         record = self.parent(event["request_id"], event["ended_at"])
         if record is None:
             return
+        if event.get("kind") == "worker-failed":
+            self._log_worker_failure(record, event)
+            path.unlink(missing_ok=True)
+            return
         if record.get("finalized"):
             # A late attempt of a finished request (a fenced late writer): log it anyway.
             pass
@@ -273,6 +277,16 @@ class Tracker:
         self._fill_child(event)
         self.client.set_terminated(event["run_id"], event["status"], end_time=_ms(event["ended_at"]))
         path.unlink(missing_ok=True)
+
+    def _log_worker_failure(self, record: dict, event: dict) -> None:
+        """A worker that failed before holding any ticket has no child run: its output goes
+        to the parent run of each request that was waiting for it."""
+        tail = self._worker_log_tail(event["worker"])
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / f"{event['worker']}.txt"
+            p.write_text(f"{event['worker']}: {event['error']}\n\n--- worker log tail ---\n{tail}")
+            self.client.log_artifact(record["run_id"], str(p), artifact_path="worker-failures")
+        self.client.set_tag(record["run_id"], "sdgen.last_worker_failure", _param(event["error"]))
 
     def _fill_child(self, event: dict) -> None:
         run_id = event["run_id"]

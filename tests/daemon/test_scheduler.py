@@ -133,3 +133,25 @@ def test_acceptance_interrupted_half_way_is_finished_on_restart(spool):
     assert len(spool.ticket_names("pending")) == 3
     assert spool.read_request(RID).seed == request.seed
     assert not path.exists()
+
+
+def test_a_worker_that_claims_a_reclaimed_ticket_at_once_keeps_its_lease(spool, monkeypatch):
+    """The daemon puts a dead worker's ticket back and another worker claims it in the same
+    instant: the new holder's lease must survive the clean-up of the old one."""
+    accepted(spool)
+    claim = claim_next(spool, "w-dead")
+    lease = json.loads(spool.layout.lease(claim.name).read_text())
+    lease["pid"] = 2**22 + 12345  # no such process on this host
+    spool.write(spool.layout.lease(claim.name), json.dumps(lease).encode())
+    move = spool.move_ticket
+    taken = []
+
+    def move_then_claim(name, src, dst, *a, **kw):
+        moved = move(name, src, dst, *a, **kw)
+        if dst == "pending":
+            taken.append(claim_next(spool, "w2"))
+        return moved
+
+    monkeypatch.setattr(spool, "move_ticket", move_then_claim)
+    assert Scheduler(spool, launcher=None).tick(now=time.time()).reclaimed == [claim.name]
+    assert taken[0].name == claim.name and taken[0].still_mine()

@@ -10,7 +10,7 @@ import pytest
 from sdgen.launchers.slurm import (JobOptions, batch_script, check_env_names, final_outcome,
                                    parse_job_record, parse_runtime, sbatch_args)
 from sdgen.exceptions import UserError
-from tests.conftest import sdgen, status_json, wait_for
+from tests.conftest import sdgen, sdgen_env, status_json, wait_for
 
 SECRET = "s3cret-" + str(time.time_ns())
 FAST = ("--launcher", "slurm", "--rescan", "0.3", "--lease-timeout", "4")
@@ -109,10 +109,15 @@ def test_a_request_completes_through_slurm_jobs_with_at_most_n_running(data, dae
     assert SECRET not in d.output()
 
 
-def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data, daemon, slurm):
+def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data, daemon, slurm, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     before = set(jobs(slurm))
-    submit(data, "--prompt", "a", "--images", "4", "--seed", "1")
-    d = start(daemon, slurm, "--max-jobs", "1", "--slurm-python", "/nonexistent/bin/python")
+    exp = "slurm-start-up-" + str(time.time_ns())
+    tracked = {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", "--prompt", "a",
+          "--images", "4", "--seed", "1", "--experiment", exp, env=sdgen_env(data, **tracked), check=True)
+    d = start(daemon, slurm, "--max-jobs", "1", "--slurm-python", "/nonexistent/bin/python", **tracked)
     wait_for(lambda: "no more workers will be launched" in d.output(), timeout=90, what="the launcher to stop")
     time.sleep(3)
     failed = submitted_since(slurm, before)
@@ -125,10 +130,20 @@ def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data,
     name = row["launcher_error"].split("last: ")[1].split()[0]
     assert "/nonexistent/bin/python" in (data / "logs" / f"worker-{name}.log").read_text()
     assert "Traceback" not in d.output()
+    # no ticket was held, so no child run: each failed job's output is on the request's run
+    client = MlflowClient(mlflow_server.uri)
+
+    def failures_logged():
+        e = client.get_experiment_by_name(exp)
+        runs = client.search_runs([e.experiment_id]) if e else []
+        return runs and [a.path for a in client.list_artifacts(runs[0].info.run_id, "worker-failures")]
+
+    logged = wait_for(failures_logged, timeout=60, interval=0.5, what="worker failures in MLflow")
+    assert len(logged) == 3 and f"worker-failures/{name}.txt" in logged
     # a restart (after fixing the cause) clears the stop and the work gets done
     d.signal(signal.SIGTERM)
     assert d.wait(30) == 0
-    d2 = start(daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle")
+    d2 = start(daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle", **tracked)
     assert d2.wait(120) == 0, d2.output()[-3000:]
     assert status_json(data)[0]["state"] == "done" and "launcher_error" not in status_json(data)[0]
 

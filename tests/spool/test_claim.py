@@ -85,3 +85,19 @@ def test_a_handed_back_ticket_that_is_already_done_is_not_run_again(spool):
     spool.write(spool.layout.ticket("pending", c.name), c.ticket.to_json())
     assert claim_next(spool, "w2") is None
     assert spool.ticket_names("pending") == [] and spool.ticket_names("running") == []
+
+
+def test_a_handed_back_ticket_claimed_at_once_keeps_its_new_lease(spool, monkeypatch):
+    accept(spool, "prompt: a\nimages: 1\nseed: 1\n")
+    first = claim_next(spool, "w1")
+    move = spool.move_ticket
+    taken = []
+
+    def move_then_claim(name, src, dst, *a, **kw):
+        moved = move(name, src, dst, *a, **kw)
+        taken.append(claim_next(spool, "w2"))
+        return moved
+
+    monkeypatch.setattr(spool, "move_ticket", move_then_claim)
+    assert first.hand_back()
+    assert taken[0].name == first.name and taken[0].still_mine()
