@@ -129,3 +129,64 @@ def test_fused_attention_matches_keras_cvs_attention(kerascv_engine):
         original = type(layer).call(layer, x, context=ctx)
         fused = _fused_call(layer, x, context=ctx)
         np.testing.assert_allclose(np.asarray(fused), np.asarray(original), rtol=1e-4, atol=1e-4)
+
+
+PRECISION_SCRIPT = r"""
+import json, sys
+import numpy as np
+from sdgen.engine.kerascv import KerasCVEngine
+from sdgen.spool.request import parse_request
+from sdgen.spool.split import split_request
+
+t = split_request("20261126-000000-aaaaaa", parse_request(
+    "prompt: a lighthouse\nimages: 2\nbatch_size: 2\nseed: 3\nwidth: 128\nheight: 128\nsteps: 2\n"
+    "weights: random\nengine: keras-cv\n"))[0]
+out = {}
+engines = {}
+for precision in ("mixed_bfloat16", "bfloat16"):
+    e = engines[precision] = KerasCVEngine(sys.argv[1], precision=precision)
+    e.prepare(t)
+    sd = e.models[e._key(t)]
+    models = (sd._text_encoder, sd._diffusion_model, sd._decoder)
+    if precision == "bfloat16":  # the same weights as the mixed model, held in bfloat16
+        for m, w in zip(models, weights):
+            m.set_weights(w)
+    else:
+        weights = [m.get_weights() for m in models]
+    out[precision] = {
+        "pixels": [np.asarray(i).tolist() for i in e.generate(t, t.images)],
+        "weight_dtypes": sorted({str(v.dtype) for m in models for v in m.weights}),
+        "weight_bytes": sum(int(np.prod(v.shape)) * np.dtype(str(v.dtype).replace("bfloat16", "float16")).itemsize
+                            for m in models for v in m.weights),
+    }
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_weights_held_in_the_compute_dtype_give_the_mixed_policys_images(tmp_path):
+    """bfloat16 keeps one bfloat16 copy of the weights instead of float32 masters cast at every
+    use: half the weight memory, and images within 2 levels of mixed_bfloat16 with the same
+    weights (a subprocess: keras' dtype policy is process-wide)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PRECISION_SCRIPT, str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    mixed, pure = r["mixed_bfloat16"], r["bfloat16"]
+    assert mixed["weight_dtypes"] == ["float32"] and pure["weight_dtypes"] == ["bfloat16"]
+    assert pure["weight_bytes"] * 2 == mixed["weight_bytes"]
+    for a, b in zip(mixed["pixels"], pure["pixels"]):
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert diff.max() <= 2, diff.max()
+
+
+def test_an_unknown_precision_is_refused_with_the_choices(monkeypatch, tmp_path):
+    from sdgen.engine.kerascv import KerasCVEngine
+
+    monkeypatch.setenv("SDGEN_PRECISION", "fp8")
+    with pytest.raises(EngineError, match="float16, bfloat16, mixed_float16"):
+        KerasCVEngine(tmp_path)
