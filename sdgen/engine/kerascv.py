@@ -4,9 +4,10 @@ verified local weights, a small fixed set of batch sizes.
 Knobs (environment, so they reach workers however launched):
   KERAS_BACKEND    tensorflow (default) | jax | torch
   SDGEN_PRECISION  float32 | float16 | bfloat16 | mixed_float16 | mixed_bfloat16 (default:
-                   float16 on a GPU, float32 on the CPU). float16/bfloat16 hold the weights once
+                   bfloat16 on a GPU, float32 on the CPU). float16/bfloat16 hold the weights once
                    in that dtype; the mixed_ policies keep float32 weights and cast them at every
                    use (same arithmetic, twice the weight memory)
+  SDGEN_MAX_BATCH  most images per forward pass (default: what fits the GPU's memory, at most 64)
   SDGEN_JIT        1 | 0 (default: 1 on a GPU, 0 on the CPU, where XLA is slower)
   SDGEN_ATTENTION  fused (default: one fused dot-product-attention op, attention.py) | stock
   SDGEN_COMPILE_CACHE  folder for JAX's persistent compilation cache (default
@@ -63,6 +64,26 @@ def bucket(n: int) -> int:
     return next(b for b in BATCH_BUCKETS if b >= n)
 
 
+# Peak GPU memory of the fused loop, measured on an H100 (docs/benchmarks.md, bfloat16,
+# fused attention): 3.1 GiB at B=1, 5.0 at 8, 8.0 at 16, 14.0 at 32, 26.0 at 64 for 512x512,
+# 8.0 at B=4 for 1024x1024: about 2 GiB plus 0.375 GiB per image per 512x512 of pixels.
+# float32 weights (float32 and mixed_ policies) add 2 GiB; float32 compute doubles the rest.
+BASE_GIB = 2.0
+PER_IMAGE_GIB_512 = 0.375
+
+
+def max_batch_for(memory_gib: float | None, height: int, width: int, precision: str,
+                  cap: int = BATCH_BUCKETS[-1]) -> int:
+    """The largest batch bucket whose estimated peak fits in 90% of the GPU's memory (no
+    limit known, as on the CPU: just `cap`)."""
+    fitting = [b for b in BATCH_BUCKETS if b <= cap] or [1]
+    if not memory_gib:
+        return fitting[-1]
+    base = BASE_GIB + (2.0 if precision in ("float32", "mixed_float16", "mixed_bfloat16") else 0.0)
+    per_image = PER_IMAGE_GIB_512 * height * width / 512**2 * (2 if precision == "float32" else 1)
+    return max([1] + [b for b in fitting if base + b * per_image <= 0.9 * memory_gib])
+
+
 def initial_noise(seeds: Sequence[int], height: int, width: int) -> np.ndarray:
     """Each image's starting latent from its own seed only: the same image alone or inside
     any batch starts from the same noise, on every backend."""
@@ -115,7 +136,7 @@ class KerasCVEngine(Engine):
         if self.sampler not in ("fused", "stock"):
             raise EngineError(f"SDGEN_SAMPLER must be fused or stock, got {self.sampler!r}")
         self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
-            "float16" if gpu else "float32")
+            "bfloat16" if gpu else "float32")  # bfloat16: fastest on an H100, no fp16 overflow
         if self.precision not in PRECISIONS:
             raise EngineError(f"SDGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
                               transient=False)
@@ -149,6 +170,24 @@ class KerasCVEngine(Engine):
         return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
                 "jit": self.jit, "device": self.device, "sampler": self.sampler, "attention": self.attention, "keras": keras.__version__,
                 "keras_cv": keras_cv.__version__}
+
+    # -- batch size -------------------------------------------------------------------------
+    def gpu_memory_gib(self) -> float | None:
+        if keras.backend.backend() != "jax" or self.device != "gpu":
+            return None
+        import jax
+
+        try:
+            return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    def chunk_size(self, ticket: Ticket) -> int:
+        """Images per forward pass: the ticket's batch, cut to what fits this GPU's memory
+        (and to SDGEN_MAX_BATCH if set), so a big batch at a big size never runs out."""
+        cap = int(os.environ.get("SDGEN_MAX_BATCH") or BATCH_BUCKETS[-1])
+        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision, cap)
+        return max(1, min(len(ticket.images), fit))
 
     # -- building ---------------------------------------------------------------------------
     def _key(self, ticket: Ticket) -> tuple:
@@ -191,7 +230,10 @@ class KerasCVEngine(Engine):
             sd = self.models[key]
             self.samplers[key] = FusedSampler(sd._diffusion_model, sd._decoder, self.jit)
             timings["model_build"] = round(time.perf_counter() - t0, 3)
-        size = bucket(len(ticket.images))
+        return dict(timings, **self._warm(key, ticket, bucket(self.chunk_size(ticket))))
+
+    def _warm(self, key: tuple, ticket: Ticket, size: int) -> dict[str, float]:
+        timings = {}
         if key + (size,) not in self.warm:
             # One 1-step pass at this batch size traces/compiles everything it needs, so the
             # compile cost is reported apart from generation.
@@ -228,6 +270,7 @@ class KerasCVEngine(Engine):
                  sampler: str | None = None) -> list[Image.Image]:
         self.prepare(ticket)
         seeds = [spec.seed for spec in images]
+        self._warm(self._key(ticket), ticket, bucket(len(seeds)))  # a last, smaller chunk
         padded = seeds + [seeds[-1]] * (bucket(len(seeds)) - len(seeds))
         pixels = self._run(self._key(ticket), ticket, padded, steps=ticket.steps, sampler=sampler)
         return [Image.fromarray(pixels[i]) for i in range(len(seeds))]

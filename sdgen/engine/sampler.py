@@ -54,7 +54,9 @@ def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, timeste
             "timestep_embedding": timestep_embedding(t, 2 * batch),
             "context": both_contexts,
         })
-        cond, unc = eps[:batch], eps[batch:]
+        # guidance and the update in float32 whatever the UNet computes in (bfloat16 weights
+        # give bfloat16 outputs; TensorFlow, unlike JAX, does not promote by itself)
+        cond, unc = ops.cast(eps[:batch], "float32"), ops.cast(eps[batch:], "float32")
         eps = ops.cast(unc + guidance * (cond - unc), latent.dtype)
         a_t, a_prev = ops.take(alphas, index), ops.take(alphas_prev, index)
         pred_x0 = (latent - ops.sqrt(1.0 - a_t) * eps) / ops.sqrt(a_t)

@@ -15,6 +15,7 @@ import time
 import contextlib
 import errno
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -177,7 +178,8 @@ def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tu
     made = 0
     if todo:
         timings.update(engine.prepare(ticket))
-    gen_seconds = 0.0
+    gen_seconds = write_seconds = 0.0
+    described = engine.describe()
     chunk = max(1, engine.chunk_size(ticket))
     for i in range(0, len(todo), chunk):
         reason = should_stop()
@@ -187,11 +189,18 @@ def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tu
         t0 = time.perf_counter()
         images = engine.generate(ticket, [spec for spec, _ in part])
         gen_seconds += time.perf_counter() - t0
-        for (spec, path), image in zip(part, images, strict=True):
-            info = png_info(ticket, spec, engine.describe())
-            outputs.append((spec, path, _write_png(path, image, info)))
+        # PNG encoding, hashing and fsync of a batch in threads (zlib releases the GIL): on
+        # an H100 a 16-image batch took 0.9 s to write one by one beside 3.5 s of sampling
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=min(len(part), os.cpu_count() or 1, 16)) as pool:
+            shas = list(pool.map(lambda job: _write_png(job[0][1], job[1], png_info(ticket, job[0][0], described)),
+                                 zip(part, images, strict=True)))
+        write_seconds += time.perf_counter() - t0
+        for (spec, path), sha in zip(part, shas):
+            outputs.append((spec, path, sha))
             made += 1
     timings["generate"] = round(gen_seconds, 4)
+    timings["write"] = round(write_seconds, 4)
     return made, None
 
 

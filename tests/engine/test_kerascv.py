@@ -4,7 +4,7 @@ compile costs seconds; the engine is built once per run)."""
 import numpy as np
 import pytest
 
-from sdgen.engine.kerascv import bucket, initial_noise
+from sdgen.engine.kerascv import bucket, initial_noise, max_batch_for
 from sdgen.exceptions import EngineError
 from sdgen.spool.request import parse_request
 from sdgen.spool.split import split_request
@@ -50,6 +50,31 @@ def test_a_worker_runs_a_keras_cv_ticket_with_its_warm_engine(spool, kerascv_eng
     assert "model_build" not in outcomes[1].seconds  # warm: built once per process
     out = sorted(p.name for p in spool.layout.output_dir(RID).iterdir())
     assert out == ["0000-000000-3.png", "0000-000001-4.png", "0000-000002-5.png"]
+
+
+def test_the_batch_that_fits_follows_memory_size_and_precision():
+    # the H100 figures the model is fitted to: 64 at 512x512 bfloat16 took 26 GiB
+    assert max_batch_for(80, 512, 512, "bfloat16") == 64
+    assert max_batch_for(24, 512, 512, "bfloat16") == 32 and max_batch_for(16, 512, 512, "bfloat16") == 32
+    assert max_batch_for(16, 512, 512, "mixed_float16") == 16
+    assert max_batch_for(24, 1024, 1024, "bfloat16") == 8 and max_batch_for(24, 1024, 1024, "float32") == 4
+    assert max_batch_for(4, 1024, 1024, "float32") == 1  # never below one image
+    assert max_batch_for(None, 512, 512, "float32") == 64 and max_batch_for(None, 512, 512, "float32", cap=6) == 4
+
+
+@pytest.mark.slow
+def test_a_ticket_bigger_than_the_batch_cap_runs_in_chunks(spool, kerascv_engine, monkeypatch):
+    monkeypatch.setenv("SDGEN_MAX_BATCH", "2")
+    spool.accept(RID, parse_request("prompt: a fox\nimages: 4\nbatch_size: 4\nseed: 30\n" + SMALL),
+                 source="t", now=0.0)
+    calls = []
+    generate = kerascv_engine.generate
+    monkeypatch.setattr(kerascv_engine, "generate", lambda t, images, **kw: calls.append(len(images))
+                        or generate(t, images, **kw))
+    worker = Worker(spool, "w1")
+    worker.engines["keras-cv"] = kerascv_engine
+    assert worker.step().state == "done"
+    assert calls == [2, 2] and len(list(spool.layout.output_dir(RID).iterdir())) == 4
 
 
 @pytest.mark.slow
