@@ -149,20 +149,57 @@ class Claim:
         self._lost = True
 
 
+class PendingView:
+    """One worker's sorted listing of pending/, reused across claims: listing and sorting a
+    100,000-ticket queue for every claim made draining it quadratic. The listing is redone
+    when used up or older than `refresh` seconds, so a ticket that became pending since
+    (a new request, a hand-back) waits at most that long for its turn in claim order."""
+
+    def __init__(self, spool: Spool, refresh: float = 1.0):
+        self.spool, self.refresh = spool, refresh
+        self.names: list[str] = []
+        self.pos = 0
+        self.listed_at = float("-inf")
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.listed_at < self.refresh
+
+    def relist(self) -> None:
+        self.names, self.pos, self.listed_at = self.spool.ticket_names("pending"), 0, time.monotonic()
+
+    def next_name(self) -> str | None:
+        if self.pos >= len(self.names):
+            return None
+        self.pos += 1
+        return self.names[self.pos - 1]
+
+
 def claim_next(spool: Spool, worker_id: str, now: float | None = None,
-               skip_request=lambda request_id: False) -> Claim | None:
-    """Claim the first pending ticket in claim order, or return None if there is none."""
+               skip_request=lambda request_id: False, view: PendingView | None = None) -> Claim | None:
+    """Claim the first pending ticket in claim order, or return None if there is none.
+    With a `view`, the listing is shared with this worker's earlier claims."""
     layout = spool.layout
     now = time.time() if now is None else now
+    view = view or PendingView(spool, refresh=0.0)
     with FileLock(str(layout.claim_lock)):
-        for name in spool.ticket_names("pending"):
+        listed = view.pos >= len(view.names) or not view.fresh()
+        if listed:
+            view.relist()
+        while True:
+            name = view.next_name()
+            if name is None:
+                if listed:
+                    break
+                view.relist()  # an older listing ran out: look once more before saying none
+                listed = True
+                continue
             request_id = name.rsplit(".", 1)[-1]
             if skip_request(request_id):
                 continue
             try:
                 os.rename(layout.ticket("pending", name), layout.ticket("running", name))
             except FileNotFoundError:
-                continue  # another host's worker won this one
+                continue  # another worker won this one
             if layout.ticket("done", name).exists():
                 # A late writer finished it after it was handed back: nothing to redo.
                 layout.ticket("running", name).unlink(missing_ok=True)

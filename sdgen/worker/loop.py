@@ -12,7 +12,7 @@ import time
 from sdgen import defaults
 from sdgen.engine.base import Engine, get_engine
 from sdgen.exceptions import EngineError
-from sdgen.spool.claim import claim_next
+from sdgen.spool.claim import PendingView, claim_next
 from sdgen.spool.store import Spool
 from sdgen.worker.heartbeat import Heartbeat
 from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_ticket
@@ -35,6 +35,7 @@ class Worker:
         self.engines: dict[str, Engine] = {}
         self.stopping = False
         self.tickets_run = 0
+        self.pending = PendingView(spool)  # one listing of the queue serves many claims
 
     def engine(self, name: str) -> Engine:
         """One engine per name, built once and kept warm for every later ticket."""
@@ -44,7 +45,8 @@ class Worker:
 
     def step(self, now: float | None = None) -> Outcome | None:
         """Claim and run one ticket. None when there was nothing to claim."""
-        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled)
+        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled,
+                           view=self.pending)
         if claim is None:
             return None
         ticket = claim.ticket

@@ -101,3 +101,32 @@ def test_a_handed_back_ticket_claimed_at_once_keeps_its_new_lease(spool, monkeyp
     monkeypatch.setattr(spool, "move_ticket", move_then_claim)
     assert first.hand_back()
     assert taken[0].name == first.name and taken[0].still_mine()
+
+
+def test_a_worker_lists_a_long_queue_once_for_many_claims(spool, monkeypatch):
+    from sdgen.spool.claim import PendingView
+
+    accept(spool, "prompt: a\nimages: 40\nseed: 1\n")
+    listings = []
+    names = spool.ticket_names
+    monkeypatch.setattr(spool, "ticket_names", lambda state: listings.append(state) or names(state))
+    view = PendingView(spool, refresh=3600)
+    claimed = []
+    while (c := claim_next(spool, "w1", view=view)) is not None:
+        claimed.append(c.ticket.index)
+        c.finish({})
+    assert claimed == list(range(40))
+    assert listings.count("pending") == 2  # the first claim, and the last one finding none
+
+
+def test_a_ticket_made_pending_after_the_listing_is_claimed_once_it_is_refreshed(spool):
+    from sdgen.spool.claim import PendingView
+
+    accept(spool, "prompt: a\nimages: 3\nseed: 1\n")
+    view = PendingView(spool, refresh=3600)
+    first = claim_next(spool, "w1", view=view)
+    other = "20261126-000001-bbbbbb"
+    spool.accept(other, parse_request("prompt: b\nimages: 1\nseed: 1\npriority: 9\n"), source="t", now=0.0)
+    assert claim_next(spool, "w1", view=view).ticket.request_id == first.ticket.request_id  # the old listing
+    view.refresh = 0.0
+    assert claim_next(spool, "w1", view=view).ticket.request_id == other  # priority 9 first once relisted
