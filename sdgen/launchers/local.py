@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sdgen import defaults
 from sdgen.launchers.base import ExitedWorker, Launcher
+from sdgen.spool.claim import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,45 @@ def visible_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def orphan_workers(data_root: Path) -> list[tuple[int, str, str | None]]:
+    """(pid, worker id, GPU) of `sdgen worker` processes of this host that a launcher started
+    for `data_root` (their command line names it): the workers of a daemon that was killed.
+    Linux /proc only; elsewhere none are found."""
+    found = []
+    try:
+        pids = [e for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not {"sdgen", "worker", "--data", "--worker-id"} <= set(args):
+            continue
+        if args[args.index("--data") + 1] != str(data_root):
+            continue
+        gpu = None
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                for var in f.read().split(b"\0"):
+                    if var.startswith(b"CUDA_VISIBLE_DEVICES="):
+                        gpu = var.split(b"=", 1)[1].decode() or None
+        except OSError:
+            pass
+        found.append((int(pid), args[args.index("--worker-id") + 1], gpu))
+    return found
+
+
+@dataclass
+class _Adopted:
+    """A worker of an earlier daemon: not our child, so only its pid is known."""
+    pid: int
+    gpu: str | None
+    since: float
 
 
 @dataclass
@@ -56,12 +96,17 @@ class LocalLauncher(Launcher):
         self.extra_env = extra_env or {}
         self.procs: dict[str, _Proc] = {}
         self._seq = 0
+        # Workers left by a killed daemon count against max_workers and keep their GPUs
+        # until they leave (they exit by themselves once the spool is idle).
+        self.adopted = {wid: _Adopted(pid, gpu, time.time()) for pid, wid, gpu in orphan_workers(self.data_root)}
+        if self.adopted:
+            log.info("adopted %d worker(s) of an earlier daemon: %s", len(self.adopted), ", ".join(sorted(self.adopted)))
 
     def running(self) -> list[str]:
-        return list(self.procs)
+        return list(self.procs) + list(self.adopted)
 
     def _free_gpu(self) -> str | None:
-        used = {p.gpu for p in self.procs.values()}
+        used = {p.gpu for p in self.procs.values()} | {a.gpu for a in self.adopted.values()}
         return next((g for g in self.gpus if g not in used), None)
 
     def launch(self, now: float) -> str:
@@ -93,12 +138,18 @@ class LocalLauncher(Launcher):
                 proc.log_file.close()
                 del self.procs[worker_id]
                 exited.append(ExitedWorker(worker_id, code, now - proc.started))
+        for worker_id, a in list(self.adopted.items()):
+            if not pid_alive(a.pid):
+                del self.adopted[worker_id]
+                exited.append(ExitedWorker(worker_id, None, now - a.since, "an earlier daemon's worker left"))
         return exited
 
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         for proc in self.procs.values():
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
+        for a in self.adopted.values():
+            _signal(a.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for worker_id, proc in self.procs.items():
             try:
@@ -107,4 +158,17 @@ class LocalLauncher(Launcher):
                 log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)
                 proc.popen.kill()
                 proc.popen.wait()
+        for worker_id, a in self.adopted.items():
+            while pid_alive(a.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if pid_alive(a.pid):
+                log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)
+                _signal(a.pid, signal.SIGKILL)
         return self.reap(time.time())
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

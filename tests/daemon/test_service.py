@@ -85,6 +85,25 @@ def test_the_daemon_killed_and_restarted_picks_up_where_it_was(data, daemon):
     assert_no_leftovers(data)
 
 
+def test_a_restarted_daemon_counts_the_workers_its_killed_predecessor_left(data, daemon):
+    rid = submit(data, "--prompt", "a", "--images", "40", "--batch-size", "2", "--seed", "5")
+    d = daemon("--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY="0.15")
+    wait_for(lambda: len(worker_pids(data)) == 2 and len(pngs(data, rid)) >= 2, what="two busy workers")
+    orphans = set(worker_pids(data))
+    d.signal(signal.SIGKILL)  # the daemon only: its workers go on
+    d.wait(10)
+    d2 = daemon("--workers", "2", "--exit-when-idle", *FAST, SDGEN_DRY_RUN_DELAY="0.15")
+    most = 0
+    while d2.proc.poll() is None:
+        most = max(most, len(worker_pids(data)))
+        time.sleep(0.05)
+    assert d2.wait(5) == 0, d2.output()
+    assert most == 2, most
+    assert "adopted 2 worker(s) of an earlier daemon" in d2.output()
+    assert pngs(data, rid) == expected_pngs(5, 40)
+    assert not orphans & set(worker_pids(data))  # they left or were stopped with the daemon
+
+
 def test_sigterm_hands_tickets_back_and_a_restart_finishes(data, daemon):
     rid = submit(data, "--prompt", "a", "--images", "8", "--batch-size", "4", "--seed", "3")
     d = daemon("--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY="0.5")
