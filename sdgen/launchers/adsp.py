@@ -16,13 +16,12 @@ import logging
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import ExitedWorker, Launcher
-from sdgen.spool.publish import publish
+from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +110,13 @@ class AdspLauncher(Launcher):
 
     # -- persistence ------------------------------------------------------------------------
     def _load(self) -> None:
-        try:
-            saved = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return
-        self.jobs = {name: Job(**job) for name, job in saved.items()}
+        self.jobs = load_jobs(self.state_file, Job)
         if self.jobs:
             log.info("re-adopting %d ADSP job(s) from an earlier daemon: %s", len(self.jobs),
                      ", ".join(sorted(self.jobs)))
 
     def _save(self) -> None:
-        data = json.dumps({n: asdict(j) for n, j in self.jobs.items()}, indent=1).encode()
-        publish(self.data_root / "spool" / "tmp", self.state_file, data)
+        save_jobs(self.state_file, self.jobs)
 
     def _ae5_failed(self, what: str, e: Exception, now: float) -> None:
         if self._down_since is None:

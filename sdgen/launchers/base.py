@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sdgen.exceptions import UserError
+from sdgen.spool.publish import publish
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,21 @@ class Launcher(ABC):
     @abstractmethod
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Ask every worker to hand its ticket back and exit; force it after `grace` s."""
+
+
+def load_jobs(state_file: Path, job_cls) -> dict:
+    """The jobs an earlier daemon launched and had not reaped (spool/<launcher>-jobs.json)."""
+    try:
+        saved = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return {}
+    return {name: job_cls(**job) for name, job in saved.items()}
+
+
+def save_jobs(state_file: Path, jobs: dict) -> None:
+    """Saved before every submission, so a crash right after it cannot lose a job."""
+    data = json.dumps({name: asdict(job) for name, job in jobs.items()}, indent=1).encode()
+    publish(state_file.parent / "tmp", state_file, data)
 
 
 def get_launcher(name: str, **options) -> Launcher:

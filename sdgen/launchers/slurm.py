@@ -16,7 +16,6 @@ job: workers need only the data directory; MLflow is logged by the daemon.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,13 +25,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import ExitedWorker, Launcher
-from sdgen.spool.publish import publish
+from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +172,7 @@ class SlurmLauncher(Launcher):
 
     # -- persistence ------------------------------------------------------------------------
     def _load(self) -> None:
-        try:
-            saved = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return
-        self.jobs = {name: Job(**job) for name, job in saved.items()}
+        self.jobs = load_jobs(self.state_file, Job)
         for job in self.jobs.values():
             if not job.job_id:  # died between sbatch and saving its id: find it by name
                 out = self._slurm("squeue", "-h", "-t", "all", f"--name={job.name}", "-o", "%i")
@@ -190,8 +184,7 @@ class SlurmLauncher(Launcher):
         self._save()
 
     def _save(self) -> None:
-        data = json.dumps({n: asdict(j) for n, j in self.jobs.items()}, indent=1).encode()
-        publish(self.data_root / "spool" / "tmp", self.state_file, data)
+        save_jobs(self.state_file, self.jobs)
 
     # -- the interface ----------------------------------------------------------------------
     def running(self) -> list[str]:

@@ -6,28 +6,22 @@ import logging
 import threading
 
 from sdgen.spool.claim import Claim
+from sdgen.worker.background import Background
 
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
+class Heartbeat(Background):
+    thread_name = "heartbeat"
+
     def __init__(self, claim: Claim, interval: float):
+        super().__init__()
         self.claim = claim
         self.interval = interval
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{claim.name}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def run_until_stopped(self) -> None:
+        while not self.stopping.wait(self.interval):
             try:
                 if not self.claim.heartbeat():
                     log.warning("lost the lease on %s: stopping it at the next image", self.claim.name)

@@ -5,8 +5,9 @@ NVIDIA's management library is installed, GPU use. Turned on by SDGEN_SYSTEM_MET
 from __future__ import annotations
 
 import os
-import threading
 import time
+
+from sdgen.worker.background import Background
 
 MAX_SAMPLES = 600
 
@@ -35,24 +36,17 @@ class _Gpu:
         return {"gpu_utilization_percent": float(util.gpu), "gpu_memory_mb": mem.used / 2**20}
 
 
-class SystemSampler:
+class SystemSampler(Background):
     """`with SystemSampler(interval) as s: ...` then `s.samples`: [{t, cpu_percent, rss_mb, ...}]."""
 
+    thread_name = "system-metrics"
+
     def __init__(self, interval: float = 1.0):
+        super().__init__()
         self.interval = interval
         self.samples: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="system-metrics", daemon=True)
 
-    def __enter__(self) -> "SystemSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def run_until_stopped(self) -> None:
         try:
             import psutil
         except ImportError:
@@ -64,5 +58,5 @@ class SystemSampler:
                       "rss_mb": proc.memory_info().rss / 2**20, **gpu.sample()}
             if len(self.samples) < MAX_SAMPLES:
                 self.samples.append(sample)
-            if self._stop.wait(self.interval):
+            if self.stopping.wait(self.interval):
                 return
