@@ -96,11 +96,19 @@ class LocalLauncher(Launcher):
         self.extra_env = extra_env or {}
         self.procs: dict[str, _Proc] = {}
         self._seq = 0
-        # Workers left by a killed daemon count against max_workers and keep their GPUs
-        # until they leave (they exit by themselves once the spool is idle).
-        self.adopted = {wid: _Adopted(pid, gpu, time.time()) for pid, wid, gpu in orphan_workers(self.data_root)}
-        if self.adopted:
-            log.info("adopted %d worker(s) of an earlier daemon: %s", len(self.adopted), ", ".join(sorted(self.adopted)))
+        self._adopted: dict[str, _Adopted] | None = None
+
+    @property
+    def adopted(self) -> dict[str, _Adopted]:
+        """Workers left by a killed daemon: they count against max_workers and keep their
+        GPUs until they leave (they exit by themselves once the spool is idle). Looked for on
+        first use, which is after the daemon holds the data directory."""
+        if self._adopted is None:
+            self._adopted = {wid: _Adopted(pid, gpu, time.time()) for pid, wid, gpu in orphan_workers(self.data_root)}
+            if self._adopted:
+                log.info("adopted %d worker(s) of an earlier daemon: %s", len(self._adopted),
+                         ", ".join(sorted(self._adopted)))
+        return self._adopted
 
     def running(self) -> list[str]:
         return list(self.procs) + list(self.adopted)

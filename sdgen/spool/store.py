@@ -149,11 +149,14 @@ class Spool:
             return True
         if not source.exists():
             return False
-        self.write(target, ticket.to_json())
+        # New contents in place first, then one rename: there is never a second copy. (A copy
+        # published in pending/ before the old one was removed could be claimed, renamed into
+        # running/ and then deleted as the "old" copy: a lost ticket.)
+        self.write(source, ticket.to_json())
         try:
-            source.unlink()
+            os.rename(source, target)
         except FileNotFoundError:
-            pass
+            return False
         return True
 
     def reconcile(self) -> list[str]:

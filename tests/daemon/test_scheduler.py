@@ -155,3 +155,34 @@ def test_a_worker_that_claims_a_reclaimed_ticket_at_once_keeps_its_lease(spool, 
     monkeypatch.setattr(spool, "move_ticket", move_then_claim)
     assert Scheduler(spool, launcher=None).tick(now=time.time()).reclaimed == [claim.name]
     assert taken[0].name == claim.name and taken[0].still_mine()
+
+
+def test_a_claim_racing_a_reclaim_never_loses_the_ticket(spool, monkeypatch):
+    """A worker claims the instant the reclaimed ticket can be seen in pending/: the move
+    must never delete the copy the worker just took into running/."""
+    accepted(spool)
+    claim = claim_next(spool, "w-dead")
+    lease = json.loads(spool.layout.lease(claim.name).read_text())
+    lease["pid"] = 2**22 + 12345  # no such process on this host
+    spool.write(spool.layout.lease(claim.name), json.dumps(lease).encode())
+    write, rename = spool.write, os.rename
+    taken = []
+
+    def claim_if_visible():
+        if not taken and spool.layout.ticket("pending", claim.name).exists():
+            taken.append(claim_next(spool, "w2"))
+
+    def write_then_claim(path, data):
+        write(path, data)
+        claim_if_visible()
+
+    def rename_then_claim(src, dst):
+        rename(src, dst)
+        claim_if_visible()
+
+    monkeypatch.setattr(spool, "write", write_then_claim)
+    monkeypatch.setattr(os, "rename", rename_then_claim)
+    Scheduler(spool, launcher=None).tick(now=time.time())
+    monkeypatch.undo()
+    assert taken and taken[0].name == claim.name
+    assert spool.find_ticket(claim.name) == ["running"] and taken[0].still_mine()
