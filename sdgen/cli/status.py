@@ -116,6 +116,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(_table(rows))
         launcher = _read_json(spool.layout.launcher_status) or {}
+        workers = launcher.get("workers") or {}
+        if workers and any(r["state"] in ("pending", "running") for r in rows):
+            print(f"workers ({launcher['launcher']}): " + ", ".join(f"{n} {what}" for what, n in sorted(workers.items())))
         if launcher.get("blocked"):
             print(f"launcher {launcher['launcher']} stopped launching workers at {_when(launcher['since'])}: "
                   f"{launcher['blocked']}")

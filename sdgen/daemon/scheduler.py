@@ -62,6 +62,7 @@ class Scheduler:
         self._crash_streak = 0
         self._launch_after = 0.0
         self.blocked: str | None = None  # why no more workers are launched
+        self._summary_written: dict | None = None
         self.busy_workers: set[str] = set()
 
     # -- the step ---------------------------------------------------------------------------
@@ -76,6 +77,8 @@ class Scheduler:
         self.apply_cancels(counts, now)
         report.open_requests = self.update_requests(counts, now)
         self.launch(now, report)
+        if self.launcher and self.launcher.summary() != self._summary_written:
+            self.write_launcher_status(now)
         return report
 
     # -- intake -----------------------------------------------------------------------------
@@ -288,9 +291,12 @@ class Scheduler:
                                          "ended_at": now})
 
     def write_launcher_status(self, now: float) -> None:
+        """spool/launcher.json, for `sdgen status`: why launching stopped, if it did, and what
+        the workers are doing (written when that changes)."""
         name = self.launcher.name if self.launcher else ""
+        self._summary_written = self.launcher.summary() if self.launcher else None
         self.spool.write(self.spool.layout.launcher_status, json.dumps(
-            {"launcher": name, "blocked": self.blocked, "since": now}).encode())
+            {"launcher": name, "blocked": self.blocked, "since": now, "workers": self._summary_written}).encode())
 
     def launch(self, now: float, report: TickReport) -> None:
         report.pending = len(self.spool.ticket_names("pending"))

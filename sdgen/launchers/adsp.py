@@ -224,6 +224,12 @@ class AdspLauncher(Launcher):
             log.warning("ADSP call failed: %s", e)
             return None
 
+    def summary(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for job in self.jobs.values():
+            out[job.state] = out.get(job.state, 0) + 1
+        return out
+
     def trim(self, now: float, busy: set[str], wanted: int) -> None:
         """Stop jobs beyond what the queue needs (e.g. after a cancel) once they have held no
         ticket for TRIM_AFTER seconds: listings race with claims, and stopping a job that

@@ -41,6 +41,10 @@ class Launcher(ABC):
         """Stop workers the queue no longer needs. Local workers leave by themselves when
         idle, so by default nothing is done."""
 
+    def summary(self) -> dict[str, int]:
+        """How many workers are in which state, in words a user knows (`sdgen status`)."""
+        return {"running": len(self.running())}
+
     @abstractmethod
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Ask every worker to hand its ticket back and exit; force it after `grace` s."""

@@ -132,6 +132,7 @@ class Job:
     state: str = "SUBMITTING"
     created: float = 0.0
     idle_since: float | None = None
+    reason: str = ""  # squeue's reason, for a pending job
 
 
 class SlurmLauncher(Launcher):
@@ -249,6 +250,7 @@ class SlurmLauncher(Launcher):
                     log.info("Slurm job %s (%s): %s%s", job.job_id, job.name, state,
                              f" ({reason})" if reason and reason != "None" else "")
                 job.state = state
+                job.reason = reason if reason and reason != "None" else ""
                 continue
             exited.append(self._finish(job, state, now))
         self._save()
@@ -275,6 +277,14 @@ class SlurmLauncher(Launcher):
             log.warning("%s (%s) after %.0fs; its output is logs/worker-%s.log", detail, job.name, ran, job.name)
         del self.jobs[job.name]
         return ExitedWorker(job.name, code, ran, detail)
+
+    def summary(self) -> dict[str, int]:
+        """Jobs per state, pending ones per reason: {"RUNNING": 2, "PENDING (Resources)": 1}."""
+        out: dict[str, int] = {}
+        for job in self.jobs.values():
+            key = f"{job.state} ({job.reason})" if job.state == "PENDING" and job.reason else job.state
+            out[key] = out.get(key, 0) + 1
+        return out
 
     def trim(self, now: float, busy: set[str], wanted: int) -> None:
         """Cancel jobs beyond what the queue needs: pending ones at once (they hold nothing),

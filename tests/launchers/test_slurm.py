@@ -202,9 +202,20 @@ def test_cancelling_a_request_cancels_its_slurm_jobs(data, daemon, slurm):
     d = start(daemon, slurm, "--max-jobs", "3", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.5")
     wait_for(lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 3, timeout=60,
              what="three running jobs")
+    wait_for(lambda: "workers (slurm): 3 RUNNING" in sdgen(data, "status").stdout, timeout=30,
+             what="sdgen status to show the jobs")
     sdgen(data, "cancel", rid, check=True)
     wait_for(lambda: set(submitted_since(slurm, before).values()) == {"CANCELLED"}, timeout=60,
              what="every job of the request to be cancelled")
     out = d.output()
     assert out.count("no work left for it") == 3
     assert status_json(data)[0]["state"] == "cancelled"
+
+
+def test_status_says_why_jobs_wait(data, daemon, slurm):
+    """Each job asks for all 8 cores of the node: one runs, the other waits for resources."""
+    submit(data, "--prompt", "a", "--images", "40", "--batch-size", "2", "--seed", "1")
+    start(daemon, slurm, "--max-jobs", "2", "--slurm-cpus", "8", "--worker-idle-exit", "300",
+          SDGEN_DRY_RUN_DELAY="0.5")
+    wait_for(lambda: "workers (slurm): 1 PENDING (Resources), 1 RUNNING" in sdgen(data, "status").stdout,
+             timeout=60, interval=0.5, what="a job pending for resources in sdgen status")
