@@ -120,6 +120,21 @@ def _quiet():
         yield
 
 
+@contextlib.contextmanager
+def _zeros_init():
+    """Variables created inside start as zeros instead of drawing from their initializers
+    (for weights that are loaded right after). Every keras backend's Variable takes its
+    initializer in `_initialize_with_initializer`; keras is pinned (pyproject)."""
+    cls = type(keras.Variable(0.0))
+    original = cls._initialize_with_initializer
+    zeros = keras.initializers.Zeros()
+    cls._initialize_with_initializer = lambda self, initializer: original(self, zeros)
+    try:
+        yield
+    finally:
+        cls._initialize_with_initializer = original
+
+
 PRECISIONS = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 
 
@@ -202,7 +217,10 @@ class KerasCVEngine(Engine):
         else:
             paths, names = {}, []
             bpe = random_tokenizer_file(self.cache.dir)
-        with _quiet():
+        # Random initialisation of 1 G parameters is a quarter of a warm worker's start-up
+        # (docs/benchmarks.md); pretrained weights overwrite every variable anyway.
+        init = _zeros_init() if weights == "pretrained" else contextlib.nullcontext()
+        with _quiet(), init:
             sd = wrapper_cls(img_height=height, img_width=width, jit_compile=self.jit)
             text_encoder = text_cls(MAX_PROMPT_LENGTH, download_weights=False)
             unet = unet_cls(height, width, MAX_PROMPT_LENGTH, download_weights=False)

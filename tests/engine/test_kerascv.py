@@ -215,3 +215,47 @@ def test_an_unknown_precision_is_refused_with_the_choices(monkeypatch, tmp_path)
     monkeypatch.setenv("SDGEN_PRECISION", "fp8")
     with pytest.raises(EngineError, match="float16, bfloat16, mixed_float16"):
         KerasCVEngine(tmp_path)
+
+
+@pytest.mark.slow
+def test_pretrained_weights_load_into_every_variable_of_zero_initialised_models(kerascv_engine, tmp_path,
+                                                                               monkeypatch):
+    """The real loading path up to the file boundary: weight files in keras-cv's (legacy
+    HDF5) format, written here from the session's random model, are loaded by `build` into
+    models constructed without random initialisation; every variable must come back."""
+    import shutil
+
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from sdgen.engine.weights import FILES, random_tokenizer_file
+
+    t = ticket("prompt: a\nimages: 1\nseed: 1\n")
+    kerascv_engine.prepare(t)
+    source = kerascv_engine.models[kerascv_engine._key(t)]
+    names = [wf.name for wf in FILES["sd-v1"]]
+    paths = {n: tmp_path / n for n in names}
+    shutil.copy(random_tokenizer_file(tmp_path), paths[names[0]])
+    models = (source._text_encoder, source._diffusion_model, source._decoder)
+    for name, model in zip(names[1:], models):
+        with h5py.File(paths[name], "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    monkeypatch.setattr(kerascv_engine.cache, "require", lambda model: paths)  # sha256 checks: test_weights.py
+    loaded = kerascv_engine.build("sd-v1", "pretrained", 128, 128)
+    for a, b in zip(models, (loaded._text_encoder, loaded._diffusion_model, loaded._decoder)):
+        assert len(a.weights) == len(b.weights)
+        for va, vb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(va.numpy(), vb.numpy(), err_msg=va.path)
+
+
+def test_zero_initialised_variables_skip_their_initializer():
+    import keras
+
+    from sdgen.engine.kerascv import _zeros_init
+
+    with _zeros_init():
+        inside = keras.layers.Dense(8)
+        inside.build((None, 4))
+    outside = keras.layers.Dense(8)
+    outside.build((None, 4))
+    assert not inside.kernel.numpy().any() and outside.kernel.numpy().any()
