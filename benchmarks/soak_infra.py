@@ -153,6 +153,7 @@ def disk_full(trials: int) -> dict:
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
                       capture_output=True, check=False).returncode != 0:
         return {"skipped": "mount -t tmpfs failed"}
+    started: list[subprocess.Popen] = []
     try:
         data = mnt / "data"
         expected = {}
@@ -162,6 +163,7 @@ def disk_full(trials: int) -> dict:
                         "--seed", str(100 * i)).stdout.strip()
             expected[rid] = 20
         daemon = start_daemon(data, "--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY=0.1)
+        started.append(daemon)
         deferred_dir = data / "spool" / "tickets" / "deferred"
         held_dir = data / "spool" / "tickets" / "held"
         filler = mnt / "filler"
@@ -194,11 +196,15 @@ def disk_full(trials: int) -> dict:
         wait_idle(daemon, 60)
         psutil_wait(data)
         final = start_daemon(data, "--workers", "2", "--exit-when-idle", *FAST)
+        started.append(final)
         code = wait_idle(final, 600)
         return {"trials": trials, "trials_with_a_deferral": deferrals_seen, "deferral_reasons": sorted(reasons),
                 "held_while_full": held_seen, "daemon_died": daemon_died, "final_exit": code,
                 **audit(data, expected)}
-    finally:
+    finally:  # whatever happened, leave no daemon, worker or mount behind
+        for p in started:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
         for w in workers_of(mnt / "data"):
             w.kill()
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
