@@ -218,6 +218,7 @@ def test_an_unknown_precision_is_refused_with_the_choices(monkeypatch, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_pretrained_weights_load_into_every_variable_of_zero_initialised_models(kerascv_engine, tmp_path,
                                                                                monkeypatch):
     """The real loading path up to the file boundary: weight files in keras-cv's (legacy
