@@ -62,6 +62,7 @@ class Scheduler:
         self._crash_streak = 0
         self._launch_after = 0.0
         self.blocked: str | None = None  # why no more workers are launched
+        self._blocked_since: float | None = None
         self._summary_written: dict | None = None
         self.busy_workers: set[str] = set()
 
@@ -274,6 +275,7 @@ class Scheduler:
                                 f"{how} after {w.ran_seconds:.0f}s (see logs/worker-{w.worker_id}.log). "
                                 f"Fix the cause, then restart the daemon")
                 log.error("no more workers will be launched: %s", self.blocked)
+                self._blocked_since = now
                 self.write_launcher_status(now)
                 continue
             delay = backoff_seconds(self._crash_streak, base=2.0, cap=120.0)
@@ -296,7 +298,8 @@ class Scheduler:
         name = self.launcher.name if self.launcher else ""
         self._summary_written = self.launcher.summary() if self.launcher else None
         self.spool.write(self.spool.layout.launcher_status, json.dumps(
-            {"launcher": name, "blocked": self.blocked, "since": now, "workers": self._summary_written}).encode())
+            {"launcher": name, "blocked": self.blocked, "since": self._blocked_since or now,
+             "workers": self._summary_written}).encode())
 
     def launch(self, now: float, report: TickReport) -> None:
         report.pending = len(self.spool.ticket_names("pending"))
