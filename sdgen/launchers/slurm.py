@@ -158,8 +158,13 @@ class SlurmLauncher(Launcher):
 
     # -- Slurm commands ---------------------------------------------------------------------
     def _slurm(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+        """A Slurm command; a hung slurmctld reads as a failed call (exit 124), never as an
+        exception out of the daemon's tick."""
+        try:
+            return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(list(cmd), 124, "", f"{cmd[0]} timed out after {timeout:.0f}s")
 
     def _unreachable(self, what: str, detail: str, now: float) -> None:
         if self._down_since is None:

@@ -2,6 +2,7 @@
 real batch jobs that run real `sdgen worker` processes on the shared data directory."""
 
 import json
+import os
 import signal
 import time
 
@@ -219,3 +220,24 @@ def test_status_says_why_jobs_wait(data, daemon, slurm):
           SDGEN_DRY_RUN_DELAY="0.5")
     wait_for(lambda: "workers (slurm): 1 PENDING (Resources), 1 RUNNING" in sdgen(data, "status").stdout,
              timeout=60, interval=0.5, what="a job pending for resources in sdgen status")
+
+
+def test_a_hung_slurm_command_is_a_failed_call_not_an_exception(tmp_path, monkeypatch):
+    """squeue that never answers: the launcher keeps its jobs and says so once."""
+    import stat
+
+    from sdgen.launchers.slurm import Job, SlurmLauncher
+    from sdgen.spool.store import Spool
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "squeue"):
+        (bin_dir / tool).write_text("#!/bin/sh\nsleep 30\n")
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    launcher = SlurmLauncher(Spool(tmp_path / "data").ensure().layout.root, max_workers=1)
+    launcher.jobs["sdgen-w-x"] = Job("sdgen-w-x", job_id="7", state="RUNNING")
+    slurm = launcher._slurm
+    monkeypatch.setattr(launcher, "_slurm", lambda *cmd, timeout=30: slurm(*cmd, timeout=0.5))
+    assert launcher.reap(now=0.0) == [] and launcher.running() == ["sdgen-w-x"]
+    assert launcher._down_since == 0.0
