@@ -209,13 +209,15 @@ def hostile(files: int, quick: bool) -> dict:
     corpus = hostile_corpus(files, rng)
     outside = root / "outside.yaml"
     outside.write_text("prompt: untouched\n")
+    dropped = len(corpus)  # counted as dropped: the daemon may quarantine a link before a glob sees it
     for k, (name, body) in enumerate(corpus):
         (inbox / name).write_bytes(body)
         if k % 25 == 0:
             os.symlink(outside, inbox / f"link-{k}.yaml")
+            dropped += 1
         if k % 50 == 0:  # a file "still being written": a .part name, renamed later
             (inbox / f"slow-{k}.yaml.part").write_bytes(b"prompt: [half")
-    dropped = len(corpus) + len(list(inbox.glob("link-*"))) + len(list(inbox.glob("*.part")))
+            dropped += 1
     for part in inbox.glob("*.part"):
         os.rename(part, part.with_suffix(""))  # completes as a (bad) request
     rss_peak = rss_before
