@@ -28,6 +28,8 @@ def main() -> int:
     p.add_argument("--stock-batches", default="1,8", help="stock keras-cv loop (slow): fewer sizes")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="engine_bench.json")
+    p.add_argument("--engine", choices=("keras", "snapshot"), default="keras",
+                   help="snapshot: the JAX worker's engine (exported.py), fused loop only")
     a = p.parse_args()
 
     t0 = time.perf_counter()
@@ -43,7 +45,12 @@ def main() -> int:
     except ImportError:
         pass
 
-    engine = KerasCVEngine(tempfile.mkdtemp())
+    if a.engine == "snapshot":
+        from sdgen.engine.exported import ExportedEngine
+
+        engine, a.stock_batches = ExportedEngine(tempfile.mkdtemp()), ""
+    else:
+        engine = KerasCVEngine(tempfile.mkdtemp())
     info = engine.describe()
     gpu = "cpu"
     if keras.backend.backend() == "jax":
@@ -69,17 +76,22 @@ def main() -> int:
             return None
 
     results = []
+    def generate(t, sampler):
+        if a.engine == "snapshot":
+            return engine.generate(t, t.images)
+        return engine.generate(t, t.images, sampler=sampler)
+
     for sampler, batches in (("fused", a.batches), ("stock", a.stock_batches)):
         for batch in [int(b) for b in batches.split(",") if b]:
             t = ticket(batch)
             t1 = time.perf_counter()
             prep = engine.prepare(t)
-            engine.generate(t, t.images, sampler=sampler)  # warm: compiles this path and shape
+            generate(t, sampler)  # warm: compiles this path and shape
             warm_s = time.perf_counter() - t1
             times = []
             for _ in range(a.repeats):
                 t1 = time.perf_counter()
-                engine.generate(t, t.images, sampler=sampler)
+                generate(t, sampler)
                 times.append(time.perf_counter() - t1)
             best = min(times)
             row = {"sampler": sampler, "batch": batch, "images_per_s": round(batch / best, 3),
@@ -94,7 +106,7 @@ def main() -> int:
             fused = next((r for r in results if r["sampler"] == "fused" and r["batch"] == row["batch"]), None)
             if fused:
                 ratios[row["batch"]] = round(fused["images_per_s"] / row["images_per_s"], 2)
-    summary = {"gpu": gpu, "env": info, "size": a.size, "steps": a.steps, "results": results,
+    summary = {"gpu": gpu, "engine": a.engine, "env": info, "size": a.size, "steps": a.steps, "results": results,
                "fused_over_stock": ratios}
     if touched_at_import is not None:
         import _tfshim

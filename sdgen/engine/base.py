@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Sequence
 
@@ -41,8 +42,19 @@ def _dry_run(data_root):
     return DryRunEngine()
 
 
+def _snapshots_apply() -> bool:
+    """On JAX with the fused sampler, workers run from model snapshots (exported.py) and
+    skip importing keras; any other set-up builds the keras models in every worker."""
+    return (os.environ.get("KERAS_BACKEND") == "jax" and os.environ.get("SDGEN_SNAPSHOT", "on") != "off"
+            and os.environ.get("SDGEN_SAMPLER", "fused") == "fused")
+
+
 def _keras_cv(data_root):
     try:
+        if _snapshots_apply():
+            from sdgen.engine.exported import ExportedEngine
+
+            return ExportedEngine(data_root)
         from sdgen.engine.kerascv import KerasCVEngine
     except ImportError as e:
         raise EngineError(

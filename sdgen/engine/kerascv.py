@@ -42,6 +42,8 @@ from keras_cv.src.models.stable_diffusion.stable_diffusion import (  # noqa: E40
 from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextEncoderV2  # noqa: E402
 
 from sdgen.engine.base import Engine  # noqa: E402
+from sdgen.engine.batching import PRECISIONS, bucket, env_max_batch, max_batch_for  # noqa: E402,F401
+from sdgen.engine.diffusion import initial_noise  # noqa: E402,F401
 from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402
@@ -50,47 +52,10 @@ from sdgen.spool.ticket import ImageSpec, Ticket  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# Every call is padded up to one of these, so XLA compiles a handful of shapes, not one per
-# odd-sized last ticket.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
 _ARCH = {
     "sd-v1": (StableDiffusion, TextEncoder, DiffusionModel),
     "sd-v2": (StableDiffusionV2, TextEncoderV2, DiffusionModelV2),
 }
-
-
-def bucket(n: int) -> int:
-    return next(b for b in BATCH_BUCKETS if b >= n)
-
-
-# Peak GPU memory of the fused loop, measured on an H100 (docs/benchmarks.md, bfloat16,
-# fused attention): 3.1 GiB at B=1, 5.0 at 8, 8.0 at 16, 14.0 at 32, 26.0 at 64 for 512x512,
-# 8.0 at B=4 for 1024x1024: about 2 GiB plus 0.375 GiB per image per 512x512 of pixels.
-# float32 weights (float32 and mixed_ policies) add 2 GiB; float32 compute doubles the rest.
-BASE_GIB = 2.0
-PER_IMAGE_GIB_512 = 0.375
-
-
-def max_batch_for(memory_gib: float | None, height: int, width: int, precision: str,
-                  cap: int = BATCH_BUCKETS[-1]) -> int:
-    """The largest batch bucket whose estimated peak fits in 90% of the GPU's memory (no
-    limit known, as on the CPU: just `cap`)."""
-    fitting = [b for b in BATCH_BUCKETS if b <= cap] or [1]
-    if not memory_gib:
-        return fitting[-1]
-    base = BASE_GIB + (2.0 if precision in ("float32", "mixed_float16", "mixed_bfloat16") else 0.0)
-    per_image = PER_IMAGE_GIB_512 * height * width / 512**2 * (2 if precision == "float32" else 1)
-    return max([1] + [b for b in fitting if base + b * per_image <= 0.9 * memory_gib])
-
-
-def initial_noise(seeds: Sequence[int], height: int, width: int) -> np.ndarray:
-    """Each image's starting latent from its own seed only: the same image alone or inside
-    any batch starts from the same noise, on every backend."""
-    return np.stack([
-        np.random.default_rng(seed).standard_normal((height // 8, width // 8, 4), dtype=np.float32)
-        for seed in seeds
-    ])
 
 
 def on_gpu() -> bool:
@@ -135,9 +100,6 @@ def _zeros_init():
         cls._initialize_with_initializer = original
 
 
-PRECISIONS = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
-
-
 class KerasCVEngine(Engine):
     name = "keras-cv"
 
@@ -168,18 +130,11 @@ class KerasCVEngine(Engine):
 
     @staticmethod
     def _enable_compile_cache(data_root: Path) -> str | None:
-        """JAX keeps compiled executables on disk, shared by every worker on the data dir."""
-        folder = os.environ.get("SDGEN_COMPILE_CACHE") or str(data_root / "cache" / "jax")
-        if keras.backend.backend() != "jax" or folder == "off":
+        if keras.backend.backend() != "jax":
             return None
-        import jax
+        from sdgen.engine.snapshot import enable_compile_cache
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", folder)
-        # 0, not JAX's 1 s: building the models compiles hundreds of small initializer and
-        # layer functions; each is quick, together they are most of a new worker's start
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        return folder
+        return enable_compile_cache(data_root)
 
     def describe(self) -> dict:
         return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
@@ -200,33 +155,36 @@ class KerasCVEngine(Engine):
     def chunk_size(self, ticket: Ticket) -> int:
         """Images per forward pass: the ticket's batch, cut to what fits this GPU's memory
         (and to SDGEN_MAX_BATCH if set), so a big batch at a big size never runs out."""
-        cap = int(os.environ.get("SDGEN_MAX_BATCH") or BATCH_BUCKETS[-1])
-        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision, cap)
+        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision,
+                            env_max_batch(os.environ))
         return max(1, min(len(ticket.images), fit))
 
     # -- building ---------------------------------------------------------------------------
     def _key(self, ticket: Ticket) -> tuple:
         return (ticket.model, ticket.weights, ticket.height, ticket.width)
 
-    def build(self, model: str, weights: str, height: int, width: int) -> StableDiffusion:
-        wrapper_cls, text_cls, unet_cls = _ARCH[model]
+    def tokenizer_file(self, model: str, weights: str) -> Path:
         if weights == "pretrained":
-            paths = self.cache.require(model)
-            names = [wf.name for wf in FILES[model]]
-            bpe = paths[names[0]]
-        else:
-            paths, names = {}, []
-            bpe = random_tokenizer_file(self.cache.dir)
+            return self.cache.require(model)[FILES[model][0].name]
+        return random_tokenizer_file(self.cache.dir)
+
+    def build(self, model: str, weights: str, height: int, width: int, shape_only: bool = False) -> StableDiffusion:
+        """The three models for one image size. `shape_only`: zeros instead of weights, for
+        tracing programs whose weights are arguments (snapshot.py)."""
+        wrapper_cls, text_cls, unet_cls = _ARCH[model]
+        pretrained = weights == "pretrained" and not shape_only
+        paths = self.cache.require(model) if pretrained else {}  # missing weights: say so at once
         # Random initialisation of 1 G parameters is a quarter of a warm worker's start-up
         # (docs/benchmarks.md); pretrained weights overwrite every variable anyway.
-        init = _zeros_init() if weights == "pretrained" else contextlib.nullcontext()
+        init = _zeros_init() if pretrained or shape_only else contextlib.nullcontext()
         with _quiet(), init:
             sd = wrapper_cls(img_height=height, img_width=width, jit_compile=self.jit)
             text_encoder = text_cls(MAX_PROMPT_LENGTH, download_weights=False)
             unet = unet_cls(height, width, MAX_PROMPT_LENGTH, download_weights=False)
             decoder = Decoder(height, width, download_weights=False)
-        if weights == "pretrained":
+        if pretrained:
             # the verified files, straight to keras' HDF5 loader: never through get_file
+            names = [wf.name for wf in FILES[model]]
             text_encoder.load_weights(str(paths[names[1]]))
             unet.load_weights(str(paths[names[2]]))
             decoder.load_weights(str(paths[names[3]]))
@@ -236,7 +194,8 @@ class KerasCVEngine(Engine):
             for m in (text_encoder, unet, decoder):
                 m.compile(jit_compile=True)
         sd._text_encoder, sd._diffusion_model, sd._decoder = text_encoder, unet, decoder
-        sd._tokenizer = SimpleTokenizer(bpe_path=str(bpe))
+        if not shape_only:
+            sd._tokenizer = SimpleTokenizer(bpe_path=str(self.tokenizer_file(model, weights)))
         return sd
 
     def prepare(self, ticket: Ticket) -> dict[str, float]:

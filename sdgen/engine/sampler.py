@@ -20,15 +20,9 @@ import numpy as np
 from keras import ops
 from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
+from sdgen.engine.diffusion import schedule, to_pixels
 
-def schedule(num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Timesteps and alphas exactly as keras-cv's generate_image computes them."""
-    ratio = (1000 - 1) / (num_steps - 1) if num_steps > 1 else 1000
-    timesteps = (np.arange(0, num_steps) * ratio).round().astype(np.int64)
-    alphas = [_ALPHAS_CUMPROD[t] for t in timesteps]
-    alphas_prev = [1.0] + alphas[:-1]
-    return (timesteps.astype(np.float32), np.asarray(alphas, np.float32),
-            np.asarray(alphas_prev, np.float32))
+ALPHAS_CUMPROD = tuple(float(a) for a in _ALPHAS_CUMPROD)
 
 
 def timestep_embedding(t, batch: int, dim: int = 320, max_period: float = 10000.0):
@@ -39,12 +33,16 @@ def timestep_embedding(t, batch: int, dim: int = 320, max_period: float = 10000.
     return ops.repeat(emb, batch, axis=0)
 
 
-def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, timesteps, alphas,
+def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, n, timesteps, alphas,
                        alphas_prev, guidance):
-    """latent (B,h,w,4), context/uncond (B,77,C) -> decoded images in [-1, 1]."""
+    """latent (B,h,w,4), context/uncond (1 or B,77,C), the first `n` entries of the padded
+    schedule -> decoded images in [-1, 1]."""
     batch = latent.shape[0]
+    if context.shape[0] != batch:
+        context = ops.repeat(context, batch, axis=0)
+    if uncond.shape[0] != batch:
+        uncond = ops.repeat(uncond, batch, axis=0)
     both_contexts = ops.concatenate([context, uncond], 0)
-    n = ops.shape(timesteps)[0]
 
     def step(i, latent):
         index = n - 1 - i
@@ -66,6 +64,23 @@ def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, timeste
     return decoder_call(latent)
 
 
+def pure_sampler(unet: keras.Model, decoder: keras.Model):
+    """The loop as a pure function of the models' variables (JAX): what FusedSampler jits
+    and what a snapshot exports (snapshot.py), so both run the same program."""
+
+    def sample(unet_vars, decoder_vars, latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance):
+        return denoise_and_decode(lambda x: unet.stateless_call(*unet_vars, x, training=False)[0],
+                                  lambda x: decoder.stateless_call(*decoder_vars, x, training=False)[0],
+                                  latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance)
+
+    return sample
+
+
+def model_variables(model: keras.Model) -> tuple[list, list]:
+    """What stateless_call takes. Read them at every call: Keras may replace the buffers."""
+    return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+
+
 class FusedSampler:
     """Compiled loop for one (UNet, decoder) pair; call it with numpy inputs."""
 
@@ -81,43 +96,22 @@ class FusedSampler:
         else:
             self._fn = self._plain
 
-    def _plain(self, latent, context, uncond, timesteps, alphas, alphas_prev, guidance):
+    def _plain(self, latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance):
         return denoise_and_decode(lambda x: self.unet(x, training=False),
                                   lambda x: self.decoder(x, training=False),
-                                  latent, context, uncond, timesteps, alphas, alphas_prev, guidance)
+                                  latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance)
 
     def _jax(self):
         import jax
 
-        unet, decoder = self.unet, self.decoder
-
-        def fn(unet_vars, decoder_vars, latent, context, uncond, timesteps, alphas, alphas_prev, guidance):
-            def unet_call(x):
-                return unet.stateless_call(*unet_vars, x, training=False)[0]
-
-            def decoder_call(x):
-                return decoder.stateless_call(*decoder_vars, x, training=False)[0]
-
-            return denoise_and_decode(unet_call, decoder_call, latent, context, uncond, timesteps,
-                                      alphas, alphas_prev, guidance)
-
-        jitted = jax.jit(fn)
-
-        def call(*args):
-            # Read the variables at every call: Keras may donate and replace their buffers.
-            uv = ([v.value for v in unet.trainable_variables], [v.value for v in unet.non_trainable_variables])
-            dv = ([v.value for v in decoder.trainable_variables],
-                  [v.value for v in decoder.non_trainable_variables])
-            return jitted(uv, dv, *args)
-
-        return call
+        jitted = jax.jit(pure_sampler(self.unet, self.decoder))
+        return lambda *args: jitted(model_variables(self.unet), model_variables(self.decoder), *args)
 
     def __call__(self, latent: np.ndarray, context, uncond, num_steps: int, guidance: float) -> np.ndarray:
-        timesteps, alphas, alphas_prev = schedule(num_steps)
-        batch = latent.shape[0]
-        context = ops.repeat(ops.convert_to_tensor(context), batch, axis=0) if context.shape[0] == 1 else context
-        uncond = ops.repeat(ops.convert_to_tensor(uncond), batch, axis=0) if uncond.shape[0] == 1 else uncond
-        decoded = self._fn(ops.convert_to_tensor(latent), context, uncond, timesteps, alphas, alphas_prev,
-                           np.float32(guidance))
-        decoded = ops.convert_to_numpy(decoded).astype(np.float32)
-        return np.clip((decoded + 1) / 2 * 255, 0, 255).astype("uint8")
+        # the schedule padded to MAX_STEPS and the real count as an argument: one compiled
+        # program for every step count
+        timesteps, alphas, alphas_prev = schedule(num_steps, ALPHAS_CUMPROD)
+        decoded = self._fn(ops.convert_to_tensor(latent), ops.convert_to_tensor(context),
+                           ops.convert_to_tensor(uncond), np.int32(num_steps), timesteps, alphas,
+                           alphas_prev, np.float32(guidance))
+        return to_pixels(ops.convert_to_numpy(decoded))

@@ -1,0 +1,190 @@
+"""The keras-cv engine on JAX, run from model snapshots (snapshot.py).
+
+What a worker does for a ticket's (model, weights):
+- a snapshot is on disk: load it (weights to the device, the programs from JAX's compile
+  cache). keras and keras-cv are never imported.
+- none yet (first worker on a node): build the models with KerasCVEngine, write the
+  snapshot, load it like everyone else.
+- the snapshot lacks this image size or batch bucket: build zero-weight models of that size
+  (only their shapes matter) and export the sampler for it.
+If a snapshot cannot be written (disk full, a program JAX cannot export), this worker
+generates through KerasCVEngine's models instead and says so in its log.
+
+Chosen by `get_engine("keras-cv")` when KERAS_BACKEND=jax and the fused sampler is on;
+SDGEN_SNAPSHOT=off turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from sdgen.engine import snapshot
+from sdgen.engine.base import Engine
+from sdgen.engine.batching import PRECISIONS, bucket, env_max_batch, max_batch_for
+from sdgen.engine.diffusion import initial_noise, to_pixels
+from sdgen.engine.tokenizer import CONTEXT_LENGTH
+from sdgen.exceptions import EngineError
+from sdgen.spool.ticket import ImageSpec, Ticket
+
+log = logging.getLogger(__name__)
+
+
+class ExportedEngine(Engine):
+    name = "keras-cv"
+
+    def __init__(self, data_root: Path | str = "data", precision: str | None = None):
+        self.data_root = Path(data_root or "data")
+        self.device = "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
+        self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
+            "bfloat16" if self.device == "gpu" else "float32")
+        if self.precision not in PRECISIONS:
+            raise EngineError(f"SDGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+                              transient=False)
+        self.attention = os.environ.get("SDGEN_ATTENTION") or "fused"
+        if self.attention not in ("fused", "stock"):
+            raise EngineError(f"SDGEN_ATTENTION must be fused or stock, got {self.attention!r}")
+        self.compile_cache = snapshot.enable_compile_cache(self.data_root)
+        self.root = self.data_root / "cache" / "snapshots"
+        self.snapshots: dict[tuple, snapshot.Snapshot] = {}
+        self.fallback: set[tuple] = set()  # keys this worker runs through keras (no snapshot)
+        self.builder = None  # a KerasCVEngine, made only when something must be built
+        self.shapes: dict[tuple, object] = {}  # zero-weight models, for exporting samplers
+        self.warm: set[tuple] = set()
+        self.last_snapshot: str | None = None
+
+    def describe(self) -> dict:
+        ident = snapshot.identity("-", "-", self.precision, self.attention)
+        return {"engine": self.name, "backend": "jax", "precision": self.precision, "jit": True,
+                "device": self.device, "sampler": "fused", "attention": self.attention,
+                "keras": ident["keras"], "keras_cv": ident["keras_cv"], "snapshot": self.last_snapshot}
+
+    def gpu_memory_gib(self) -> float | None:
+        if self.device != "gpu":
+            return None
+        try:
+            return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
+        except (KeyError, TypeError, AttributeError):
+            return None
+
+    def chunk_size(self, ticket: Ticket) -> int:
+        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision,
+                            env_max_batch(os.environ))
+        return max(1, min(len(ticket.images), fit))
+
+    # -- snapshots --------------------------------------------------------------------------
+    def _builder(self):
+        if self.builder is None:
+            from sdgen.engine.kerascv import KerasCVEngine  # keras and keras-cv: seconds
+
+            self.builder = KerasCVEngine(self.data_root, precision=self.precision, sampler="fused")
+        return self.builder
+
+    def _snapshot(self, ticket: Ticket, timings: dict) -> snapshot.Snapshot | None:
+        key = (ticket.model, ticket.weights)
+        if key in self.snapshots or key in self.fallback:
+            return self.snapshots.get(key)
+        folder = snapshot.folder_for(self.root, snapshot.identity(*key, self.precision, self.attention))
+        if not (folder / "meta.json").exists():
+            t0 = time.perf_counter()
+            if not self._write_snapshot(ticket, folder):
+                return None
+            timings["snapshot_write"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        try:
+            self.snapshots[key] = snapshot.Snapshot(folder)
+        except Exception as e:  # noqa: BLE001 - a damaged snapshot must not stop the worker
+            log.warning("snapshot %s could not be loaded (%s); generating through keras-cv", folder.name, e)
+            self.fallback.add(key)
+            return None
+        timings["snapshot_load"] = round(time.perf_counter() - t0, 3)
+        self.last_snapshot = folder.name
+        return self.snapshots[key]
+
+    def _write_snapshot(self, ticket: Ticket, folder: Path) -> bool:
+        builder = self._builder()
+        key = builder._key(ticket)
+        if key not in builder.models:
+            builder.models[key] = builder.build(*key)
+        sd = builder.models[key]
+        from sdgen.engine.sampler import ALPHAS_CUMPROD
+        from keras_cv.src.models.stable_diffusion.constants import _UNCONDITIONAL_TOKENS
+
+        models = {"text_encoder": sd._text_encoder, "unet": sd._diffusion_model, "decoder": sd._decoder}
+        try:
+            snapshot.write(self.root, snapshot.identity(ticket.model, ticket.weights, self.precision, self.attention),
+                           models, builder.tokenizer_file(ticket.model, ticket.weights), _UNCONDITIONAL_TOKENS,
+                           ALPHAS_CUMPROD)
+        except Exception as e:  # noqa: BLE001 - disk full, export refused: keras still works
+            log.warning("snapshot %s could not be written (%s); generating through keras-cv", folder.name, e)
+            self.fallback.add((ticket.model, ticket.weights))
+            return False
+        # kept to export this size's samplers (their weights are arguments, so these serve
+        # as well as zero-weight ones): a worker that builds pays ~2 GB of device memory
+        self.shapes[key] = sd
+        del builder.models[key]
+        return True
+
+    def _sampler_ready(self, snap: snapshot.Snapshot, ticket: Ticket, size: int, timings: dict) -> None:
+        if snap.has_sampler(ticket.height, ticket.width, size):
+            return
+        t0 = time.perf_counter()
+        key = (ticket.model, ticket.weights, ticket.height, ticket.width)
+        if key not in self.shapes:
+            self.shapes[key] = self._builder().build(*key, shape_only=True)
+        sd = self.shapes[key]
+        snapshot.write_sampler(snap.folder, sd._diffusion_model, sd._decoder, ticket.height, ticket.width, size,
+                               snap.unconditional)
+        timings["export"] = round(time.perf_counter() - t0, 3)
+
+    # -- generating -------------------------------------------------------------------------
+    def prepare(self, ticket: Ticket) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        snap = self._snapshot(ticket, timings)
+        if snap is None:
+            return dict(timings, **self._builder().prepare(ticket))
+        size = bucket(self.chunk_size(ticket))
+        timings.update(self._warm(snap, ticket, size))
+        return timings
+
+    def _warm(self, snap: snapshot.Snapshot, ticket: Ticket, size: int) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        if (snap.name, ticket.height, ticket.width, size) not in self.warm:
+            self._sampler_ready(snap, ticket, size, timings)
+            t0 = time.perf_counter()
+            self._pixels(snap, ticket, [0] * size, steps=1)  # compiles, or loads from the cache
+            self.warm.add((snap.name, ticket.height, ticket.width, size))
+            timings["compile"] = round(time.perf_counter() - t0, 3)
+        timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        return timings
+
+    def _pixels(self, snap: snapshot.Snapshot, ticket: Ticket, seeds: list[int], steps: int) -> np.ndarray:
+        try:
+            context = snap.encode(ticket.prompt)
+            uncond = snap.encode(ticket.negative_prompt) if ticket.negative_prompt else snap.unconditional
+        except ValueError as e:
+            if "too long" in str(e):
+                raise EngineError(f"prompt is longer than {CONTEXT_LENGTH} CLIP tokens: shorten it",
+                                  transient=False) from None
+            raise
+        noise = initial_noise(seeds, ticket.height, ticket.width)
+        return to_pixels(snap.sample(noise, context, uncond, steps, ticket.guidance))
+
+    def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
+        self.prepare(ticket)
+        snap = self.snapshots.get((ticket.model, ticket.weights))
+        if snap is None:
+            return self._builder().generate(ticket, images)
+        seeds = [spec.seed for spec in images]
+        self._warm(snap, ticket, bucket(len(seeds)))  # a last, smaller chunk
+        padded = seeds + [seeds[-1]] * (bucket(len(seeds)) - len(seeds))
+        pixels = self._pixels(snap, ticket, padded, steps=ticket.steps)
+        return [Image.fromarray(pixels[i]) for i in range(len(seeds))]

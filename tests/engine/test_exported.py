@@ -1,0 +1,60 @@
+"""Model snapshots on JAX (CPU, random weights, 128x128): a snapshot written from the
+keras-cv models gives their images exactly, and a new worker generates from it without
+importing keras. Each run is a fresh process: the backend is fixed per process and the rest
+of the suite runs TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+from sdgen.engine import snapshot  # noqa: E402
+SCRIPT = Path(__file__).with_name("snapshot_run.py")
+
+
+def run(data, out, mode):
+    env = dict(os.environ, KERAS_BACKEND="jax", SDGEN_SNAPSHOT="on", JAX_PLATFORMS="cpu")
+    env.pop("SDGEN_SAMPLER", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(data), str(out), mode], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
+    data = tmp_path / "data"
+    built = run(data, tmp_path / "built.npy", "build")
+    assert built["engine"] == "ExportedEngine"
+    assert "snapshot_write" in built["prepare"] and "export" in built["prepare"]
+    keras_images = np.load(tmp_path / "built-keras.npy")
+    assert keras_images.shape == (2, 128, 128, 3) and keras_images.std() > 10
+    np.testing.assert_array_equal(np.load(tmp_path / "built.npy"), keras_images)
+
+    folders = list((data / "cache" / "snapshots").iterdir())
+    assert [f.name for f in folders] == [built["describe"]["snapshot"]]
+    assert sorted(p.name for p in folders[0].iterdir()) == [
+        "encode.jaxexport", "merges.txt.gz", "meta.json", "sample-128x128-b2.jaxexport", "weights.bin",
+        "weights.json"]
+
+    loaded = run(data, tmp_path / "loaded.npy", "load")
+    assert loaded["keras_imported"] is False
+    assert "snapshot_write" not in loaded["prepare"] and "export" not in loaded["prepare"]
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded.npy"), keras_images)
+    assert loaded["describe"]["snapshot"] == built["describe"]["snapshot"]
+
+
+def test_the_folder_name_changes_with_anything_the_programs_depend_on(tmp_path):
+    base = snapshot.identity("sd-v1", "random", "bfloat16", "fused")
+    names = {snapshot.folder_for(tmp_path, base).name}
+    for field, value in (("weights", "pretrained"), ("precision", "float16"), ("attention", "stock"),
+                         ("jax", "0.0.1"), ("keras", "9.9"), ("platform", "other")):
+        names.add(snapshot.folder_for(tmp_path, dict(base, **{field: value})).name)
+    assert len(names) == 7
+    assert snapshot.folder_for(tmp_path, dict(base)).name in names  # and stays the same otherwise
