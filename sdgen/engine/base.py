@@ -35,6 +35,26 @@ class Engine(ABC):
     def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
         """One image per spec, in order; image i must depend only on its own seed."""
 
+    def group_limit(self, ticket: Ticket) -> int:
+        """How many images of several tickets of `ticket`'s request one `generate_group`
+        call should take (1: this engine gains nothing from running tickets together)."""
+        return 1
+
+    def generate_group(self, items: Sequence[tuple[Ticket, Sequence[ImageSpec]]]) -> list[list[Image.Image]]:
+        """Images for several tickets of ONE request (same model, size, steps, guidance),
+        as one batch where the engine can; one list of images per item, in order."""
+        return [self.generate(ticket, specs) for ticket, specs in items]
+
+
+def group_images_setting(default: int) -> int:
+    """SDGEN_GROUP_IMAGES: how many images of one request's small tickets a worker runs
+    as one batch (1 turns grouping off)."""
+    value = os.environ.get("SDGEN_GROUP_IMAGES")
+    try:
+        return max(1, int(value)) if value else default
+    except ValueError:
+        raise EngineError(f"SDGEN_GROUP_IMAGES must be a whole number, got {value!r}", transient=False) from None
+
 
 def _dry_run(data_root):
     from sdgen.engine.dryrun import DryRunEngine

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from sdgen.engine.base import Engine
+from sdgen.engine.base import Engine, group_images_setting
 from sdgen.spool.ticket import ImageSpec, Ticket
 
 
@@ -37,6 +37,9 @@ class DryRunEngine(Engine):
 
     def chunk_size(self, ticket: Ticket) -> int:
         return 1  # image by image, so cancel and shutdown act at every image boundary
+
+    def group_limit(self, ticket: Ticket) -> int:
+        return group_images_setting(1)  # off unless asked: it has no batch to fill
 
     def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
         out = []

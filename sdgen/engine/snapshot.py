@@ -169,7 +169,7 @@ def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: i
 
     path = sampler_file(folder, height, width, batch)
     f32 = np.zeros((MAX_STEPS,), np.float32)
-    context = jax.ShapeDtypeStruct(context.shape, context.dtype)
+    context = jax.ShapeDtypeStruct((batch,) + tuple(context.shape[1:]), context.dtype)  # one per image
     args = (_variables_of(unet), _variables_of(decoder),
             jax.ShapeDtypeStruct((batch, height // 8, width // 8, 4), np.float32),
             context, context, np.int32(1), f32, f32, f32, np.float32(7.5))
@@ -229,8 +229,10 @@ class Snapshot:
                             self.positions)
 
     def sample(self, latent: np.ndarray, context, uncond, num_steps: int, guidance: float):
-        """Decoded images in [-1, 1] (on the device) for a batch of starting latents."""
+        """Decoded images in [-1, 1] (on the device) for a batch of starting latents;
+        `context` and `uncond`: one encoded prompt for all, or one per image."""
         batch, h, w, _ = latent.shape
+        context, uncond = (c if c.shape[0] == batch else jax.numpy.repeat(c, batch, axis=0) for c in (context, uncond))
         key = (h * 8, w * 8, batch)
         if key not in self._samplers:
             self._samplers[key] = self._load(sampler_file(self.folder, *key))

@@ -178,10 +178,9 @@ def claim_next(spool: Spool, worker_id: str, now: float | None = None,
                skip_request=lambda request_id: False, view: PendingView | None = None) -> Claim | None:
     """Claim the first pending ticket in claim order, or return None if there is none.
     With a `view`, the listing is shared with this worker's earlier claims."""
-    layout = spool.layout
     now = time.time() if now is None else now
     view = view or PendingView(spool, refresh=0.0)
-    with FileLock(str(layout.claim_lock)):
+    with FileLock(str(spool.layout.claim_lock)):
         listed = view.pos >= len(view.names) or not view.fresh()
         if listed:
             view.relist()
@@ -193,32 +192,62 @@ def claim_next(spool: Spool, worker_id: str, now: float | None = None,
                 view.relist()  # an older listing ran out: look once more before saying none
                 listed = True
                 continue
-            request_id = name.rsplit(".", 1)[-1]
-            if skip_request(request_id):
+            if skip_request(name.rsplit(".", 1)[-1]):
                 continue
-            try:
-                os.rename(layout.ticket("pending", name), layout.ticket("running", name))
-            except FileNotFoundError:
-                continue  # another worker won this one
-            if layout.ticket("done", name).exists():
-                # A late writer finished it after it was handed back: nothing to redo.
-                layout.ticket("running", name).unlink(missing_ok=True)
-                continue
-            lease = Lease(worker=worker_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
-            try:
-                spool.write(layout.lease(name), lease.to_json())
-            except OSError:
-                # No lease, no claim: give the ticket back by rename (needs no space).
-                os.rename(layout.ticket("running", name), layout.ticket("pending", name))
-                raise
-            try:
-                ticket = spool.read_ticket("running", name)
-            except (ValueError, TypeError, KeyError) as e:
-                log.error("ticket %s is unreadable (%s); holding it", name, e)
-                _hold_corrupt(spool, name, str(e))
-                continue
-            return Claim(spool, ticket, lease)
+            claim = _take(spool, worker_id, name, now)
+            if claim is not None:
+                return claim
     return None
+
+
+def claim_more(spool: Spool, worker_id: str, request_id: str, view: PendingView,
+               now: float | None = None, look_ahead: int = 256) -> Claim | None:
+    """Claim the next pending ticket of `request_id` within the next `look_ahead` names of
+    the listing (a worker filling one batch with a request's small tickets). Tickets of
+    other requests it passes stay where they are, next in line for the following claim."""
+    now = time.time() if now is None else now
+    with FileLock(str(spool.layout.claim_lock)):
+        if not view.fresh():
+            view.relist()
+        i = view.pos
+        while i < min(len(view.names), view.pos + look_ahead):
+            name = view.names[i]
+            if name.rsplit(".", 1)[-1] != request_id:
+                i += 1
+                continue
+            del view.names[i]
+            claim = _take(spool, worker_id, name, now)
+            if claim is not None:
+                return claim
+    return None
+
+
+def _take(spool: Spool, worker_id: str, name: str, now: float) -> Claim | None:
+    """Rename one pending ticket to running/ and lease it; None if another worker won it,
+    it was done meanwhile or it cannot be read."""
+    layout = spool.layout
+    try:
+        os.rename(layout.ticket("pending", name), layout.ticket("running", name))
+    except FileNotFoundError:
+        return None  # another worker won this one
+    if layout.ticket("done", name).exists():
+        # A late writer finished it after it was handed back: nothing to redo.
+        layout.ticket("running", name).unlink(missing_ok=True)
+        return None
+    lease = Lease(worker=worker_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
+    try:
+        spool.write(layout.lease(name), lease.to_json())
+    except OSError:
+        # No lease, no claim: give the ticket back by rename (needs no space).
+        os.rename(layout.ticket("running", name), layout.ticket("pending", name))
+        raise
+    try:
+        ticket = spool.read_ticket("running", name)
+    except (ValueError, TypeError, KeyError) as e:
+        log.error("ticket %s is unreadable (%s); holding it", name, e)
+        _hold_corrupt(spool, name, str(e))
+        return None
+    return Claim(spool, ticket, lease)
 
 
 def _hold_corrupt(spool: Spool, name: str, why: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -12,10 +13,10 @@ import time
 from sdgen import defaults
 from sdgen.engine.base import Engine, get_engine
 from sdgen.exceptions import EngineError
-from sdgen.spool.claim import PendingView, claim_next
+from sdgen.spool.claim import PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
 from sdgen.worker.heartbeat import Heartbeat
-from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_ticket
+from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_group, run_ticket
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ class Worker:
         return self.engines[name]
 
     def step(self, now: float | None = None) -> Outcome | None:
-        """Claim and run one ticket. None when there was nothing to claim."""
+        """Claim and run one ticket, or a group of one request's small tickets as one batch
+        (see _fill_group): the first ticket's outcome, the others' in its `others`. None when
+        there was nothing to claim."""
         claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled,
                            view=self.pending)
         if claim is None:
@@ -56,24 +59,52 @@ class Worker:
         except EngineError as e:
             state = claim.fail(str(e), e.transient, time.time())
             return Outcome(state or "lost", error=str(e))
-        with Heartbeat(claim, self.heartbeat_seconds) as beat:
-            def should_stop() -> str | None:
-                if self.stopping:
-                    return "shutdown"
-                if beat.lost.is_set() or not claim.still_mine():  # at every image, not every beat
-                    return "lost"
-                if self.spool.is_cancelled(ticket.request_id):
-                    return "cancelled"
-                return None
+        claims = [claim] + self._fill_group(claim, engine, now)
+        with contextlib.ExitStack() as stack:
+            stops = [self._stop_check(c, stack.enter_context(Heartbeat(c, self.heartbeat_seconds)))
+                     for c in claims]
+            if len(claims) == 1:
+                outcomes = [run_ticket(claim, engine, stops[0], self.worker_id)]
+            else:
+                outcomes = run_group(claims, engine, stops, self.worker_id)
+        for c, outcome in zip(claims, outcomes):
+            self.tickets_run += 1
+            secs = outcome.seconds.get("total")
+            log.info("ticket %s: %s, %d made, %d already there%s%s", c.name, outcome.state,
+                     outcome.images_made, outcome.images_skipped,
+                     f", {secs:.2f}s" if secs is not None else "",
+                     f" ({outcome.error})" if outcome.error else "")
+        first = outcomes[0]
+        first.others = outcomes[1:]
+        return first
 
-            outcome = run_ticket(claim, engine, should_stop, self.worker_id)
-        self.tickets_run += 1
-        secs = outcome.seconds.get("total")
-        log.info("ticket %s: %s, %d made, %d already there%s%s", ticket.name, outcome.state,
-                 outcome.images_made, outcome.images_skipped,
-                 f", {secs:.2f}s" if secs is not None else "",
-                 f" ({outcome.error})" if outcome.error else "")
-        return outcome
+    def _fill_group(self, claim, engine: Engine, now: float | None) -> list:
+        """More small tickets of the same request, up to the images the engine runs best
+        together (engine.group_limit; 1 on the CPU and for the dry-run engine unless
+        SDGEN_GROUP_IMAGES says otherwise)."""
+        limit = engine.group_limit(claim.ticket)
+        more, images = [], len(claim.ticket.images)
+        while images < limit and not self.stopping:
+            extra = claim_more(self.spool, self.worker_id, claim.ticket.request_id, self.pending, now)
+            if extra is None:
+                break
+            log.info("ticket %s: %d image(s), attempt %d, grouped with %s", extra.name, len(extra.ticket.images),
+                     extra.ticket.attempt + 1, claim.name)
+            more.append(extra)
+            images += len(extra.ticket.images)
+        return more
+
+    def _stop_check(self, claim, beat: Heartbeat):
+        def should_stop() -> str | None:
+            if self.stopping:
+                return "shutdown"
+            if beat.lost.is_set() or not claim.still_mine():  # at every image, not every beat
+                return "lost"
+            if self.spool.is_cancelled(claim.ticket.request_id):
+                return "cancelled"
+            return None
+
+        return should_stop
 
     def work(self, idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
              max_tickets: int | None = None, poll: float = 0.2) -> int:
@@ -89,7 +120,7 @@ class Worker:
                 log.error("cannot claim (%s): waiting %.0fs", e, DISK_FULL_WAIT)
                 self._sleep(DISK_FULL_WAIT)
                 continue
-            if outcome is not None and outcome.pause:
+            if outcome is not None and any(o.pause for o in [outcome, *outcome.others]):
                 self._sleep(DISK_FULL_WAIT)
             if outcome is None:
                 if time.monotonic() - idle_since >= idle_exit:
@@ -98,8 +129,9 @@ class Worker:
                 time.sleep(poll)
                 continue
             idle_since = time.monotonic()
-            if outcome.fatal_for_worker:
-                log.error("exiting so that a fresh process takes over (%s)", outcome.error)
+            fatal = [o for o in [outcome, *outcome.others] if o.fatal_for_worker]
+            if fatal:
+                log.error("exiting so that a fresh process takes over (%s)", fatal[0].error)
                 return EXIT_FATAL
         return EXIT_OK
 

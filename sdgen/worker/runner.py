@@ -16,7 +16,7 @@ import contextlib
 import errno
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from sdgen.engine.base import Engine
@@ -43,6 +43,7 @@ class Outcome:
     error: str = ""
     fatal_for_worker: bool = False  # e.g. out of memory: this process should exit
     pause: bool = False             # e.g. the disk is full: wait before claiming again
+    others: list = field(default_factory=list)  # the other tickets' outcomes when run as a group
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -173,12 +174,104 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         return Outcome(state, 0, skipped, timings, detail, fatal)
 
 
+def _missing(claim: Claim) -> list:
+    out_dir = claim.spool.layout.output_dir(claim.ticket.request_id)
+    return [spec for spec in claim.ticket.images
+            if not (out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)).exists()]
+
+
+class Pregenerated(Engine):
+    """A ticket's images made beforehand in a group batch; `run_ticket` writes and marks
+    them as usual. Images it lacks (the group stopped or failed early) come from the real
+    engine."""
+
+    def __init__(self, engine: Engine, images: dict, seconds: float, timings: dict):
+        self.engine, self.images, self.generated_before, self.timings = engine, images, seconds, timings
+        self.name = engine.name
+
+    def describe(self) -> dict:
+        return self.engine.describe()
+
+    def prepare(self, ticket) -> dict[str, float]:
+        missing = [s for s in ticket.images if (s.prompt_index, s.image_index) not in self.images]
+        return dict(self.timings, **(self.engine.prepare(ticket) if missing else {}))
+
+    def chunk_size(self, ticket) -> int:
+        return self.engine.chunk_size(ticket)
+
+    def generate(self, ticket, images):
+        missing = [s for s in images if (s.prompt_index, s.image_index) not in self.images]
+        made = iter(self.engine.generate(ticket, missing) if missing else [])
+        return [self.images[key] if key in self.images else next(made)
+                for key in ((s.prompt_index, s.image_index) for s in images)]
+
+
+def run_group(claims: list[Claim], engine: Engine, stops: list[Callable[[], str | None]],
+              worker_id: str, now: Callable[[], float] = time.time) -> list[Outcome]:
+    """Several small tickets of one request as one batch (the GPU makes images ~1.8x faster
+    in batches of 16 than one by one), then each ticket written, marked and tracked on its
+    own by `run_ticket`. A group that fails or is stopped leaves the rest to `run_ticket`
+    ticket by ticket, so one bad ticket cannot fail its neighbours."""
+    todo = [(claim, _missing(claim)) for claim in claims]
+    items = [(claim.ticket, specs) for claim, specs in todo if specs]
+    total = sum(len(specs) for _, specs in items)
+    ready: dict[str, dict] = {claim.name: {} for claim in claims}
+    timings: dict[str, float] = {"group_tickets": float(len(claims)), "group_images": float(total)}
+    seconds = 0.0
+    if items:
+        try:
+            timings.update(engine.prepare(replace(items[0][0], images=tuple(s for _, specs in items for s in specs))))
+            limit = max(1, engine.group_limit(items[0][0]))
+            for chunk in _chunks(items, limit):
+                if any(stop() for stop in stops):
+                    break
+                t0 = time.perf_counter()
+                made = engine.generate_group(chunk)
+                seconds += time.perf_counter() - t0
+                for (ticket, specs), images in zip(chunk, made, strict=True):
+                    ready[ticket.name].update(((s.prompt_index, s.image_index), im) for s, im in zip(specs, images))
+        except Exception as e:  # noqa: BLE001 - each ticket then runs, and fails, alone
+            log.warning("a group of %d tickets failed as one batch (%s: %s); running them one by one",
+                        len(claims), type(e).__name__, e)
+            ready = {claim.name: {} for claim in claims}  # out of memory too: single tickets are smaller
+    per_image = seconds / total if total else 0.0
+
+    def finish(claim, stop):
+        made = Pregenerated(engine, ready[claim.name], per_image * len(ready[claim.name]), timings)
+        return run_ticket(claim, made, stop, worker_id, now)
+
+    if all(len(ready[claim.name]) == len(specs) for claim, specs in todo):
+        # every image is made: writing, fsync and markers are I/O, done for the tickets
+        # side by side (one after another cost an H100 a quarter of its time in batches of 16)
+        with ThreadPoolExecutor(max_workers=min(len(claims), 8)) as pool:
+            return list(pool.map(finish, claims, stops))
+    return [finish(claim, stop) for claim, stop in zip(claims, stops)]  # the engine: one call at a time
+
+
+def _chunks(items: list, limit: int) -> list[list]:
+    """(ticket, specs) items cut into batches of at most `limit` images, in order; a
+    ticket may straddle two batches."""
+    chunks, current, size = [], [], 0
+    for ticket, specs in items:
+        specs = list(specs)
+        while specs:
+            take = specs[:limit - size]
+            current.append((ticket, take))
+            size += len(take)
+            specs = specs[len(take):]
+            if size == limit:
+                chunks.append(current)
+                current, size = [], 0
+    return chunks + ([current] if current else [])
+
+
 def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tuple[int, str | None]:
     """Make the missing images: (how many, why it stopped early or None)."""
     made = 0
     if todo:
         timings.update(engine.prepare(ticket))
-    gen_seconds = write_seconds = 0.0
+    gen_seconds = getattr(engine, "generated_before", 0.0)
+    write_seconds = 0.0
     described = engine.describe()
     chunk = max(1, engine.chunk_size(ticket))
     for i in range(0, len(todo), chunk):

@@ -36,5 +36,14 @@ if mode == "build":
 # ... then the snapshot's (written from those same models when building)
 report["prepare"] = engine.prepare(ticket)
 np.save(out, np.stack([np.asarray(i) for i in engine.generate(ticket, ticket.images)]))
+if mode == "build":
+    # two tickets of one request (two prompts) as one batch, against each alone
+    pair = split_request("20261126-000000-bbbbbb", parse_request(
+        "prompts: [a lighthouse at dawn, a red barn in snow]\nnegative_prompt: fog\nimages: 1\nsteps: 2\n"
+        "width: 128\nheight: 128\nweights: random\nseed: 7\nengine: keras-cv\n"))
+    grouped = [np.asarray(ims[0], dtype=int) for ims in engine.generate_group([(t, t.images) for t in pair])]
+    alone = [np.asarray(engine.generate(t, t.images)[0], dtype=int) for t in pair]
+    report["group_vs_alone_max_diff"] = int(max(np.abs(g - a).max() for g, a in zip(grouped, alone)))
+    report["group_prompts_mean_diff"] = float(np.abs(grouped[0] - grouped[1]).mean())
 report.update(keras_imported="keras" in sys.modules, describe=engine.describe())
 print(json.dumps(report), flush=True)

@@ -36,12 +36,14 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     keras_images = np.load(tmp_path / "built-keras.npy")
     assert keras_images.shape == (2, 128, 128, 3) and keras_images.std() > 10
     np.testing.assert_array_equal(np.load(tmp_path / "built.npy"), keras_images)
+    # a group batch gives each ticket its own prompt's image, as when it runs alone
+    assert built["group_vs_alone_max_diff"] <= 2 and built["group_prompts_mean_diff"] > 1
 
     folders = list((data / "cache" / "snapshots").iterdir())
     assert [f.name for f in folders] == [built["describe"]["snapshot"]]
     assert sorted(p.name for p in folders[0].iterdir()) == [
-        "encode.jaxexport", "merges.txt.gz", "meta.json", "sample-128x128-b2.jaxexport", "weights.bin",
-        "weights.json"]
+        "encode.jaxexport", "merges.txt.gz", "meta.json", "sample-128x128-b1.jaxexport",
+        "sample-128x128-b2.jaxexport", "weights.bin", "weights.json"]
 
     loaded = run(data, tmp_path / "loaded.npy", "load")
     assert loaded["keras_imported"] is False
