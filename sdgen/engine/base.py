@@ -46,16 +46,6 @@ class Engine(ABC):
         return [self.generate(ticket, specs) for ticket, specs in items]
 
 
-def group_images_setting(default: int) -> int:
-    """SDGEN_GROUP_IMAGES: how many images of one request's small tickets a worker runs
-    as one batch (1 turns grouping off)."""
-    value = os.environ.get("SDGEN_GROUP_IMAGES")
-    try:
-        return max(1, int(value)) if value else default
-    except ValueError:
-        raise EngineError(f"SDGEN_GROUP_IMAGES must be a whole number, got {value!r}", transient=False) from None
-
-
 def _dry_run(data_root):
     from sdgen.engine.dryrun import DryRunEngine
 

@@ -3,6 +3,8 @@ Pure functions, no model imports."""
 
 from __future__ import annotations
 
+import os
+
 # Every call is padded up to one of these, so XLA compiles a handful of shapes, not one per
 # odd-sized last ticket.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -33,6 +35,18 @@ def max_batch_for(memory_gib: float | None, height: int, width: int, precision: 
     return max([1] + [b for b in fitting if base + b * per_image <= 0.9 * memory_gib])
 
 
-def env_max_batch(environ) -> int:
-    """SDGEN_MAX_BATCH, or the largest bucket."""
-    return int(environ.get("SDGEN_MAX_BATCH") or BATCH_BUCKETS[-1])
+def chunk_for(images: int, height: int, width: int, memory_gib: float | None, precision: str) -> int:
+    """Images per forward pass: a ticket's batch, cut to what fits the GPU's memory (and to
+    SDGEN_MAX_BATCH if set), so a big batch at a big size never runs out."""
+    cap = int(os.environ.get("SDGEN_MAX_BATCH") or BATCH_BUCKETS[-1])
+    return max(1, min(images, max_batch_for(memory_gib, height, width, precision, cap)))
+
+
+def jax_memory_gib() -> float | None:
+    """The first JAX device's memory, or None where JAX does not say (the CPU)."""
+    import jax
+
+    try:
+        return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
+    except (KeyError, TypeError, AttributeError):
+        return None

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from sdgen.engine.base import Engine, group_images_setting
+from sdgen.engine import settings
+from sdgen.engine.base import Engine
 from sdgen.spool.ticket import ImageSpec, Ticket
 
 
@@ -39,7 +40,7 @@ class DryRunEngine(Engine):
         return 1  # image by image, so cancel and shutdown act at every image boundary
 
     def group_limit(self, ticket: Ticket) -> int:
-        return group_images_setting(1)  # off unless asked: it has no batch to fill
+        return settings.group_images(1)  # off unless asked: it has no batch to fill
 
     def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
         out = []

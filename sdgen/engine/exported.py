@@ -17,7 +17,6 @@ SDGEN_SNAPSHOT=off turns it off.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
 from pathlib import Path
@@ -27,9 +26,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from sdgen.engine import snapshot
-from sdgen.engine.base import Engine, group_images_setting
-from sdgen.engine.batching import PRECISIONS, bucket, env_max_batch, max_batch_for
+from sdgen.engine import settings, snapshot
+from sdgen.engine.base import Engine
+from sdgen.engine.batching import bucket, chunk_for, jax_memory_gib
 from sdgen.engine.diffusion import initial_noise, to_pixels
 from sdgen.engine.tokenizer import CONTEXT_LENGTH
 from sdgen.exceptions import EngineError
@@ -44,14 +43,8 @@ class ExportedEngine(Engine):
     def __init__(self, data_root: Path | str = "data", precision: str | None = None):
         self.data_root = Path(data_root or "data")
         self.device = "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
-        self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
-            "bfloat16" if self.device == "gpu" else "float32")
-        if self.precision not in PRECISIONS:
-            raise EngineError(f"SDGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-                              transient=False)
-        self.attention = os.environ.get("SDGEN_ATTENTION") or "fused"
-        if self.attention not in ("fused", "stock"):
-            raise EngineError(f"SDGEN_ATTENTION must be fused or stock, got {self.attention!r}")
+        self.precision = settings.precision(self.device == "gpu", precision)
+        self.attention = settings.attention()
         self.compile_cache = snapshot.enable_compile_cache(self.data_root)
         self.root = self.data_root / "cache" / "snapshots"
         self.snapshots: dict[tuple, snapshot.Snapshot] = {}
@@ -68,17 +61,10 @@ class ExportedEngine(Engine):
                 "keras": ident["keras"], "keras_cv": ident["keras_cv"], "snapshot": self.last_snapshot}
 
     def gpu_memory_gib(self) -> float | None:
-        if self.device != "gpu":
-            return None
-        try:
-            return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
-        except (KeyError, TypeError, AttributeError):
-            return None
+        return jax_memory_gib() if self.device == "gpu" else None
 
     def chunk_size(self, ticket: Ticket) -> int:
-        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision,
-                            env_max_batch(os.environ))
-        return max(1, min(len(ticket.images), fit))
+        return chunk_for(len(ticket.images), ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
 
     # -- snapshots --------------------------------------------------------------------------
     def _builder(self):
@@ -189,9 +175,8 @@ class ExportedEngine(Engine):
     def group_limit(self, ticket: Ticket) -> int:
         """A GPU makes 2.5 images/s one at a time and 4.6 in batches of 16 (H100): small
         tickets of one request are worth running together up to that, within memory."""
-        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision,
-                            env_max_batch(os.environ))
-        return min(fit, group_images_setting(16 if self.device == "gpu" else 1))
+        fit = chunk_for(64, ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
+        return min(fit, settings.group_images(16 if self.device == "gpu" else 1))
 
     def generate_group(self, items) -> list[list[Image.Image]]:
         """All items' images as one batch (padded to a bucket): each image with its own

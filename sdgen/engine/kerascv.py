@@ -42,7 +42,8 @@ from keras_cv.src.models.stable_diffusion.stable_diffusion import (  # noqa: E40
 from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextEncoderV2  # noqa: E402
 
 from sdgen.engine.base import Engine  # noqa: E402
-from sdgen.engine.batching import PRECISIONS, bucket, env_max_batch, max_batch_for  # noqa: E402,F401
+from sdgen.engine import settings  # noqa: E402
+from sdgen.engine.batching import PRECISIONS, bucket, chunk_for, jax_memory_gib, max_batch_for  # noqa: E402,F401
 from sdgen.engine.diffusion import initial_noise  # noqa: E402,F401
 from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
@@ -107,16 +108,10 @@ class KerasCVEngine(Engine):
                  jit: bool | None = None, sampler: str | None = None):
         gpu = on_gpu()
         self.sampler = sampler or os.environ.get("SDGEN_SAMPLER") or "fused"
-        self.attention = os.environ.get("SDGEN_ATTENTION") or "fused"
-        if self.attention not in ("fused", "stock"):
-            raise EngineError(f"SDGEN_ATTENTION must be fused or stock, got {self.attention!r}")
         if self.sampler not in ("fused", "stock"):
             raise EngineError(f"SDGEN_SAMPLER must be fused or stock, got {self.sampler!r}")
-        self.precision = precision or os.environ.get("SDGEN_PRECISION") or (
-            "bfloat16" if gpu else "float32")  # bfloat16: fastest on an H100, no fp16 overflow
-        if self.precision not in PRECISIONS:
-            raise EngineError(f"SDGEN_PRECISION must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-                              transient=False)
+        self.attention = settings.attention()
+        self.precision = settings.precision(gpu, precision)
         env_jit = os.environ.get("SDGEN_JIT")
         self.jit = jit if jit is not None else (env_jit == "1" if env_jit else gpu)
         self.device = "gpu" if gpu else "cpu"
@@ -143,21 +138,10 @@ class KerasCVEngine(Engine):
 
     # -- batch size -------------------------------------------------------------------------
     def gpu_memory_gib(self) -> float | None:
-        if keras.backend.backend() != "jax" or self.device != "gpu":
-            return None
-        import jax
-
-        try:
-            return jax.devices()[0].memory_stats()["bytes_limit"] / 2**30
-        except (KeyError, TypeError, AttributeError):
-            return None
+        return jax_memory_gib() if keras.backend.backend() == "jax" and self.device == "gpu" else None
 
     def chunk_size(self, ticket: Ticket) -> int:
-        """Images per forward pass: the ticket's batch, cut to what fits this GPU's memory
-        (and to SDGEN_MAX_BATCH if set), so a big batch at a big size never runs out."""
-        fit = max_batch_for(self.gpu_memory_gib(), ticket.height, ticket.width, self.precision,
-                            env_max_batch(os.environ))
-        return max(1, min(len(ticket.images), fit))
+        return chunk_for(len(ticket.images), ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
 
     # -- building ---------------------------------------------------------------------------
     def _key(self, ticket: Ticket) -> tuple:
