@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
+from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ def open_session():
 
 
 def worker_variables(data_root: Path, worker_id: str, idle_exit: float, heartbeat: float) -> dict[str, str]:
-    """Everything a job's worker needs, and nothing else (no credentials of any kind: the
-    worker never talks to AE5 or MLflow)."""
-    return {"SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
+    """Everything a job's worker needs, and nothing else: where and who it is, and the
+    daemon's engine settings (SDGEN_PRECISION, KERAS_BACKEND, ...); no credentials of any
+    kind (the worker never talks to AE5 or MLflow)."""
+    return {**worker_settings(os.environ), "SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
             "SDGEN_IDLE_EXIT": str(idle_exit), "SDGEN_HEARTBEAT": str(heartbeat)}
 
 

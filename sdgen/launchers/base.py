@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sdgen.exceptions import UserError
 from sdgen.spool.publish import publish
+
+
+# What a worker started elsewhere (an ADSP job, a Slurm job) must see of the daemon's
+# environment: sdgen's own engine knobs and the backend's, never a credential (a worker
+# talks to neither AE5 nor MLflow) and never the daemon's tracking switch.
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|_KEY$|^AWS_|^AE5_", re.I)
+BACKEND_SETTINGS = {"KERAS_BACKEND", "XLA_FLAGS"}
+
+
+def worker_settings(environ) -> dict[str, str]:
+    return {k: v for k, v in environ.items()
+            if ((k.startswith("SDGEN_") and k != "SDGEN_TRACKING") or k in BACKEND_SETTINGS)
+            and not SECRET_NAME.search(k)}
 
 
 @dataclass(frozen=True)

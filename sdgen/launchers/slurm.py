@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
+from sdgen.launchers.base import SECRET_NAME, ExitedWorker, Launcher, load_jobs, save_jobs, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZ
 # its tickets come back through their leases.
 ENDED_BY_WORKER = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "BOOT_FAIL"}
 ENDED_FROM_OUTSIDE = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
-PASSED_ON = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "KERAS_HOME", "KERAS_BACKEND", "XLA_FLAGS"}
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|_KEY$|^AWS_|^AE5_", re.I)
+PASSED_ON = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "KERAS_HOME"}
 INSTALL_HINT = ("sbatch not found: run the daemon on a Slurm login node (or install slurm-client "
                 "and point SLURM_CONF at the cluster's slurm.conf)")
 
@@ -200,9 +199,10 @@ class SlurmLauncher(Launcher):
         env = {"SDGEN_DATA": str(self.data_root), "SDGEN_WORKER_ID": name,
                "SDGEN_IDLE_EXIT": str(self.idle_exit), "SDGEN_HEARTBEAT": str(self.heartbeat),
                "PYTHONUNBUFFERED": "1"}
-        for k, v in os.environ.items():  # sdgen's own settings, and what finds python and the weights
-            if (k.startswith("SDGEN_") and k != "SDGEN_TRACKING") or k in PASSED_ON:
-                env.setdefault(k, v)
+        settings = worker_settings(os.environ)  # sdgen's own, and what finds python and the weights
+        settings.update((k, v) for k, v in os.environ.items() if k in PASSED_ON)
+        for k, v in settings.items():
+            env.setdefault(k, v)
         for k in self.opts.env:
             if k in os.environ:
                 env[k] = os.environ[k]

@@ -203,3 +203,16 @@ def test_anaconda_project_commands_exist():
         proc = sdgen(REPO / "tmp-data", *sub, "--help")
         assert proc.returncode == 0, (name, proc.stderr)
     assert "sdgen worker" in spec["commands"]["worker"]["unix"]
+
+
+def test_job_variables_carry_the_engine_settings_and_no_credential(monkeypatch, tmp_path):
+    from sdgen.launchers.adsp import worker_variables
+
+    for k, v in {"SDGEN_PRECISION": "float16", "SDGEN_GROUP_IMAGES": "8", "KERAS_BACKEND": "jax",
+                 "SDGEN_API_TOKEN": "t0ken", "AE5_PASSWORD": "pw", "MLFLOW_TRACKING_PASSWORD": "pw2",
+                 "SDGEN_TRACKING": "on", "SDGEN_WORKER_ID": "the-daemons-own"}.items():
+        monkeypatch.setenv(k, v)
+    variables = worker_variables(tmp_path, "w-1", 30.0, 5.0)
+    assert {"SDGEN_PRECISION": "float16", "SDGEN_GROUP_IMAGES": "8", "KERAS_BACKEND": "jax"}.items() <= variables.items()
+    assert variables["SDGEN_WORKER_ID"] == "w-1" and variables["SDGEN_DATA"] == str(tmp_path)
+    assert not {"SDGEN_API_TOKEN", "AE5_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "SDGEN_TRACKING"} & set(variables)
