@@ -53,9 +53,12 @@ class ExportedEngine(Engine):
         self.shapes: dict[tuple, object] = {}  # zero-weight models, for exporting samplers
         self.warm: set[tuple] = set()
         self.last_snapshot: str | None = None
+        self._versions: dict | None = None
 
     def describe(self) -> dict:
-        ident = snapshot.identity("-", "-", self.precision, self.attention)
+        if self._versions is None:  # package metadata lookups: once, not per ticket
+            self._versions = snapshot.identity("-", "-", self.precision, self.attention)
+        ident = self._versions
         return {"engine": self.name, "backend": "jax", "precision": self.precision, "jit": True,
                 "device": self.device, "sampler": "fused", "attention": self.attention,
                 "keras": ident["keras"], "keras_cv": ident["keras_cv"], "snapshot": self.last_snapshot}

@@ -202,6 +202,9 @@ class Snapshot:
         self.name = self.folder.name
         self.meta = json.loads((self.folder / "meta.json").read_text())
         index = json.loads((self.folder / "weights.json").read_text())
+        size = (self.folder / "weights.bin").stat().st_size
+        if size != self.meta["bytes"]:
+            raise ValueError(f"weights.bin has {size} bytes, {self.meta['bytes']} written: damaged")
         raw = np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r")
         host = {}
         for part in PARTS:
