@@ -32,7 +32,19 @@ if mode == "build":
     key = builder._key(ticket)
     builder.models[key] = sd = builder.build(*key)
     builder.samplers[key] = FusedSampler(sd._diffusion_model, sd._decoder, builder.jit)
-    np.save(out.replace(".npy", "-keras.npy"), np.stack([np.asarray(i) for i in builder.generate(ticket, ticket.images)]))
+    keras_images = np.stack([np.asarray(i) for i in builder.generate(ticket, ticket.images)])
+    np.save(out.replace(".npy", "-keras.npy"), keras_images)
+    # a snapshot that cannot be written (here: a file where its folder goes): this worker
+    # generates through the keras models it built, the same images
+    blocker = Path(data) / "cache" / "snapshots"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    fallback = np.stack([np.asarray(i) for i in engine.generate(ticket, ticket.images)])
+    report["fallback_same_images"] = bool((fallback == keras_images).all())
+    report["fallback_keys"] = sorted(map(list, engine.fallback))
+    blocker.unlink()
+    engine = type(engine)(data)  # a fresh engine, the same built models
+    engine.builder = builder
 # ... then the snapshot's (written from those same models when building)
 report["prepare"] = engine.prepare(ticket)
 np.save(out, np.stack([np.asarray(i) for i in engine.generate(ticket, ticket.images)]))

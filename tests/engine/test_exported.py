@@ -1,6 +1,6 @@
 """Model snapshots on JAX (CPU, random weights, 128x128): a snapshot written from the
-keras-cv models gives their images exactly, and a new worker generates from it without
-importing keras. Each run is a fresh process: the backend is fixed per process and the rest
+keras-cv models gives their images exactly, a new worker generates from it without
+importing keras, and a worker that cannot write one generates through keras. Each run is a fresh process: the backend is fixed per process and the rest
 of the suite runs TensorFlow."""
 
 import json
@@ -33,6 +33,7 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     built = run(data, tmp_path / "built.npy", "build")
     assert built["engine"] == "ExportedEngine"
     assert "snapshot_write" in built["prepare"] and "export" in built["prepare"]
+    assert built["fallback_keys"] == [["sd-v1", "random"]] and built["fallback_same_images"]
     keras_images = np.load(tmp_path / "built-keras.npy")
     assert keras_images.shape == (2, 128, 128, 3) and keras_images.std() > 10
     np.testing.assert_array_equal(np.load(tmp_path / "built.npy"), keras_images)
