@@ -167,6 +167,10 @@ class PendingView:
     def relist(self) -> None:
         self.names, self.pos, self.listed_at = self.spool.ticket_names("pending"), 0, time.monotonic()
 
+    def count_ahead(self, request_id: str, look_ahead: int) -> int:
+        """Names of `request_id` among the next `look_ahead` of the listing."""
+        return sum(1 for name in self.names[self.pos:self.pos + look_ahead] if name.rsplit(".", 1)[-1] == request_id)
+
     def next_name(self) -> str | None:
         if self.pos >= len(self.names):
             return None
@@ -200,8 +204,11 @@ def claim_next(spool: Spool, worker_id: str, now: float | None = None,
     return None
 
 
+LOOK_AHEAD = 256  # names a group claim looks through for its request's next ticket
+
+
 def claim_more(spool: Spool, worker_id: str, request_id: str, view: PendingView,
-               now: float | None = None, look_ahead: int = 256) -> Claim | None:
+               now: float | None = None, look_ahead: int = LOOK_AHEAD) -> Claim | None:
     """Claim the next pending ticket of `request_id` within the next `look_ahead` names of
     the listing (a worker filling one batch with a request's small tickets). Tickets of
     other requests it passes stay where they are, next in line for the following claim."""

@@ -199,6 +199,15 @@ class Spool:
         self.write(self.layout.cancel_marker(request_id), json.dumps({"at": now}).encode())
 
     # -- events (what happened to each attempt, for tracking) ----------------------------------
+    def worker_count(self) -> int:
+        """Workers the daemon has (running or coming, by spool/launcher.json); 1 when it does
+        not say (no daemon, or an older one)."""
+        try:
+            workers = json.loads(self.layout.launcher_status.read_bytes()).get("workers") or {}
+            return max(1, sum(int(n) for n in workers.values()))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 1
+
     def record_event(self, event: dict) -> None:
         """Publish one attempt's outcome for the tracker; it deletes the file once logged."""
         name = f"{time.time_ns():020d}-{event['request_id']}-{secrets.token_hex(3)}.json"

@@ -13,7 +13,7 @@ import time
 from sdgen import defaults
 from sdgen.engine.base import Engine, get_engine
 from sdgen.exceptions import EngineError
-from sdgen.spool.claim import PendingView, claim_more, claim_next
+from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
 from sdgen.worker.heartbeat import Heartbeat
 from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_group, run_ticket
@@ -84,6 +84,8 @@ class Worker:
         SDGEN_GROUP_IMAGES says otherwise)."""
         limit = engine.group_limit(claim.ticket)
         more, images = [], len(claim.ticket.images)
+        if limit > images:
+            limit = min(limit, self._fair_share(claim))
         while images < limit and not self.stopping:
             extra = claim_more(self.spool, self.worker_id, claim.ticket.request_id, self.pending, now)
             if extra is None:
@@ -93,6 +95,14 @@ class Worker:
             more.append(extra)
             images += len(extra.ticket.images)
         return more
+
+    def _fair_share(self, claim) -> int:
+        """Images of this request a group may take: its tickets in sight split over the
+        daemon's workers, so a small request on a node of several GPUs still spreads over
+        them instead of waiting on one (16 one-image tickets, 4 workers: 4 each)."""
+        request_id = claim.ticket.request_id
+        in_sight = 1 + self.pending.count_ahead(request_id, LOOK_AHEAD)
+        return -(-in_sight * len(claim.ticket.images) // self.spool.worker_count())
 
     def _stop_check(self, claim, beat: Heartbeat):
         def should_stop() -> str | None:

@@ -98,3 +98,18 @@ def test_chunks_cut_a_group_into_batches_a_ticket_may_straddle():
     items = [("t1", [1, 2, 3]), ("t2", [4, 5]), ("t3", [6])]
     assert _chunks(items, 4) == [[("t1", [1, 2, 3]), ("t2", [4])], [("t2", [5]), ("t3", [6])]]
     assert _chunks(items, 10) == [items]
+
+
+def test_a_small_request_is_shared_among_the_daemons_workers(spool):
+    """16 one-image tickets and 4 workers: a group takes 4, not all 16 (the other GPUs would
+    wait); with the daemon saying nothing, one worker takes what fills its batch."""
+    accept(spool, A, images=16)
+    spool.write(spool.layout.launcher_status, json.dumps({"launcher": "local", "workers": {"running": 4}}).encode())
+    w, engine = worker(spool, 16)
+    first = w.step()
+    assert 1 + len(first.others) == 4 and engine.groups == [[1, 1, 1, 1]]
+    spool.layout.launcher_status.write_text("half-written")
+    assert spool.worker_count() == 1
+    spool.layout.launcher_status.unlink()
+    w.step()
+    assert engine.groups[-1] == [1] * 12
