@@ -100,16 +100,25 @@ def test_chunks_cut_a_group_into_batches_a_ticket_may_straddle():
     assert _chunks(items, 10) == [items]
 
 
-def test_a_small_request_is_shared_among_the_daemons_workers(spool):
-    """16 one-image tickets and 4 workers: a group takes 4, not all 16 (the other GPUs would
-    wait); with the daemon saying nothing, one worker takes what fills its batch."""
+def test_a_small_request_is_spread_over_the_daemons_workers_a_big_one_is_grouped(spool):
+    """4 workers: 16 one-image tickets are taken one by one (the other GPUs would wait on
+    one batch of 16); 64 give each worker a full batch. A lone worker always groups."""
     accept(spool, A, images=16)
+    accept(spool, B, images=64)
     spool.write(spool.layout.launcher_status, json.dumps({"launcher": "local", "workers": {"running": 4}}).encode())
     w, engine = worker(spool, 16)
     first = w.step()
-    assert 1 + len(first.others) == 4 and engine.groups == [[1, 1, 1, 1]]
+    assert first.others == [] and engine.groups == [] and engine.singles == 1  # A's first ticket, alone
+    while w.step().others == []:  # A's and B's tickets take turns; A's stay single
+        pass
+    assert engine.groups == [[1] * 16]  # a full batch of B's once B's tickets in sight fill 4 of them
+    assert spool.worker_count() == 4
     spool.layout.launcher_status.write_text("half-written")
     assert spool.worker_count() == 1
-    spool.layout.launcher_status.unlink()
+
+
+def test_a_lone_worker_groups_whatever_is_in_sight(spool):
+    accept(spool, A, images=5)
+    w, engine = worker(spool, 16)
     w.step()
-    assert engine.groups[-1] == [1] * 12
+    assert engine.groups == [[1] * 5]
