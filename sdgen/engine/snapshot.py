@@ -40,6 +40,7 @@ import numpy as np
 
 from sdgen.engine.diffusion import MAX_STEPS, schedule
 from sdgen.engine.tokenizer import CONTEXT_LENGTH, ClipTokenizer
+from sdgen.spool.publish import fsync_dir, publish
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,6 @@ def _export(fn, *args) -> bytes:
     return bytes(exported.serialize())
 
 
-def _publish(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- writing (the worker that built the keras models) ------------------------------------------
@@ -141,6 +138,8 @@ def write(root: Path, ident: dict, models: dict, merges: Path, unconditional_tok
                         entries.append({"offset": offset, "shape": list(array.shape), "dtype": array.dtype.name})
                         out.write(array.tobytes())
                         offset += array.nbytes
+            out.flush()
+            os.fsync(out.fileno())  # the folder is renamed into place only with its weights on disk
         (tmp / "weights.json").write_text(json.dumps(index))
         shutil.copyfile(merges, tmp / "merges.txt.gz")
         variables = _variables_of(models["text_encoder"])
@@ -150,6 +149,7 @@ def write(root: Path, ident: dict, models: dict, merges: Path, unconditional_tok
                 "alphas_cumprod": [float(a) for a in alphas_cumprod], "written_at": time.time(),
                 "bytes": offset}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        fsync_dir(tmp)
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -173,7 +173,7 @@ def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: i
     args = (_variables_of(unet), _variables_of(decoder),
             jax.ShapeDtypeStruct((batch, height // 8, width // 8, 4), np.float32),
             context, context, np.int32(1), f32, f32, f32, np.float32(7.5))
-    _publish(path, _export(pure_sampler(unet, decoder), *args))
+    publish(path.parent, path, _export(pure_sampler(unet, decoder), *args))
     return path
 
 
