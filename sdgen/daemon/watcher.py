@@ -58,5 +58,13 @@ class Watcher:
 
     def stop(self) -> None:
         if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
+            # watchdog 7 logs an ERROR ("queue_events() called when the thread is inactive")
+            # when its inotify thread is stopped mid-read: a normal shutdown, not a failure
+            inotify_log = logging.getLogger("watchdog.observers.inotify")
+            level = inotify_log.level
+            inotify_log.setLevel(logging.CRITICAL)
+            try:
+                self.observer.stop()
+                self.observer.join(timeout=5)
+            finally:
+                inotify_log.setLevel(level)

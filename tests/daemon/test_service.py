@@ -197,6 +197,7 @@ def test_run_is_one_command_end_to_end(data):
     out_dir = proc.stdout.strip().splitlines()[-1]
     assert sorted(os.listdir(out_dir)) == expected_pngs(4, 3)
     assert "3/3 images" in proc.stderr and "(done)" in proc.stderr
+    assert "ERROR" not in proc.stderr and "Traceback" not in proc.stderr  # a clean run says nothing alarming
 
 
 def test_a_full_disk_defers_work_until_space_is_freed(tmp_path):
