@@ -57,7 +57,7 @@ class ExportedEngine(Engine):
 
     def describe(self) -> dict:
         if self._versions is None:  # package metadata lookups: once, not per ticket
-            self._versions = snapshot.identity("-", "-", self.precision, self.attention)
+            self._versions = snapshot.versions()
         ident = self._versions
         return {"engine": self.name, "backend": "jax", "precision": self.precision, "jit": True,
                 "device": self.device, "sampler": "fused", "attention": self.attention,

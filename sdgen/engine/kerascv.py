@@ -43,8 +43,8 @@ from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextE
 
 from sdgen.engine.base import Engine  # noqa: E402
 from sdgen.engine import settings  # noqa: E402
-from sdgen.engine.batching import PRECISIONS, bucket, chunk_for, jax_memory_gib, max_batch_for  # noqa: E402,F401
-from sdgen.engine.diffusion import initial_noise  # noqa: E402,F401
+from sdgen.engine.batching import bucket, chunk_for, jax_memory_gib  # noqa: E402
+from sdgen.engine.diffusion import initial_noise  # noqa: E402
 from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402

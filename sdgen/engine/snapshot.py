@@ -74,11 +74,16 @@ def _version(package: str) -> str:
         return "none"
 
 
+def versions() -> dict:
+    """The software and device a snapshot's programs are only valid for."""
+    return {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+            "jax": jax.__version__, "jaxlib": _version("jaxlib"), "keras": _version("keras"),
+            "keras_cv": _version("keras-cv")}
+
+
 def identity(model: str, weights: str, precision: str, attention: str) -> dict:
     return {"format": FORMAT, "model": model, "weights": weights, "precision": precision,
-            "attention": attention, "platform": jax.devices()[0].platform,
-            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "jaxlib": _version("jaxlib"), "keras": _version("keras"), "keras_cv": _version("keras-cv")}
+            "attention": attention, **versions()}
 
 
 def folder_for(root: Path, ident: dict) -> Path:

@@ -4,7 +4,8 @@ compile costs seconds; the engine is built once per run)."""
 import numpy as np
 import pytest
 
-from sdgen.engine.kerascv import bucket, initial_noise, max_batch_for
+from sdgen.engine.batching import bucket, max_batch_for
+from sdgen.engine.diffusion import initial_noise
 from sdgen.exceptions import EngineError
 from sdgen.spool.request import parse_request
 from sdgen.spool.split import split_request
