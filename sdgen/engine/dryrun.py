@@ -35,12 +35,14 @@ class DryRunEngine(Engine):
 
     def __init__(self, delay: float | None = None):
         self.delay = float(os.environ.get("SDGEN_DRY_RUN_DELAY", "0") or 0) if delay is None else delay
+        # read here, so a bad value fails the ticket with its reason like any engine setting
+        self.group_images = settings.group_images(1)  # off unless asked: it has no batch to fill
 
     def chunk_size(self, ticket: Ticket) -> int:
         return 1  # image by image, so cancel and shutdown act at every image boundary
 
     def group_limit(self, ticket: Ticket) -> int:
-        return settings.group_images(1)  # off unless asked: it has no batch to fill
+        return self.group_images
 
     def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
         out = []

@@ -45,6 +45,7 @@ class ExportedEngine(Engine):
         self.device = "gpu" if jax.devices()[0].platform == "gpu" else "cpu"
         self.precision = settings.precision(self.device == "gpu", precision)
         self.attention = settings.attention()
+        self.group_images = settings.group_images(16 if self.device == "gpu" else 1)
         self.compile_cache = snapshot.enable_compile_cache(self.data_root)
         self.root = self.data_root / "cache" / "snapshots"
         self.snapshots: dict[tuple, snapshot.Snapshot] = {}
@@ -179,7 +180,7 @@ class ExportedEngine(Engine):
         """A GPU makes 2.5 images/s one at a time and 4.6 in batches of 16 (H100): small
         tickets of one request are worth running together up to that, within memory."""
         fit = chunk_for(64, ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
-        return min(fit, settings.group_images(16 if self.device == "gpu" else 1))
+        return min(fit, self.group_images)
 
     def generate_group(self, items) -> list[list[Image.Image]]:
         """All items' images as one batch (padded to a bucket): each image with its own
