@@ -8,6 +8,7 @@ import sys
 
 from sdgen import __version__
 from sdgen.exceptions import SdgenError, UserError
+from sdgen.textsafe import printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"sdgen {args.command}: error: {e}", file=sys.stderr)
+        # messages quote user input (paths, names): inert, and one line, before printing
+        print(f"sdgen {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
     except SdgenError as e:
-        print(f"sdgen {args.command}: {e}", file=sys.stderr)
+        print(f"sdgen {args.command}: {printable(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. a full disk: one line, not a traceback
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"sdgen {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"sdgen {args.command}: error: {printable(e.strerror or e)}{printable(where)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,17 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
+from sdgen.textsafe import printable
 from sdgen.worker.pngmeta import read_meta
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     meta = read_meta(Path(args.image))
     if args.json:
-        print(json.dumps(meta, indent=1, sort_keys=True))
+        print(json.dumps(meta, indent=1, sort_keys=True))  # ensure_ascii: controls come out escaped
         return 0
-    print(meta.pop("parameters"))
+    # Everything in a PNG is whoever made it's text: no control reaches the terminal.
+    for line in meta.pop("parameters").split("\n"):
+        print(printable(line))
     for key in sorted(meta):
-        print(f"{key}: {meta[key]}")
+        print(f"{printable(key)}: {printable(meta[key])}")
     return 0
 
 

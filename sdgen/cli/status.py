@@ -14,6 +14,7 @@ from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import REQUEST_ID
 from sdgen.spool.progress import summarize
 from sdgen.spool.store import Spool
+from sdgen.textsafe import printable
 
 
 def collect(spool: Spool) -> list[dict]:
@@ -98,9 +99,14 @@ def _table(rows: list[dict]) -> str:
                          + (r.get("tickets_held", 0) if s == "failed" else 0))
                      for s in ("pending", "running", "done", "failed"))
         images = f"{r['images_done']}/{r['images_total']}"
-        lines.append(f"{r['id']:<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  {r.get('name', '')}")
+        # Names, ids of rejected files and reasons come from users: inert before printing.
+        lines.append(f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
+                     f"{printable(r.get('name', ''))}")
         if r.get("reason") and r["state"] in ("failed", "rejected"):
-            lines.append(f"{'':<24} reason: {r['reason']}")
+            lines.append(f"{'':<24} reason: {printable(r['reason'])}")
+        if r.get("tracking_error") and not r.get("tracking_outage"):
+            # an outage is said once below the table; this request's own failure is said here
+            lines.append(f"{'':<24} tracking_error: {printable(r['tracking_error'])}")
     return "\n".join(lines)
 
 
@@ -120,12 +126,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if workers and any(r["state"] in ("pending", "running") for r in rows):
             print(f"workers ({launcher['launcher']}): " + ", ".join(f"{n} {what}" for what, n in sorted(workers.items())))
         if launcher.get("blocked"):
-            print(f"launcher {launcher['launcher']} stopped launching workers at {_when(launcher['since'])}: "
-                  f"{launcher['blocked']}")
+            print(f"launcher {printable(launcher['launcher'])} stopped launching workers at "
+                  f"{_when(launcher['since'])}: {printable(launcher['blocked'])}")
         waiting = sum(r.get("tracking_backlog", 0) for r in rows)
         tracking = _tracking_status(spool)
         if tracking and not tracking.get("ok"):
-            print(f"MLflow ({tracking['uri']}) unreachable since {_when(tracking['down_since'])}: "
+            print(f"MLflow ({printable(tracking['uri'])}) unreachable since {_when(tracking['down_since'])}: "
                   f"{waiting} attempt(s) wait in spool/events and will be logged when it is back")
     return 0
 
@@ -133,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data))
     for row in collect(spool) if spool.layout.spool.exists() else []:
-        print(f"{row['id']}\t{row['state']}\t{row.get('name', '')}")
+        print(f"{printable(row['id'])}\t{row['state']}\t{printable(row.get('name', ''))}")
     return 0
 
 
