@@ -4,9 +4,34 @@
 # and a YAML parser given a huge file can take the daemon's memory with it.
 MAX_REQUEST_BYTES = 1024 * 1024
 
-# A file in the inbox whose mtime is this recent may still be being written by a tool that
-# does not publish by rename; wait for it to settle.
-INBOX_SETTLE_SECONDS = 0.2
+# Limits checked on the YAML event stream before any document is built: a request is a flat
+# mapping with one list (prompts); a deep or wide document is an attack, not a request.
+MAX_REQUEST_DEPTH = 8          # nested lists/mappings (RecursionError lives past ~1000)
+MAX_REQUEST_KEYS = 64          # keys in one mapping (the schema has 17)
+MAX_REQUEST_NODES = 20_000     # scalars + collections in the whole document (1000 prompts fit)
+
+# Every reason sdgen writes (rejected/*.reason, corrupt/*.reason, ticket reasons, status) is
+# one line of at most this many characters: 100,000 unknown keys must not make a 4 MB line.
+MAX_REASON_CHARS = 1000
+
+# Spool records (tickets, done-markers, state.json, leases, events) are a few KB; anything
+# past this is damage or an attack, and is moved to spool/corrupt/ unread.
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+# A file in the inbox is taken once it has been quiet (size and mtime unchanged) this long:
+# tools that write in place (cp, editors) may pause between writes. `sdgen submit` and
+# writers that publish by rename skip the wait by dating the file back before the rename.
+INBOX_SETTLE_SECONDS = 1.5
+
+# The daemon's loop must answer SIGTERM, cancels and reaping within about a second however
+# much intake there is: each tick spends at most this long reading inbox files and writing
+# tickets of large requests; the rest waits for the next tick (docs/spool.md, Acceptance).
+INTAKE_BUDGET_SECONDS = 0.3
+
+# The claim lock only keeps one host's workers from all racing for the same first name (the
+# rename decides who wins): a worker that cannot get it this fast claims without it, so one
+# stopped worker (SIGSTOP, Slurm suspend) holding it cannot stall the host.
+CLAIM_LOCK_TIMEOUT_SECONDS = 2.0
 
 # Files left in spool/tmp by a crashed writer are swept after this long (Maildir: 36 h).
 TMP_SWEEP_SECONDS = 36 * 3600

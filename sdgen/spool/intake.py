@@ -3,16 +3,20 @@ its bytes reach the YAML parser, and the rule for which inbox names are requests
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import RequestError
-from sdgen.spool.request import Request, parse_request
+from sdgen.spool.records import CorruptRecord, read_bytes
+from sdgen.spool.request import Request, _clip, parse_request
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _+-]*(\.[A-Za-z0-9 _+-]+)*$")
+# Letters, digits, spaces and the punctuation people's tools put in names ("my request (1).yml"),
+# but nothing a shell, a terminal or a path would read as syntax: no '/', no control characters,
+# no leading '.' or '-'.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _+\-()\[\],@=~#&]*(\.[A-Za-z0-9 _+\-()\[\],@=~#&]+)*$")
+
+REQUEST_SUFFIXES = (".yaml", ".yml")
 
 
 def is_candidate(name: str) -> bool:
@@ -20,46 +24,53 @@ def is_candidate(name: str) -> bool:
     names are files still being written: publish by writing one of those, then renaming."""
     if name.startswith(".") or name.endswith((".part", ".tmp")):
         return False
-    return name.endswith((".yaml", ".yml"))
+    return name.endswith(REQUEST_SUFFIXES)
+
+
+def is_stray(name: str) -> bool:
+    """An inbox entry that will never be taken (no .yaml/.yml suffix, not a file being
+    written): `sdgen status` names it so that it does not sit there unnoticed."""
+    return not (is_candidate(name) or name.startswith(".") or name.endswith((".part", ".tmp")))
 
 
 def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES,
                       check_name: bool = True) -> Request:
-    """Read and validate a request file without following links or reading huge files."""
+    """Read and validate a request file: opened without blocking and without following
+    links, checked on the open descriptor (so a file swapped for a FIFO or a link between a
+    look and the open is still refused), size-capped, then parsed with the shape limits."""
     name = path.name
+    shown = _clip(name, 80)
     if check_name and (not SAFE_NAME.match(name) or ".." in name):
         raise RequestError(
-            f"file name {name!r} may only use letters, digits, spaces, '-', '_' and single dots: rename it"
+            f"file name {shown!r} may only use letters, digits, spaces, '-', '_', '+', brackets and "
+            "single dots: rename it"
         )
     try:
-        st = os.lstat(path)
+        raw = read_bytes(path, max_bytes)
     except FileNotFoundError:
-        raise RequestError(f"{name} does not exist") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise RequestError(f"{name} is a symbolic link: copy the request file itself into the inbox")
-    if not stat.S_ISREG(st.st_mode):
-        raise RequestError(f"{name} is not a regular file: a request is a YAML text file")
-    if st.st_size == 0:
-        raise RequestError(f"{name} is empty: write at least `prompt: <text>`")
-    if st.st_size > max_bytes:
-        raise RequestError(
-            f"{name} is {st.st_size} bytes; a request file may be at most {max_bytes} bytes"
-        )
-    # O_NOFOLLOW: the file cannot be swapped for a link between the check and the open.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        raw = f.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise RequestError(f"{name} is over {max_bytes} bytes; a request file may be at most that")
+        raise RequestError(f"{shown} does not exist") from None
+    except CorruptRecord as e:
+        if "bytes; at most" in e.reason or "grew past" in e.reason:
+            raise RequestError(f"{shown} is over {max_bytes} bytes; a request file may be at most {max_bytes} bytes: "
+                               "split it into several requests") from None
+        if "symbolic link" in e.reason:
+            raise RequestError(f"{shown} is a symbolic link: copy the request file itself into the inbox") from None
+        if "regular file" in e.reason:
+            raise RequestError(f"{shown} is not a regular file: a request is a YAML text file") from None
+        raise RequestError(f"{shown} {e.reason}") from None
+    except OSError as e:
+        raise RequestError(f"{shown} cannot be read ({e.strerror or e})") from None
+    if not raw:
+        raise RequestError(f"{shown} is empty: write at least `prompt: <text>`")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RequestError(
-            f"{name} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): save it as UTF-8"
+            f"{shown} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): save it as UTF-8"
         ) from None
     if "\x00" in text:
-        raise RequestError(f"{name} contains NUL bytes: a request is a YAML text file")
+        raise RequestError(f"{shown} contains NUL bytes: a request is a YAML text file")
     try:
         return parse_request(text)
     except RequestError as e:
-        raise RequestError(f"{name}: {e}") from None
+        raise RequestError(f"{shown}: {e}") from None
