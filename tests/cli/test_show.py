@@ -49,3 +49,46 @@ def test_show_refuses_other_files(tmp_path):
     Image.new("RGB", (8, 8)).save(other)
     proc = sdgen(tmp_path / "data", "show", str(other))
     assert proc.returncode == 2 and "carries no sdgen metadata" in proc.stderr
+
+
+def _png_with_sdgen(path, meta) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("sdgen", json.dumps(meta))
+    info.add_itxt("parameters", "a \x1b]0;owned\x07 fox\nSteps: 1, Sampler: x, Seed: 1")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+
+
+def test_show_and_from_end_in_one_line_on_crafted_files(tmp_path, spool):
+    import os
+
+    png = make_images(spool)
+    meta = json.loads(Image.open(png).text["sdgen"])
+    data = spool.layout.root
+    bad = tmp_path / "bad.png"
+    _png_with_sdgen(bad, meta | {"steps": "many"})
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(png.read_bytes()[:100])
+    for path, why in ((bad, "steps is a str"), (fifo, "not a regular file"), (tmp_path, "is a directory"),
+                      (tmp_path / "none.png", "does not exist"), (trunc, "truncated")):
+        for args in (("show", str(path)), ("submit", "--from", str(path))):
+            proc = sdgen(data, *args, timeout=30)
+            assert proc.returncode == 2 and why in proc.stderr, (args, proc.stderr)
+            assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    # values of the right type but out of range go through the request's own validation
+    _png_with_sdgen(bad, meta | {"steps": -3})
+    proc = sdgen(data, "submit", "--from", str(bad))
+    assert proc.returncode == 2 and "--steps" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_show_prints_no_control_characters(tmp_path, spool):
+    png = make_images(spool)
+    meta = json.loads(Image.open(png).text["sdgen"])
+    crafted = tmp_path / "c.png"
+    _png_with_sdgen(crafted, meta | {"prompt": "fox\x1b[2J\u202eevil", "note": "\x9b31m"})
+    out = sdgen(spool.layout.root, "show", str(crafted), check=True).stdout
+    assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out and "\x07" not in out
+    assert "fox\\x1b[2J\\u202eevil" in out and "\\x1b]0;owned\\x07" in out
