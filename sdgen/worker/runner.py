@@ -90,12 +90,17 @@ def _write_png(path, image, pnginfo=None) -> str:
     data = buf.getvalue()
     tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
     try:
-        with open(tmp, "wb") as f:
+        # The part's name is predictable and outputs/ is shared: whatever is there (a stale
+        # part, or a symlink planted to redirect our write elsewhere) is removed, not
+        # followed, and the part is made new (O_EXCL) and never through a link (O_NOFOLLOW).
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:
-            os.link(tmp, path)
+            os.link(tmp, path, follow_symlinks=False)
         except FileExistsError:
             log.warning("%s was made by another attempt meanwhile; kept it", path.name)
             data = path.read_bytes()
