@@ -1,9 +1,16 @@
 """Where the data directory is: --data, else $SDGEN_DATA, else ./data."""
 
-import os
 from pathlib import Path
+
+from sdgen import settings
+from sdgen.exceptions import UserError
 
 
 def data_root(cli_value: str | None = None) -> Path:
-    value = cli_value or os.environ.get("SDGEN_DATA") or "data"
-    return Path(value).expanduser().absolute()
+    value = cli_value or settings.get("SDGEN_DATA")
+    # resolved (symlinks, ..), so that every spelling of one folder is one data directory:
+    # a daemon restarted through a symlink must know its predecessor's workers (local.py)
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable ~user
+        raise UserError(f"cannot use data directory {value!r} ({e}): check --data or SDGEN_DATA") from None

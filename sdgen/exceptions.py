@@ -23,3 +23,12 @@ class EngineError(SdgenError):
     def __init__(self, message: str, transient: bool = False):
         super().__init__(message)
         self.transient = transient
+
+
+class SettingError(UserError, EngineError):
+    """A bad SDGEN_*/ADSP_* environment variable (sdgen/settings.py). A UserError, so a
+    command prints its one line and exits 2; an EngineError that no retry can help, so a
+    worker that meets one fails its ticket with the line as the reason."""
+
+    def __init__(self, message: str):
+        super().__init__(message, transient=False)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from sdgen import defaults
+from sdgen import defaults, settings
 from sdgen.cli.submit import add_request_options, request_from_args
 from sdgen.config import data_root
 from sdgen.daemon.service import Daemon
-from sdgen.exceptions import DaemonRunning
+from sdgen.exceptions import DaemonRunning, UserError
 from sdgen.launchers.base import get_launcher
 from sdgen.spool.progress import summarize
 from sdgen.spool.store import Spool
@@ -93,21 +92,34 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
         options["extra_env"] = {"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None
     launcher = get_launcher(args.launcher, **options)
     tracker = None
-    if not (args.no_tracking or os.environ.get("SDGEN_TRACKING", "").lower() in ("off", "0", "no")):
+    if not args.no_tracking and settings.get("SDGEN_TRACKING"):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
     return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,
                   lease_timeout=args.lease_timeout, tracker=tracker, **kw)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    # every setting, before anything starts: the workers inherit them, and a bad one found
+    # by a worker costs a ticket; here it costs one line
+    settings.check()
     spool = Spool(data_root(args.data)).ensure()
     return _make_daemon(args, spool, exit_when_idle=args.exit_when_idle).run()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    spool = Spool(data_root(args.data)).ensure()
-    worker = Worker(spool, args.worker_id, heartbeat_seconds=args.heartbeat)
-    return worker.work(idle_exit=args.idle_exit, max_tickets=args.max_tickets)
+    root = data_root(args.data)
+    spool = Spool(root)
+    if not spool.layout.spool.is_dir():
+        # a mistyped --data would otherwise make a new, empty spool and idle there unnoticed
+        raise UserError(f"no spool in {root}: check --data or SDGEN_DATA, or start "
+                        f"`sdgen daemon --data {root}` (or `sdgen submit`) there first")
+    # The worker's own settings (its options win); the engine's are checked when it makes
+    # an engine, so that a bad one fails the ticket with its reason (Worker.engine).
+    idle_exit = args.idle_exit or settings.get("SDGEN_IDLE_EXIT")
+    heartbeat = args.heartbeat or settings.get("SDGEN_HEARTBEAT")
+    worker_id = args.worker_id or settings.get("SDGEN_WORKER_ID")
+    worker = Worker(spool.ensure(), worker_id, heartbeat_seconds=heartbeat)
+    return worker.work(idle_exit=idle_exit, max_tickets=args.max_tickets)
 
 
 class _Progress:
@@ -149,6 +161,7 @@ class _Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    settings.check()  # as the daemon: before the request is queued
     request = request_from_args(args).with_seed()
     spool = Spool(data_root(args.data)).ensure()
     request_id = spool.submit(request, time.time())
@@ -185,16 +198,16 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("worker", help="run a worker (the daemon starts these)")
-    env = os.environ.get
+    # The defaults come from the environment in cmd_worker, not here: building the parser
+    # must not read a setting, or a bad one would break every command, even `sdgen status`.
     p.add_argument("--max-tickets", type=_positive(int), metavar="N", help="exit after N tickets")
-    p.add_argument("--idle-exit", type=_positive(float),
-                   default=float(env("SDGEN_IDLE_EXIT") or defaults.WORKER_IDLE_EXIT_SECONDS),
-                   metavar="S", help="exit after the spool was idle this long ($SDGEN_IDLE_EXIT)")
-    p.add_argument("--worker-id", metavar="ID", default=env("SDGEN_WORKER_ID"),
+    p.add_argument("--idle-exit", type=_positive(float), metavar="S",
+                   help="exit after the spool was idle this long "
+                        f"($SDGEN_IDLE_EXIT, else {defaults.WORKER_IDLE_EXIT_SECONDS:g})")
+    p.add_argument("--worker-id", metavar="ID",
                    help="id written into leases ($SDGEN_WORKER_ID; default: host-pid-random)")
-    p.add_argument("--heartbeat", type=_positive(float),
-                   default=float(env("SDGEN_HEARTBEAT") or defaults.HEARTBEAT_SECONDS), metavar="S",
-                   help=f"seconds between lease renewals (default {defaults.HEARTBEAT_SECONDS}); "
+    p.add_argument("--heartbeat", type=_positive(float), metavar="S",
+                   help=f"seconds between lease renewals ($SDGEN_HEARTBEAT, else {defaults.HEARTBEAT_SECONDS:g}); "
                         "keep it well under the daemon's --lease-timeout")
     p.set_defaults(func=cmd_worker)
 

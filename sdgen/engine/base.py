@@ -8,6 +8,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from sdgen import settings
 from sdgen.exceptions import EngineError
 from sdgen.spool.ticket import ImageSpec, Ticket
 
@@ -55,8 +56,8 @@ def _dry_run(data_root):
 def _snapshots_apply() -> bool:
     """On JAX with the fused sampler, workers run from model snapshots (exported.py) and
     skip importing keras; any other set-up builds the keras models in every worker."""
-    return (os.environ.get("KERAS_BACKEND") == "jax" and os.environ.get("SDGEN_SNAPSHOT", "on") != "off"
-            and os.environ.get("SDGEN_SAMPLER", "fused") == "fused")
+    return (os.environ.get("KERAS_BACKEND") == "jax" and settings.get("SDGEN_SNAPSHOT")
+            and settings.get("SDGEN_SAMPLER") == "fused")
 
 
 def _keras_cv(data_root):

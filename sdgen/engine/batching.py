@@ -3,13 +3,12 @@ Pure functions, no model imports."""
 
 from __future__ import annotations
 
-import os
+from sdgen import settings
+from sdgen.settings import LARGEST_BATCH, PRECISIONS  # noqa: F401  (engines import PRECISIONS from here)
 
 # Every call is padded up to one of these, so XLA compiles a handful of shapes, not one per
-# odd-sized last ticket.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-PRECISIONS = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+# odd-sized last ticket. The largest is declared with SDGEN_MAX_BATCH, its upper limit.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, LARGEST_BATCH)
 
 # Peak GPU memory of the fused loop, measured on an H100 (docs/benchmarks.md, bfloat16,
 # fused attention): 3.1 GiB at B=1, 5.0 at 8, 8.0 at 16, 14.0 at 32, 26.0 at 64 for 512x512,
@@ -38,7 +37,7 @@ def max_batch_for(memory_gib: float | None, height: int, width: int, precision: 
 def chunk_for(images: int, height: int, width: int, memory_gib: float | None, precision: str) -> int:
     """Images per forward pass: a ticket's batch, cut to what fits the GPU's memory (and to
     SDGEN_MAX_BATCH if set), so a big batch at a big size never runs out."""
-    cap = int(os.environ.get("SDGEN_MAX_BATCH") or BATCH_BUCKETS[-1])
+    cap = settings.get("SDGEN_MAX_BATCH")
     return max(1, min(images, max_batch_for(memory_gib, height, width, precision, cap)))
 
 

@@ -7,7 +7,6 @@ every worker however it was launched.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Sequence
@@ -34,8 +33,8 @@ class DryRunEngine(Engine):
     name = "dry-run"
 
     def __init__(self, delay: float | None = None):
-        self.delay = float(os.environ.get("SDGEN_DRY_RUN_DELAY", "0") or 0) if delay is None else delay
         # read here, so a bad value fails the ticket with its reason like any engine setting
+        self.delay = settings.get("SDGEN_DRY_RUN_DELAY") if delay is None else delay
         self.group_images = settings.group_images(1)  # off unless asked: it has no batch to fill
 
     def chunk_size(self, ticket: Ticket) -> int:

@@ -1,14 +1,15 @@
 """The keras-cv Stable Diffusion engine: models built once per worker, per-image seeds,
 verified local weights, a small fixed set of batch sizes.
 
-Knobs (environment, so they reach workers however launched):
+Knobs (environment, so they reach workers however launched; sdgen/settings.py declares
+and checks them all):
   KERAS_BACKEND    tensorflow (default) | jax | torch
   SDGEN_PRECISION  float32 | float16 | bfloat16 | mixed_float16 | mixed_bfloat16 (default:
                    bfloat16 on a GPU, float32 on the CPU). float16/bfloat16 hold the weights once
                    in that dtype; the mixed_ policies keep float32 weights and cast them at every
                    use (same arithmetic, twice the weight memory)
   SDGEN_MAX_BATCH  most images per forward pass (default: what fits the GPU's memory, at most 64)
-  SDGEN_JIT        1 | 0 (default: 1 on a GPU, 0 on the CPU, where XLA is slower)
+  SDGEN_JIT        on | off (default: on on a GPU, off on the CPU, where XLA is slower)
   SDGEN_ATTENTION  fused (default: one fused dot-product-attention op, attention.py) | stock
   SDGEN_COMPILE_CACHE  folder for JAX's persistent compilation cache (default
                    <data>/cache/jax; "off" disables): a new worker on a warm node skips compiling
@@ -107,13 +108,10 @@ class KerasCVEngine(Engine):
     def __init__(self, data_root: Path | str = "data", precision: str | None = None,
                  jit: bool | None = None, sampler: str | None = None):
         gpu = on_gpu()
-        self.sampler = sampler or os.environ.get("SDGEN_SAMPLER") or "fused"
-        if self.sampler not in ("fused", "stock"):
-            raise EngineError(f"SDGEN_SAMPLER must be fused or stock, got {self.sampler!r}")
+        self.sampler = settings.sampler(sampler)
         self.attention = settings.attention()
         self.precision = settings.precision(gpu, precision)
-        env_jit = os.environ.get("SDGEN_JIT")
-        self.jit = jit if jit is not None else (env_jit == "1" if env_jit else gpu)
+        self.jit = jit if jit is not None else settings.jit(gpu)
         self.device = "gpu" if gpu else "cpu"
         self.cache = WeightCache(cache_dir(Path(data_root)))
         self.compile_cache = self._enable_compile_cache(Path(data_root))

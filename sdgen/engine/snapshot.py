@@ -38,6 +38,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from sdgen import settings
 from sdgen.engine.diffusion import MAX_STEPS, schedule
 from sdgen.engine.tokenizer import CONTEXT_LENGTH, ClipTokenizer
 from sdgen.spool.publish import fsync_dir, publish
@@ -56,9 +57,10 @@ _EXPORT_CHECKS = [jax.export.DisabledSafetyCheck.custom_call("ALL")]
 
 def enable_compile_cache(data_root: Path) -> str | None:
     """JAX keeps compiled executables on disk, shared by every worker on the data dir."""
-    folder = os.environ.get("SDGEN_COMPILE_CACHE") or str(Path(data_root) / "cache" / "jax")
-    if folder == "off":
+    folder = settings.get("SDGEN_COMPILE_CACHE")
+    if folder is None:  # off
         return None
+    folder = folder or str(Path(data_root) / "cache" / "jax")
     Path(folder).mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", folder)
     # 0, not JAX's 1 s: building the models compiles hundreds of small initializer and

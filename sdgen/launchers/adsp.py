@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdgen import defaults
+from sdgen import defaults, settings
 from sdgen.exceptions import UserError
 from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs, worker_settings
 
@@ -96,7 +96,7 @@ class AdspLauncher(Launcher):
                  idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
                  heartbeat: float = defaults.HEARTBEAT_SECONDS, session=None, **_ignored):
         self.data_root = Path(data_root)
-        self.max_workers = max_workers or int(os.environ.get("ADSP_WORKER_MAX", "1"))
+        self.max_workers = max_workers or settings.get("ADSP_WORKER_MAX")
         self.session = session or open_session()
         self.project = project_id(project)
         self.resource_profile = resource_profile

@@ -37,8 +37,10 @@ def visible_gpus() -> list[str]:
 def orphan_workers(data_root: Path) -> list[tuple[int, str, str | None]]:
     """(pid, worker id, GPU) of `sdgen worker` processes of this host that a launcher started
     for `data_root` (their command line names it): the workers of a daemon that was killed.
-    Linux /proc only; elsewhere none are found."""
+    Paths are compared resolved, so a daemon restarted through another spelling of the folder
+    (a symlink, a relative path) still finds them. Linux /proc only; elsewhere none are found."""
     found = []
+    data_root = Path(data_root).resolve()
     try:
         pids = [e for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
     except OSError:
@@ -51,7 +53,7 @@ def orphan_workers(data_root: Path) -> list[tuple[int, str, str | None]]:
             continue
         if not {"sdgen", "worker", "--data", "--worker-id"} <= set(args):
             continue
-        if args[args.index("--data") + 1] != str(data_root):
+        if not _same_folder(pid, args[args.index("--data") + 1], data_root):
             continue
         gpu = None
         try:
@@ -63,6 +65,17 @@ def orphan_workers(data_root: Path) -> list[tuple[int, str, str | None]]:
             pass
         found.append((int(pid), args[args.index("--worker-id") + 1], gpu))
     return found
+
+
+def _same_folder(pid: str, given: str, data_root: Path) -> bool:
+    """Whether process `pid`'s --data `given` is `data_root` (resolved): a relative one is
+    taken from the process's own working directory, as it did."""
+    if given == str(data_root):
+        return True
+    try:
+        return Path(f"/proc/{pid}/cwd", given).resolve() == data_root
+    except (OSError, RuntimeError):  # gone, not ours to read, a symlink loop
+        return False
 
 
 @dataclass

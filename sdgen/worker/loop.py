@@ -10,9 +10,9 @@ import signal
 import socket
 import time
 
-from sdgen import defaults
+from sdgen import defaults, settings
 from sdgen.engine.base import Engine, get_engine
-from sdgen.exceptions import EngineError
+from sdgen.exceptions import EngineError, SettingError
 from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
 from sdgen.worker.heartbeat import Heartbeat
@@ -41,6 +41,9 @@ class Worker:
     def engine(self, name: str) -> Engine:
         """One engine per name, built once and kept warm for every later ticket."""
         if name not in self.engines:
+            # Every setting, not only this engine's: read later (a batch cap, system metrics)
+            # a bad one would raise in the middle of a ticket; here it fails the ticket cleanly.
+            settings.check()
             self.engines[name] = get_engine(name, self.spool.layout.root)
         return self.engines[name]
 
@@ -58,7 +61,9 @@ class Worker:
             engine = self.engine(ticket.engine)
         except EngineError as e:
             state = claim.fail(str(e), e.transient, time.time())
-            return Outcome(state or "lost", error=str(e))
+            # a bad setting fails every ticket alike: one says why, then this worker stops
+            # instead of failing the whole queue (a daemon checks its settings before it starts)
+            return Outcome(state or "lost", error=str(e), fatal_for_worker=isinstance(e, SettingError))
         claims = [claim] + self._fill_group(claim, engine, now)
         with contextlib.ExitStack() as stack:
             stops = [self._stop_check(c, stack.enter_context(Heartbeat(c, self.heartbeat_seconds)))

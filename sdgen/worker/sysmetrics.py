@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import time
 
+from sdgen import settings
 from sdgen.worker.background import Background
 
 MAX_SAMPLES = 600
 
 
 def enabled() -> bool:
-    return os.environ.get("SDGEN_SYSTEM_METRICS", "") in ("1", "on", "true")
+    return settings.get("SDGEN_SYSTEM_METRICS")
 
 
 class _Gpu:

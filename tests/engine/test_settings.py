@@ -21,7 +21,7 @@ def test_group_images_reads_the_setting_and_explains_a_bad_one(monkeypatch):
     monkeypatch.setenv("SDGEN_GROUP_IMAGES", "0")
     assert settings.group_images(16) == 1  # at least one image: grouping off
     monkeypatch.setenv("SDGEN_GROUP_IMAGES", "lots")
-    with pytest.raises(EngineError, match="SDGEN_GROUP_IMAGES must be a whole number, got 'lots'"):
+    with pytest.raises(EngineError, match="SDGEN_GROUP_IMAGES must be a whole number from 0 to 1024, got 'lots'"):
         settings.group_images(16)
 
 

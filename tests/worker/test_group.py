@@ -128,6 +128,6 @@ def test_a_bad_group_setting_fails_the_ticket_with_the_reason(spool, monkeypatch
     monkeypatch.setenv("SDGEN_GROUP_IMAGES", "lots")
     accept(spool, A, images=2)
     outcome = Worker(spool, "w1").step()
-    assert outcome.state == "failed" and "SDGEN_GROUP_IMAGES must be a whole number, got 'lots'" in outcome.error
+    assert outcome.state == "failed" and "SDGEN_GROUP_IMAGES must be a whole number from 0 to 1024, got 'lots'" in outcome.error
     [name] = spool.ticket_names("failed")
     assert "SDGEN_GROUP_IMAGES" in spool.read_ticket("failed", name).reason
