@@ -38,6 +38,20 @@ class Layout:
         return self.spool / "rejected"
 
     @property
+    def corrupt(self) -> Path:
+        """Spool files that could not be read, moved aside with a reason (never deleted)."""
+        return self.spool / "corrupt"
+
+    @property
+    def intake_status(self) -> Path:
+        """Inbox entries the daemon can neither accept nor reject (cannot move them)."""
+        return self.spool / "intake.json"
+
+    def split_cursor(self, request_id: str) -> Path:
+        """How far a request's tickets have been written (a split runs across ticks)."""
+        return self.request_dir(request_id) / "split.json"
+
+    @property
     def requests(self) -> Path:
         return self.spool / "requests"
 
@@ -114,7 +128,7 @@ class Layout:
         return self.outputs / request_id
 
     def all_dirs(self) -> list[Path]:
-        return [self.tmp, self.inbox, self.incoming, self.rejected, self.requests, self.leases,
+        return [self.tmp, self.inbox, self.incoming, self.rejected, self.corrupt, self.requests, self.leases,
                 self.workers, self.events, self.outputs, self.logs] + [self.tickets(s) for s in TICKET_STATES]
 
 

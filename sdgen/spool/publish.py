@@ -14,7 +14,8 @@ from pathlib import Path
 
 def _tmp_path(tmp_dir: Path, target: Path) -> Path:
     # Unique per writer and host, so writers on several hosts never share a tmp file.
-    return tmp_dir / f"{target.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+    # The target's name is cut so the tmp name stays under NAME_MAX (255) however long it is.
+    return tmp_dir / f"{target.name[:100]}.{socket.gethostname()[:40]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
 
 
 def fsync_dir(path: Path) -> None:
@@ -53,9 +54,13 @@ def publish(tmp_dir: Path, target: Path, data: bytes) -> None:
     fsync_dir(target.parent)
 
 
-def link_new(tmp_dir: Path, target: Path, data: bytes) -> bool:
-    """Publish `data` at `target` only if nothing is there yet. True if this call won."""
+def link_new(tmp_dir: Path, target: Path, data: bytes, mtime: float | None = None) -> bool:
+    """Publish `data` at `target` only if nothing is there yet. True if this call won.
+    `mtime` dates the file (the inbox's quiet-file rule: a complete file dated back is taken
+    at once)."""
     tmp = write_tmp(tmp_dir, target, data)
+    if mtime is not None:
+        os.utime(tmp, (mtime, mtime))
     try:
         os.link(tmp, target)
     except FileExistsError:

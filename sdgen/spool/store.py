@@ -7,6 +7,7 @@ at worst two copies, which `reconcile` resolves by state precedence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,10 +18,15 @@ from pathlib import Path
 
 import yaml
 
+from sdgen import defaults
+from sdgen.exceptions import RequestError, SdgenError
 from sdgen.spool.layout import REQUEST_ID, TICKET_STATES, Layout, parse_ticket_name
 from sdgen.spool.publish import link_new, publish
-from sdgen.spool.request import Request, validate
+from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes, require
+from sdgen.spool.request import Request, parse_request
+from sdgen.spool.split import ticket_at, ticket_count
 from sdgen.spool.ticket import Ticket
+from sdgen.textsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,17 @@ log = logging.getLogger(__name__)
 PRECEDENCE = ("done", "cancelled", "failed", "held", "pending", "deferred", "running")
 
 REQUEST_STATES = ("pending", "running", "done", "failed", "cancelled", "rejected")
+
+# Tickets written per step of a split before the deadline is looked at again.
+SPLIT_SLICE = 200
+
+
+class StuckEntry(SdgenError):
+    """An inbox entry that can be neither accepted nor rejected: it cannot be moved."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = path, one_line(reason)
+        super().__init__(f"{path.name}: {self.reason}")
 
 
 def new_request_id(now: float | None = None) -> str:
@@ -53,73 +70,161 @@ class Spool:
     def submit(self, request: Request, now: float | None = None) -> str:
         """Publish a validated request into the inbox; the daemon accepts it from there."""
         data = yaml.safe_dump(request.to_dict(), sort_keys=False, allow_unicode=True).encode()
+        # Dated back past the quiet-file rule: the file is complete when it appears.
+        dated = time.time() - 2 * defaults.INBOX_SETTLE_SECONDS - 1
         while True:
             request_id = new_request_id(now)
             # link, not rename: two submitters that drew the same id must not overwrite
             # each other; the loser simply draws again.
-            if link_new(self.layout.tmp, self.layout.inbox / f"{request_id}.yaml", data):
+            if link_new(self.layout.tmp, self.layout.inbox / f"{request_id}.yaml", data, mtime=dated):
                 return request_id
 
     # -- acceptance (daemon) ----------------------------------------------------------------
+    def _id_is_free(self, request_id: str) -> bool:
+        """Unused, or used only by a `sdgen cancel` that came before acceptance (the folder
+        then holds nothing but the cancel marker, which the acceptance honours)."""
+        if (self.layout.incoming / f"{request_id}.yaml").exists():
+            return False
+        try:
+            entries = set(os.listdir(self.layout.request_dir(request_id)))
+        except FileNotFoundError:
+            return True
+        except NotADirectoryError:
+            return False
+        return entries <= {"cancel"}
+
     def claim_inbox_file(self, path: Path, now: float) -> str | None:
-        """Move a valid dropped file to incoming/<id>.yaml, fixing its id. None if it vanished."""
+        """Move a valid dropped file to incoming/<id>.yaml, fixing its id. None if it vanished.
+        Raises StuckEntry if it cannot be moved (no permission on it or the folder)."""
         stem = path.stem
         request_id = stem if REQUEST_ID.match(stem) else new_request_id(now)
-        while (self.layout.request_dir(request_id).exists()
-               or (self.layout.incoming / f"{request_id}.yaml").exists()):
+        while not self._id_is_free(request_id):
             request_id = new_request_id(now)
         try:
             os.rename(path, self.layout.incoming / f"{request_id}.yaml")
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise StuckEntry(path, f"cannot be moved out of the inbox ({e.strerror or e})") from None
         return request_id
 
-    def accept(self, request_id: str, request: Request, source: str, now: float) -> Request:
-        """Write the immutable request, publish its tickets and its state. Idempotent, so a
-        daemon that died half-way through simply runs it again for the same incoming file."""
-        from sdgen.spool.split import split_request
-
+    def begin_accept(self, request_id: str, request: Request, source: str, now: float) -> Request:
+        """First step of accepting incoming/<id>.yaml: the immutable request and its state.
+        The tickets follow in slices (`continue_split`). Idempotent, so a daemon that died
+        half-way simply runs it again for the same incoming file."""
         rdir = self.layout.request_dir(request_id)
         rfile = self.layout.request_file(request_id)
+        recorded = None
         if rfile.exists():
             # Keep the seed chosen the first time: never re-roll a recorded seed.
-            request = validate(yaml.safe_load(rfile.read_text()))
+            try:
+                recorded = self.read_request(request_id)
+            except (CorruptRecord, RequestError) as e:
+                self.quarantine(rfile, f"unreadable request.yaml ({e}); written again from the incoming file", now)
+        if recorded is not None:
+            request = recorded
         else:
             request = request.with_seed()
             rdir.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(request.to_dict(), sort_keys=False, allow_unicode=True)
             self.write(rfile, text.encode())
-        tickets = split_request(request_id, request)
         # state.json goes before the tickets, so that a reader who sees a ticket always
         # finds its request's totals; if it is already there, a crash interrupted us.
-        recovering = self.layout.request_state(request_id).exists()
-        if not recovering:
-            self.write_state(request_id, {
-                "id": request_id, "state": "pending", "source": source, "accepted_at": now,
-                "name": request.name, "priority": request.priority, "seed": request.seed,
-                "prompts": len(request.prompts), "images": request.images,
-                "batch_size": request.batch_size, "images_total": request.images_total,
-                "tickets_total": len(tickets), "engine": request.engine, "model": request.model,
-            })
-        for ticket in tickets:
-            if recovering and self.find_ticket(ticket.name):
-                continue
-            self.write(self.layout.ticket("pending", ticket.name), ticket.to_json())
+        if not self.layout.request_state(request_id).exists():
+            self.write_state(request_id, self.initial_state(request_id, request, source, now))
+        return request
+
+    @staticmethod
+    def initial_state(request_id: str, request: Request, source: str, now: float) -> dict:
+        return {
+            "id": request_id, "state": "pending", "source": source, "accepted_at": now,
+            "name": request.name, "priority": request.priority, "seed": request.seed,
+            "prompts": len(request.prompts), "images": request.images,
+            "batch_size": request.batch_size, "images_total": request.images_total,
+            "tickets_total": ticket_count(request), "engine": request.engine, "model": request.model,
+        }
+
+    def continue_split(self, request_id: str, request: Request, deadline: float) -> bool:
+        """Publish the request's next tickets until `deadline` (time.monotonic()); True once
+        all are out and the incoming file is gone. The cursor file names the slice being
+        written before it is written, so a daemon killed mid-slice checks just that slice
+        for tickets already out (and maybe claimed, or done) and never makes one twice."""
+        total = ticket_count(request)
+        cursor_path = self.layout.split_cursor(request_id)
+        try:
+            cursor = require(cursor_path, load_json_object(cursor_path), next=int, upto=int)
+            start, upto = cursor["next"], cursor["upto"]
+        except FileNotFoundError:
+            start, upto = 0, total if self._any_ticket_of(request_id) else 0
+        except CorruptRecord:
+            start, upto = 0, total  # check every ticket: slow but exact
+        start = max(0, min(start, total))
+        while start < total and not self.is_cancelled(request_id):
+            stop = min(total, start + SPLIT_SLICE)
+            self.write(cursor_path, json.dumps({"next": start, "upto": max(upto, stop)}).encode())
+            for index in range(start, stop):
+                ticket = ticket_at(request_id, request, index)
+                if index < upto and self.find_ticket(ticket.name, twice=True):
+                    continue
+                self.write(self.layout.ticket("pending", ticket.name), ticket.to_json())
+            start = stop
+            if time.monotonic() >= deadline and start < total:
+                self.write(cursor_path, json.dumps({"next": start, "upto": max(upto, start)}).encode())
+                return False
         (self.layout.incoming / f"{request_id}.yaml").unlink(missing_ok=True)
+        cursor_path.unlink(missing_ok=True)
+        return True
+
+    def _any_ticket_of(self, request_id: str) -> bool:
+        """A crash between state.json and the first cursor: were any tickets written?"""
+        return any(name.endswith(request_id) for state in TICKET_STATES for name in self.ticket_names(state))
+
+    def accept(self, request_id: str, request: Request, source: str, now: float) -> Request:
+        """Accept a request whole (tests and tools; the daemon splits across ticks)."""
+        request = self.begin_accept(request_id, request, source, now)
+        self.continue_split(request_id, request, deadline=float("inf"))
         return request
 
     def reject(self, path: Path, reason: str, now: float) -> Path:
-        """Quarantine a bad dropped file with a one-line reason file next to it."""
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip(".") or "unnamed"
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-        target = self.layout.rejected / f"{stamp}-{secrets.token_hex(2)}-{safe}"
+        """Quarantine a bad dropped file with a one-line reason file next to it. Raises
+        StuckEntry when the file cannot be moved (the caller reports it once and skips it)."""
+        target = self._aside_name(self.layout.rejected, path.name, now)
         try:
             os.rename(path, target)  # moves a symlink itself, never its target
         except FileNotFoundError:
             return target
-        self.write(target.with_name(target.name + ".reason"), (reason.strip() + "\n").encode())
-        log.warning("rejected %s: %s", path.name, reason)
+        except OSError as e:
+            raise StuckEntry(path, f"cannot be moved to rejected/ ({e.strerror or e}): {one_line(reason, 300)}") from None
+        self.write(target.with_name(target.name + ".reason"), (one_line(reason) + "\n").encode())
+        log.warning("rejected %s: %s", printable(path.name), printable(one_line(reason)))
         return target
+
+    def quarantine(self, path: Path, reason: str, now: float) -> Path | None:
+        """Move an unreadable or malformed spool file (or folder) to spool/corrupt/ with a
+        one-line reason: nothing sdgen cannot read is deleted, and the rest goes on."""
+        try:
+            rel = path.relative_to(self.layout.spool)
+        except ValueError:
+            rel = Path(path.name)
+        target = self._aside_name(self.layout.corrupt, "_".join(rel.parts), now)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        self.write(target.with_name(target.name + ".reason"),
+                   (f"{rel}: {one_line(reason)}\n").encode())
+        log.error("moved damaged spool file %s to %s: %s", printable(str(rel)),
+                  printable(target.name), printable(one_line(reason)))
+        return target
+
+    @staticmethod
+    def _aside_name(folder: Path, name: str, now: float) -> Path:
+        """<stamp>-<rand>-<name>: a name cut so that it and its `.reason` stay under NAME_MAX."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "unnamed"
+        if len(safe) > 150:
+            safe = f"{safe[:120]}...{hashlib.sha1(name.encode('utf-8', 'replace')).hexdigest()[:10]}"
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+        return folder / f"{stamp}-{secrets.token_hex(2)}-{safe}"
 
     # -- tickets ----------------------------------------------------------------------------
     def ticket_names(self, state: str) -> list[str]:
@@ -131,10 +236,25 @@ class Spool:
         return sorted(e[:-5] for e in entries if e.endswith(".json"))
 
     def read_ticket(self, state: str, name: str) -> Ticket:
-        return Ticket.from_json(self.layout.ticket(state, name).read_bytes())
+        """FileNotFoundError if it moved on, CorruptRecord if it cannot be a ticket."""
+        path = self.layout.ticket(state, name)
+        record = load_json_object(path)
+        try:
+            ticket = Ticket.from_dict(record)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CorruptRecord(path, f"is not a ticket ({type(e).__name__}: {e})") from None
+        if ticket.name != name:
+            raise CorruptRecord(path, f"holds ticket {ticket.name}, not {name}")
+        return ticket
 
-    def find_ticket(self, name: str) -> list[str]:
-        return [s for s in TICKET_STATES if self.layout.ticket(s, name).exists()]
+    def find_ticket(self, name: str, twice: bool = False) -> list[str]:
+        """The folders holding ticket `name`. With `twice`, the folders are looked through
+        two times: a ticket moved by a worker during one pass is seen in the other (a
+        single move cannot hide it from both)."""
+        found = [s for s in TICKET_STATES if self.layout.ticket(s, name).exists()]
+        if twice and not found:
+            found = [s for s in reversed(TICKET_STATES) if self.layout.ticket(s, name).exists()]
+        return found
 
     def move_ticket(self, name: str, src: str, dst: str, ticket: Ticket | None = None) -> bool:
         """Move a ticket between states, optionally with new contents. False if it was no
@@ -181,13 +301,40 @@ class Spool:
             return []
 
     def read_request(self, request_id: str) -> Request:
-        return validate(yaml.safe_load(self.layout.request_file(request_id).read_text()))
+        """The accepted request; CorruptRecord if request.yaml is damaged."""
+        path = self.layout.request_file(request_id)
+        raw = read_bytes(path, defaults.MAX_REQUEST_BYTES * 2)
+        try:
+            return parse_request(raw.decode("utf-8"))
+        except (UnicodeDecodeError, RequestError) as e:
+            raise CorruptRecord(path, f"is not a valid request ({e})") from None
 
     def read_state(self, request_id: str) -> dict | None:
+        """state.json, checked for the fields readers use; None while not written yet,
+        CorruptRecord when damaged."""
+        path = self.layout.request_state(request_id)
         try:
-            return json.loads(self.layout.request_state(request_id).read_bytes())
+            record = load_json_object(path)
         except FileNotFoundError:
             return None
+        return require(path, record, id=str, state=str, priority=int, images=int, batch_size=int,
+                       images_total=int, tickets_total=int, name=(str, type(None)))
+
+    def rebuild_state(self, request_id: str, reason: str, now: float) -> dict | None:
+        """A damaged state.json goes to corrupt/ and is made again from request.yaml (its
+        state is re-derived from the tickets on the next tick). A request whose request.yaml
+        is damaged too goes to corrupt/ whole. Returns the new state, or None."""
+        self.quarantine(self.layout.request_state(request_id), reason, now)
+        try:
+            request = self.read_request(request_id)
+        except FileNotFoundError:
+            return None
+        except CorruptRecord as e:
+            self.quarantine(self.layout.request_dir(request_id), f"request.yaml and state.json damaged: {e}", now)
+            return None
+        state = self.initial_state(request_id, request, "rebuilt", now)
+        self.write_state(request_id, state)
+        return state
 
     def write_state(self, request_id: str, state: dict) -> None:
         self.write(self.layout.request_state(request_id), json.dumps(state, indent=1).encode())
@@ -203,9 +350,9 @@ class Spool:
         """Workers the daemon has (running or coming, by spool/launcher.json); 1 when it does
         not say (no daemon, or an older one)."""
         try:
-            workers = json.loads(self.layout.launcher_status.read_bytes()).get("workers") or {}
+            workers = load_json_object(self.layout.launcher_status).get("workers") or {}
             return max(1, sum(int(n) for n in workers.values()))
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, CorruptRecord):
             return 1
 
     def record_event(self, event: dict) -> None:
@@ -219,9 +366,10 @@ class Spool:
         except FileNotFoundError:
             return []
 
-    def ticket_counts(self) -> dict[str, dict[str, list[int]]]:
+    def ticket_counts(self, junk: list[tuple[str, str]] | None = None) -> dict[str, dict[str, list[int]]]:
         """request id -> state -> ticket indexes, from one listing of each ticket folder.
-        A ticket caught in two folders (mid-move) counts once, in the state that wins."""
+        A ticket caught in two folders (mid-move) counts once, in the state that wins.
+        Names that cannot be tickets are added to `junk` as (state, name)."""
         counts: dict[str, dict[str, list[int]]] = {}
         seen: set[str] = set()
         for state in PRECEDENCE:
@@ -233,4 +381,6 @@ class Spool:
                 if parsed:
                     _, index, rid = parsed
                     counts.setdefault(rid, {}).setdefault(state, []).append(index)
+                elif junk is not None:
+                    junk.append((state, name))
         return counts

@@ -4,7 +4,7 @@ states after a failure, a worker's death or a hand-back."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 
 from sdgen import defaults
 from sdgen.spool.layout import ticket_name
@@ -51,11 +51,36 @@ class Ticket:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Ticket":
-        d = json.loads(data)
+        return cls.from_dict(json.loads(data))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Ticket":
+        """A ticket from its JSON form, every field's type checked (the file is untrusted):
+        KeyError, TypeError or ValueError when it is not a ticket."""
+        d = dict(d)
         d.pop("result", None)  # a done-marker is a ticket plus its result
         d["images"] = tuple(ImageSpec(**i) for i in d["images"])
-        d["history"] = tuple(d.get("history", ()))
-        return cls(**d)
+        d["history"] = tuple(h for h in d.get("history", ()) if isinstance(h, dict))
+        ticket = cls(**d)
+        for f in fields(cls):
+            value = getattr(ticket, f.name)
+            kind = _FIELD_TYPES.get(f.name)
+            if kind and (isinstance(value, bool) or not isinstance(value, kind)):
+                raise TypeError(f"field {f.name!r} must be {kind.__name__ if isinstance(kind, type) else 'a number'}")
+        for image in ticket.images:
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in astuple(image)):
+                raise TypeError("images must hold whole numbers")
+        if not ticket.images:
+            raise ValueError("a ticket has at least one image")
+        return ticket
+
+
+_NUMBER = (int, float)
+_FIELD_TYPES = {
+    "request_id": str, "index": int, "priority": int, "prompt": str, "negative_prompt": str,
+    "steps": int, "width": int, "height": int, "guidance": _NUMBER, "model": str, "engine": str,
+    "weights": str, "attempt": int, "deaths": int, "wait_s": _NUMBER, "not_before": _NUMBER, "reason": str,
+}
 
 
 def backoff_seconds(attempt: int, base: float = defaults.BACKOFF_BASE_SECONDS,
