@@ -18,10 +18,11 @@ MAX_REASON_CHARS = 1000
 # past this is damage or an attack, and is moved to spool/corrupt/ unread.
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
-# A file in the inbox is taken once it has been quiet (size and mtime unchanged) this long:
-# tools that write in place (cp, editors) may pause between writes. `sdgen submit` and
-# writers that publish by rename skip the wait by dating the file back before the rename.
-INBOX_SETTLE_SECONDS = 1.5
+# A file in the inbox is taken once no process holds it open for writing (where the
+# filesystem can tell: a read lease) and it has been quiet (size and mtime unchanged) this
+# long: tools that write in place may pause between writes. `sdgen submit` and writers
+# that publish by rename skip the wait by dating the file back before the rename.
+INBOX_SETTLE_SECONDS = 1.0
 
 # The daemon's loop must answer SIGTERM, cancels and reaping within about a second however
 # much intake there is: each tick spends at most this long reading inbox files and writing
