@@ -8,6 +8,7 @@ import time
 from sdgen.config import data_root
 from sdgen.exceptions import UserError
 from sdgen.spool.layout import REQUEST_ID, ticket_name
+from sdgen.spool.progress import request_state
 from sdgen.spool.store import Spool
 from sdgen.spool.ticket import after_retry
 
@@ -27,10 +28,17 @@ def _known(spool: Spool, request_id: str) -> str:
 def cmd_cancel(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
     where = _known(spool, args.request_id)
-    state = (spool.read_state(args.request_id) or {}).get("state")
-    if state in ("done", "failed"):
-        print(f"request {args.request_id} is already {state}; nothing to cancel")
-        return 0
+    if where == "accepted":
+        # From the tickets, not state.json: the daemon records a request's state a tick after
+        # its last ticket moved, and a cancel in between must not turn a done request into a
+        # cancelled one.
+        meta = spool.read_state(args.request_id) or {}
+        counts = spool.ticket_counts().get(args.request_id, {})
+        total = meta.get("tickets_total") or sum(len(v) for v in counts.values())
+        state = request_state(counts, total, spool.is_cancelled(args.request_id))
+        if state in ("done", "failed", "cancelled"):
+            print(f"request {args.request_id} is already {state}; nothing to cancel")
+            return 0
     if where == "inbox":
         # Not accepted yet: the marker waits in the request folder and the daemon
         # cancels every ticket the moment it accepts the request.

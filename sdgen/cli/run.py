@@ -9,7 +9,7 @@ import time
 from sdgen import defaults, settings
 from sdgen.cli.submit import add_request_options, request_from_args
 from sdgen.config import data_root
-from sdgen.daemon.service import Daemon
+from sdgen.daemon.service import Daemon, daemon_lock_free
 from sdgen.exceptions import DaemonRunning, UserError
 from sdgen.launchers.base import get_launcher
 from sdgen.spool.progress import summarize
@@ -73,6 +73,12 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                    metavar="S", help="workers exit after the spool was idle this long")
 
 
+def _one_line(text: str) -> str:
+    """A reason for stderr: one line, control characters shown as escapes (it may quote what
+    sbatch or a worker printed)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(text).split()))
+
+
 def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     # Workers beat four times per lease timeout, so one late beat never costs a ticket.
     options = dict(data_root=spool.layout.root, max_workers=args.workers, idle_exit=args.worker_idle_exit,
@@ -103,7 +109,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # by a worker costs a ticket; here it costs one line
     settings.check()
     spool = Spool(data_root(args.data)).ensure()
-    return _make_daemon(args, spool, exit_when_idle=args.exit_when_idle).run()
+    daemon = _make_daemon(args, spool, exit_when_idle=args.exit_when_idle)
+    code = daemon.run()
+    if code:
+        print(f"sdgen daemon: error: {_one_line(daemon.exit_reason)}", file=sys.stderr)
+    return code
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -167,17 +177,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     request_id = spool.submit(request, time.time())
     print(f"request {request_id}: {request.images_total} image(s), seed {request.seed}", file=sys.stderr)
     progress = _Progress(spool, request_id)
-
-    def until(report) -> bool:
-        progress.update()
-        return progress.finished()
-
-    try:
-        _make_daemon(args, spool, until=until).run()
-    except DaemonRunning:
-        print("a daemon already runs on this data directory: following its progress", file=sys.stderr)
-        while not until(None):
-            time.sleep(1)
+    # The run that holds the data directory runs its daemon until the whole queue is idle,
+    # not just until its own request is done: other `sdgen run`s may be following it. A run
+    # that follows another's daemon takes over when that daemon exits with this request
+    # unfinished (its owner was killed, or it ended before this request was accepted).
+    following = False
+    while True:
+        try:
+            daemon = _make_daemon(args, spool, exit_when_idle=True, on_tick=progress.update)
+            code = daemon.run()
+        except DaemonRunning:
+            if not following:
+                print("a daemon already runs on this data directory: following its progress", file=sys.stderr)
+                following = True
+            if _follow(spool, progress):
+                break
+            print("that daemon has exited with this request unfinished: taking over", file=sys.stderr)
+            continue
+        if code:
+            print(f"sdgen run: error: {_one_line(daemon.exit_reason)}", file=sys.stderr)
+            return code
+        break
+    progress.update()
     row = progress.row or {}
     state = row.get("state", "unknown")
     if state == "done":
@@ -190,11 +211,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _follow(spool: Spool, progress: _Progress) -> bool:
+    """Follow another daemon's progress: True once the request has finished, False as soon
+    as no daemon holds the data directory any more."""
+    while True:
+        progress.update()
+        if progress.finished():
+            return True
+        if daemon_lock_free(spool):
+            progress.update()  # it may have finished the request on its way out
+            return progress.finished()
+        time.sleep(1)
+
+
 def register(sub) -> None:
     p = sub.add_parser("daemon", help="run the scheduler daemon")
     _daemon_options(p)
     p.add_argument("--exit-when-idle", action="store_true",
-                   help="exit 0 once nothing is pending or running")
+                   help="exit 0 once nothing is pending or running, after ending every worker (Slurm "
+                        "and ADSP jobs included); exit 4 when launching is blocked (workers fail at "
+                        "start-up, sbatch refuses jobs) and no worker is left, 1 when jobs could not be removed")
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("worker", help="run a worker (the daemon starts these)")

@@ -22,6 +22,13 @@ from sdgen.spool.store import Spool
 
 log = logging.getLogger(__name__)
 
+# Exit codes of `sdgen daemon --exit-when-idle` (and so of `sdgen run`) besides 0 (idle, every
+# worker gone) and 2 (bad input): 1 = workers (Slurm or ADSP jobs) could not be removed at the
+# end; 4 = launching is blocked (workers keep failing at start-up, sbatch refuses every job)
+# and no worker is left, so the queue can never empty: waiting would hang forever.
+EXIT_LEFTOVERS = 1
+EXIT_BLOCKED = 4
+
 
 def acquire_daemon_lock(spool: Spool) -> FileLock:
     layout = spool.layout
@@ -41,6 +48,17 @@ def acquire_daemon_lock(spool: Spool) -> FileLock:
     spool.write(layout.daemon_info, json.dumps(
         {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
     return lock
+
+
+def daemon_lock_free(spool: Spool) -> bool:
+    """True if no daemon holds the data directory now (taken and released at once)."""
+    lock = FileLock(str(spool.layout.daemon_lock), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return False
+    lock.release()
+    return True
 
 
 def sweep_tmp(spool: Spool, now: float, older_than: float = defaults.TMP_SWEEP_SECONDS) -> int:
@@ -74,12 +92,15 @@ class Daemon:
         self.scheduler = Scheduler(spool, launcher, lease_timeout=lease_timeout)
         self.wake = threading.Event()
         self.stopping = False
+        self.exit_reason = ""  # why run() returned non-zero, one line
 
     def run(self) -> int:
         self._install_signals()  # first: a SIGTERM during start-up still means a clean stop
         self.spool.ensure()
         lock = acquire_daemon_lock(self.spool)
+        self.launcher.attach()  # only now: the jobs file of a daemon holding the directory is its own
         watcher = None
+        code = 0
         try:
             for action in self.spool.reconcile():
                 log.warning("recovery: %s", action)
@@ -118,28 +139,47 @@ class Daemon:
                 if self.exit_when_idle and report.idle:
                     log.info("nothing pending or running: exiting")
                     break
+                if self.exit_when_idle and self._blocked_out(report):
+                    self.exit_reason = f"launcher {self.launcher.name} is blocked: {self.scheduler.blocked}"
+                    log.error("%s; no worker is left to empty the queue: exiting", self.exit_reason)
+                    code = EXIT_BLOCKED
+                    break
                 if watcher is not None:
                     watcher.healthy()
                 timeout = self.rescan if report.wake_in is None else min(self.rescan, report.wake_in + 0.01)
                 self.wake.wait(max(0.01, timeout))
-            self._shutdown()
+            # An --exit-when-idle run ends its workers wherever they run (batch jobs included)
+            # and waits until they are gone, so a one-shot run leaves nothing behind; a stop by
+            # signal leaves batch jobs to finish their tickets for the next daemon.
+            left = self._shutdown(end=self.exit_when_idle and not self.stopping)
+            if left and not code:
+                self.exit_reason = (f"{len(left)} {self.launcher.name} worker(s) could not be removed: "
+                                    f"{' '.join(left)} (see the log above)")
+                code = EXIT_LEFTOVERS
         finally:
             if watcher is not None:
                 watcher.stop()
             lock.release()
-        return 0
+        return code
 
-    def _shutdown(self) -> None:
+    def _blocked_out(self, report: TickReport) -> bool:
+        """Launching is blocked and nothing is left that could still empty the queue."""
+        return bool(self.scheduler.blocked) and not self.launcher.running() and not report.running
+
+    def _shutdown(self, end: bool = False) -> list[str]:
+        """Stop workers, settle tickets and request states; returns the workers `end` could
+        not remove."""
         self.scheduler.launching = False
         if self.launcher.running():
-            log.info("stopping %d worker(s)", len(self.launcher.running()))
-        exited = self.launcher.stop_all(self.grace)
+            log.info("%s %d worker(s)", "ending" if end else "stopping", len(self.launcher.running()))
+        exited = self.launcher.end_all(self.grace) if end else self.launcher.stop_all(self.grace)
         # Tickets of workers that had to be killed go back now, not after a lease timeout.
         self.scheduler.reap(time.time(), {w.worker_id: w.returncode for w in exited}, TickReport())
         counts = self.spool.ticket_counts()
         self.scheduler.update_requests(counts, time.time())
         if self.tracker is not None:
             self.tracker.stop()
+        return self.launcher.leftovers() if end else []
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sdgen import defaults, settings
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs, worker_settings
+from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, plain_names, save_jobs, worker_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def worker_variables(data_root: Path, worker_id: str, idle_exit: float, heartbea
     """Everything a job's worker needs, and nothing else: where and who it is, and the
     daemon's engine settings (SDGEN_PRECISION, KERAS_BACKEND, ...); no credentials of any
     kind (the worker never talks to AE5 or MLflow)."""
-    return {**worker_settings(os.environ), "SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
-            "SDGEN_IDLE_EXIT": str(idle_exit), "SDGEN_HEARTBEAT": str(heartbeat)}
+    return plain_names({**worker_settings(os.environ), "SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
+                        "SDGEN_IDLE_EXIT": str(idle_exit), "SDGEN_HEARTBEAT": str(heartbeat)}, "ADSP jobs")
 
 
 @dataclass
@@ -107,7 +107,15 @@ class AdspLauncher(Launcher):
         self._down_since: float | None = None
         self._unknown_logged: set[tuple[str, str]] = set()
         self._idle_since: dict[str, float] = {}
-        self._load()
+        self._stopped: set[str] = set()  # jobs sdgen itself stopped: their end is no failure
+        self._undeleted: dict[str, Job] = {}  # ended jobs whose job/run records a delete missed
+        self._ending = False
+        self._loaded = False
+
+    def attach(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self._load()
 
     # -- persistence ------------------------------------------------------------------------
     def _load(self) -> None:
@@ -132,9 +140,11 @@ class AdspLauncher(Launcher):
 
     # -- the interface ----------------------------------------------------------------------
     def running(self) -> list[str]:
+        self.attach()
         return list(self.jobs)
 
     def launch(self, now: float) -> str:
+        self.attach()
         name = f"sdgen-w-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
         job = Job(name=name, created=now)
         self.jobs[name] = job
@@ -169,12 +179,15 @@ class AdspLauncher(Launcher):
         return next((j for j in self.session.job_list() if j.get("name") == name), None)
 
     def reap(self, now: float) -> list[ExitedWorker]:
+        self.attach()
         exited = []
         for job in list(self.jobs.values()):
             if now < job.next_poll:
                 continue
             try:
                 if job.state == "creating" or not job.run_id:
+                    if self._ending:  # never create a job while ending them (end_all adopts)
+                        continue
                     self._create(job, now)
                     if not job.run_id:
                         job.next_poll = now + POLL_MIN
@@ -206,26 +219,40 @@ class AdspLauncher(Launcher):
 
     def _finish(self, job: Job, now: float) -> ExitedWorker:
         ok = job.state == "completed"
-        if not ok:
+        stopped_by_us = job.name in self._stopped and not ok
+        self._stopped.discard(job.name)
+        if stopped_by_us:
+            log.info("ADSP job %s ended %s (stopped by sdgen)", job.name, job.state)
+        elif not ok:
             text = self._quietly(lambda: self.session.run_log(job.run_id)) or ""
             logs = self.data_root / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             (logs / f"worker-{job.name}.log").write_text(text if isinstance(text, str) else json.dumps(text))
             log.error("ADSP job %s ended %s; its log is in logs/worker-%s.log", job.name, job.state, job.name)
-        if not self.keep_jobs:
-            self._quietly(lambda: self.session.run_delete(job.run_id))
-            self._quietly(lambda: self.session.job_delete(job.job_id))
+        if not self.keep_jobs and not self._delete(job):
+            self._undeleted[job.name] = job
         del self.jobs[job.name]
-        return ExitedWorker(job.name, 0 if ok else 1, now - job.created)
+        # Stopped by sdgen: ended from outside, like a cancelled Slurm job, so a job stopped
+        # soon after it started never counts as a start-up failure.
+        return ExitedWorker(job.name, None if stopped_by_us else 0 if ok else 1, now - job.created)
 
-    def _quietly(self, call):
+    def _delete(self, job: Job) -> bool:
+        """Delete a finished job's run and job records; False if AE5 did not take it."""
+        run_gone = not job.run_id or self._quietly(lambda: self.session.run_delete(job.run_id), True) is not None
+        job_gone = not job.job_id or self._quietly(lambda: self.session.job_delete(job.job_id), True) is not None
+        return run_gone and job_gone
+
+    def _quietly(self, call, done=None):
+        """call(), or None if it raised; `done` stands for a call that returns nothing."""
         try:
-            return call()
+            result = call()
+            return done if result is None else result
         except Exception as e:  # noqa: BLE001 - cleanup is best effort
             log.warning("ADSP call failed: %s", e)
             return None
 
     def summary(self) -> dict[str, int]:
+        self.attach()
         out: dict[str, int] = {}
         for job in self.jobs.values():
             out[job.state] = out.get(job.state, 0) + 1
@@ -235,6 +262,7 @@ class AdspLauncher(Launcher):
         """Stop jobs beyond what the queue needs (e.g. after a cancel) once they have held no
         ticket for TRIM_AFTER seconds: listings race with claims, and stopping a job that
         just claimed a ticket would cost that ticket an attempt."""
+        self.attach()
         surplus = len(self.jobs) - wanted
         for job in list(self.jobs.values()):
             if job.name in busy or surplus <= 0 or not job.run_id or job.state != "running":
@@ -244,6 +272,7 @@ class AdspLauncher(Launcher):
             if now - since >= TRIM_AFTER:
                 log.info("stopping ADSP job %s: no work left for it", job.name)
                 if self._quietly(lambda: self.session.run_stop(job.run_id)) is not None:
+                    self._stopped.add(job.name)
                     job.next_poll = now
                     surplus -= 1
                 self._idle_since.pop(job.name, None)
@@ -252,6 +281,7 @@ class AdspLauncher(Launcher):
         """Jobs are not stopped with the daemon: for up to `grace` seconds it waits for them
         to finish and leave (they exit once the spool is idle); any still running then are
         re-adopted from spool/adsp-jobs.json by the next daemon."""
+        self.attach()
         exited = []
         deadline = time.monotonic() + grace
         while self.jobs and time.monotonic() < deadline:
@@ -264,6 +294,63 @@ class AdspLauncher(Launcher):
             log.info("leaving %d ADSP job(s) running for the next daemon to re-adopt", len(self.jobs))
         self._save()
         return exited
+
+    def end_all(self, grace: float) -> list[ExitedWorker]:
+        """A one-shot run is over: stop every job's run (none holds a ticket: the queue is
+        idle, or launching is blocked), wait until AE5 reports each run ended, and delete the
+        runs and jobs (unless --adsp-keep-jobs), so that nothing of the run is left on AE5.
+        AE5 calls that fail are repeated; at most max(grace, 60) s in all."""
+        self.attach()
+        exited = []
+        self._ending = True
+        limit = max(grace, 60.0)
+        deadline = time.monotonic() + limit
+        while (self.jobs or self._undeleted) and time.monotonic() < deadline:
+            for job in list(self.jobs.values()):
+                if not job.run_id and not self._adopt_created(job):
+                    continue
+                if job.state not in TERMINAL and job.name not in self._stopped:
+                    if self._quietly(lambda: self.session.run_stop(job.run_id)) is not None:
+                        log.info("stopping ADSP job %s: the run is over", job.name)
+                        self._stopped.add(job.name)
+                job.next_poll = 0.0
+            exited.extend(self.reap(time.time()))
+            for name, job in list(self._undeleted.items()):
+                if self._delete(job):
+                    del self._undeleted[name]
+            if self.jobs or self._undeleted:
+                time.sleep(1.0)
+        left = self.leftovers()
+        if left:
+            log.error("ADSP job(s) %s still on AE5 after %.0fs: stop and delete them in the AE5 UI",
+                      " ".join(left), limit)
+        self._save()
+        return exited
+
+    def leftovers(self) -> list[str]:
+        return sorted(self.jobs) + sorted(self._undeleted)
+
+    def _adopt_created(self, job: Job) -> bool:
+        """A job whose create call failed: find it on AE5 (the create may have gone through)
+        without creating it again. False: not there (dropped, nothing to stop) or AE5 did not
+        answer (tried again)."""
+        try:
+            found = self._find_job(job.name)
+            if found is None:
+                del self.jobs[job.name]
+                return False
+            job.job_id = found["id"]
+            runs = self.session.job_runs(job.job_id)
+        except Exception as e:  # noqa: BLE001 - AE5 unreachable: try again
+            self._ae5_failed(f"finding job {job.name}", e, time.time())
+            return False
+        if runs:
+            job.run_id, job.state = runs[0]["id"], runs[0].get("state", "initial")
+            return True
+        if not self.keep_jobs:  # a job without a run: nothing to stop
+            self._quietly(lambda: self.session.job_delete(job.job_id))
+        del self.jobs[job.name]
+        return False
 
 
 def list_profiles(session=None) -> list[dict]:

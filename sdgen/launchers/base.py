@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -11,12 +12,29 @@ from pathlib import Path
 from sdgen.exceptions import UserError
 from sdgen.spool.publish import publish
 
+log = logging.getLogger(__name__)
 
 # What a worker started elsewhere (an ADSP job, a Slurm job) must see of the daemon's
 # environment: sdgen's own engine knobs and the backend's, never a credential (a worker
 # talks to neither AE5 nor MLflow) and never the daemon's tracking switch.
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|_KEY$|^AWS_|^AE5_", re.I)
 BACKEND_SETTINGS = {"KERAS_BACKEND", "XLA_FLAGS"}
+
+
+# A job's variables become `export NAME=...` lines of a Slurm batch script and ADSP job
+# variables: values are quoted there, names cannot be, so a name must be a plain one.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def plain_names(env: dict[str, str], where: str) -> dict[str, str]:
+    """`env` without the variables whose name is not a plain shell name (a name taken from
+    the daemon's environment could otherwise inject shell code into every job); each one
+    skipped is logged (the name only, never its value)."""
+    bad = [k for k in env if not ENV_NAME.fullmatch(k)]
+    for k in bad:
+        log.warning("not passing variable %r to %s: not a plain environment variable name "
+                    "(letters, digits and _, not starting with a digit)", k, where)
+    return {k: v for k, v in env.items() if k not in bad}
 
 
 def worker_settings(environ) -> dict[str, str]:
@@ -38,6 +56,12 @@ class Launcher(ABC):
 
     name: str = ""
     max_workers: int = 1
+
+    def attach(self) -> None:
+        """Called by the daemon once it holds the data directory, and by every method below
+        before it acts: pick up what an earlier daemon left (its jobs). Not done in
+        __init__: a daemon or `sdgen run` that finds another daemon holding the directory
+        must not touch that daemon's jobs file."""
 
     @abstractmethod
     def running(self) -> list[str]:
@@ -62,6 +86,17 @@ class Launcher(ABC):
     @abstractmethod
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Ask every worker to hand its ticket back and exit; force it after `grace` s."""
+
+    def end_all(self, grace: float) -> list[ExitedWorker]:
+        """The end of a one-shot run (`--exit-when-idle`): end every worker now, however it
+        runs, and return once none is left anywhere (`running()` is then empty unless a
+        worker could not be ended; the caller reports those). Local workers end with
+        stop_all; batch jobs, which stop_all leaves for the next daemon, override this."""
+        return self.stop_all(grace)
+
+    def leftovers(self) -> list[str]:
+        """After end_all: the workers (jobs, records) it could not remove."""
+        return self.running()
 
 
 def load_jobs(state_file: Path, job_cls) -> dict:

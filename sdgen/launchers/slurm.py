@@ -30,7 +30,8 @@ from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import SECRET_NAME, ExitedWorker, Launcher, load_jobs, save_jobs, worker_settings
+from sdgen.launchers.base import (ENV_NAME, SECRET_NAME, ExitedWorker, Launcher, load_jobs, plain_names,
+                                  save_jobs, worker_settings)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ def check_env_names(names: tuple[str, ...]) -> None:
         if SECRET_NAME.search(name):
             raise UserError(f"--slurm-env {name}: looks like a credential; sdgen never passes "
                             "credentials to jobs (workers need only the data directory)")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise UserError(f"--slurm-env {name!r} is not an environment variable name")
+        if not ENV_NAME.fullmatch(name):
+            raise UserError(f"--slurm-env {name!r} is not an environment variable name: give a name "
+                            "of letters, digits and _ that does not start with a digit")
 
 
 def sbatch_args(name: str, output: Path, opts: JobOptions) -> list[str]:
@@ -88,7 +90,8 @@ def sbatch_args(name: str, output: Path, opts: JobOptions) -> list[str]:
 def batch_script(worker_env: dict[str, str], python: str) -> str:
     """The job's script: its whole environment, explicit, then the worker (pure)."""
     lines = ["#!/bin/sh", "# an sdgen worker; submitted by `sdgen daemon --launcher slurm`"]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(worker_env.items())]
+    # Values are quoted; names cannot be, so any name that is not a plain one is left out.
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(plain_names(worker_env, "Slurm jobs").items())]
     lines.append(f"exec {shlex.quote(python)} -m sdgen worker")
     return "\n".join(lines) + "\n"
 
@@ -153,7 +156,13 @@ class SlurmLauncher(Launcher):
         self._next_poll = 0.0
         self._down_since: float | None = None
         self._refused: list[ExitedWorker] = []
-        self._load()
+        self._cancelled: set[str] = set()  # jobs sdgen itself scancelled: their end is no failure
+        self._loaded = False
+
+    def attach(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self._load()
 
     # -- Slurm commands ---------------------------------------------------------------------
     def _slurm(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -193,6 +202,7 @@ class SlurmLauncher(Launcher):
 
     # -- the interface ----------------------------------------------------------------------
     def running(self) -> list[str]:
+        self.attach()
         return list(self.jobs)
 
     def worker_env(self, name: str) -> dict[str, str]:
@@ -209,6 +219,7 @@ class SlurmLauncher(Launcher):
         return env
 
     def launch(self, now: float) -> str:
+        self.attach()
         name = f"sdgen-w-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
         job = Job(name=name, created=now)
         self.jobs[name] = job
@@ -222,6 +233,11 @@ class SlurmLauncher(Launcher):
             del self.jobs[name]
             self._save()
             detail = (out.stderr or out.stdout).strip().splitlines()
+            # The scheduler's report of a failed worker points at logs/worker-<id>.log: a refused
+            # job never ran, so that file gets what sbatch said instead of a job's output.
+            (self.logs / f"worker-{name}.log").write_text(
+                f"sbatch refused this job (exit {out.returncode}); batch script: {script}\n"
+                + (out.stderr or "") + (out.stdout or ""))
             log.error("sbatch refused worker job %s: %s", name, detail[-1] if detail else f"exit {out.returncode}")
             # reported as a worker that failed at once, so the scheduler backs off and stops
             self._refused.append(ExitedWorker(name, 1, 0.0, "was refused by sbatch: " + (
@@ -233,6 +249,7 @@ class SlurmLauncher(Launcher):
         return name
 
     def reap(self, now: float) -> list[ExitedWorker]:
+        self.attach()
         exited, self._refused = self._refused, []
         if not self.jobs or now < self._next_poll:
             return exited
@@ -276,15 +293,17 @@ class SlurmLauncher(Launcher):
             detail += f", exit code {info['ExitCode']}"
         if state not in ENDED_BY_WORKER | ENDED_FROM_OUTSIDE:
             detail += " (no record left: ended over MinJobAge ago?)" if not info else ""
-        if code == 0:
+        if code == 0 or job.name in self._cancelled:
             log.info("%s (%s) after %.0fs", detail, job.name, ran)
         else:
             log.warning("%s (%s) after %.0fs; its output is logs/worker-%s.log", detail, job.name, ran, job.name)
         del self.jobs[job.name]
+        self._cancelled.discard(job.name)
         return ExitedWorker(job.name, code, ran, detail)
 
     def summary(self) -> dict[str, int]:
         """Jobs per state, pending ones per reason: {"RUNNING": 2, "PENDING (Resources)": 1}."""
+        self.attach()
         out: dict[str, int] = {}
         for job in self.jobs.values():
             key = f"{job.state} ({job.reason})" if job.state == "PENDING" and job.reason else job.state
@@ -295,6 +314,7 @@ class SlurmLauncher(Launcher):
         """Cancel jobs beyond what the queue needs: pending ones at once (they hold nothing),
         running ones after TRIM_AFTER seconds without a ticket (a listing races with claims,
         and cancelling a job that just claimed costs that ticket an attempt)."""
+        self.attach()
         surplus = len(self.jobs) - wanted
         if surplus <= 0:
             for job in self.jobs.values():
@@ -316,14 +336,42 @@ class SlurmLauncher(Launcher):
         for job in doomed:
             log.info("cancelling Slurm job %s (%s): no work left for it", job.job_id, job.name)
             self._slurm("scancel", job.job_id)
+            self._cancelled.add(job.name)
             job.idle_since = None
             self._next_poll = now  # see it end on the next tick
 
     def stop_all(self, grace: float) -> list[ExitedWorker]:
         """Jobs outlive the daemon: they finish their tickets and leave once the spool is
         idle, and the next daemon re-adopts any still there from spool/slurm-jobs.json."""
+        self.attach()
         exited = self.reap(time.time() + self.poll)
         if self.jobs:
             log.info("leaving %d Slurm job(s) for the next daemon to re-adopt", len(self.jobs))
+        self._save()
+        return exited
+
+    def end_all(self, grace: float) -> list[ExitedWorker]:
+        """A one-shot run is over: cancel every job, pending or running (none holds a ticket:
+        the queue is idle, or launching is blocked), and wait until Slurm lists none of them
+        as active, so nothing of the run is left in the queue. scancel is repeated every few
+        seconds in case slurmctld missed it; at most max(grace, 60) s in all."""
+        self.attach()
+        exited = []
+        deadline = time.monotonic() + max(grace, 60.0)
+        next_cancel = 0.0
+        while self.jobs and time.monotonic() < deadline:
+            if time.monotonic() >= next_cancel:
+                for job in self.jobs.values():
+                    if job.name not in self._cancelled:
+                        log.info("cancelling Slurm job %s (%s): the run is over", job.job_id, job.name)
+                    self._slurm("scancel", job.job_id)
+                    self._cancelled.add(job.name)
+                next_cancel = time.monotonic() + 5.0
+            time.sleep(0.5)
+            self._next_poll = 0.0
+            exited.extend(self.reap(time.time()))
+        if self.jobs:
+            log.error("Slurm job(s) %s still in the queue after %.0fs: `scancel` them",
+                      " ".join(j.job_id for j in self.jobs.values()), max(grace, 60.0))
         self._save()
         return exited
