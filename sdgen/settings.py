@@ -160,18 +160,18 @@ def get(name: str, environ: Mapping[str, str] | None = None) -> Any:
 
 
 def check(environ: Mapping[str, str] | None = None) -> None:
-    """Every setting parsed; the first bad one (in declaration order) raised, with how
-    many more there are, so one run of the daemon names the problem."""
+    """Every setting parsed; the first bad one (in declaration order) raised with the names
+    of any others, so that one try names every problem and the line stays short."""
     env = os.environ if environ is None else environ
     errors = []
     for setting in SETTINGS.values():
         try:
             setting.value(env.get(setting.name))
         except SettingError as e:
-            errors.append(str(e))
+            errors.append((setting.name, str(e)))
     if errors:
-        more = f" (and {len(errors) - 1} more bad setting(s))" if len(errors) > 1 else ""
-        raise SettingError(errors[0] + more)
+        more = f" (also bad: {', '.join(name for name, _ in errors[1:])})" if len(errors) > 1 else ""
+        raise SettingError(errors[0][1] + more)
 
 
 def table() -> str:

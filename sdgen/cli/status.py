@@ -110,9 +110,20 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _existing_spool(args: argparse.Namespace) -> Spool:
+    """The spool of --data / $SDGEN_DATA; a folder without one is an error naming it, not
+    an empty list: a mistyped --data must not look like a queue with nothing in it."""
     spool = Spool(data_root(args.data))
-    rows = collect(spool) if spool.layout.spool.exists() else []
+    if not spool.layout.spool.is_dir():
+        what = f"unknown request id {args.request_id}: " if getattr(args, "request_id", None) else ""
+        raise UserError(f"{what}no spool in {spool.layout.root}: check --data or SDGEN_DATA "
+                        "(`sdgen submit` or `sdgen daemon` makes one)")
+    return spool
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spool = _existing_spool(args)
+    rows = collect(spool)
     if args.request_id:
         rows = [find(rows, args.request_id)]
     if args.json:
@@ -137,8 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    spool = Spool(data_root(args.data))
-    for row in collect(spool) if spool.layout.spool.exists() else []:
+    spool = _existing_spool(args)
+    for row in collect(spool):
         print(f"{printable(row['id'])}\t{row['state']}\t{printable(row.get('name', ''))}")
     return 0
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
+import sys
 import time
 from pathlib import Path
 
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError
+from sdgen.spool.claim import pid_alive
 from sdgen.spool.intake import read_request_file
+from sdgen.spool.records import CorruptRecord, load_json_object
 from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
 from sdgen.spool.store import Spool
 from sdgen.worker.pngmeta import read_meta
@@ -86,7 +90,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
     request_id = spool.submit(request, time.time())
     print(request_id)
+    if not _daemon_seems_running(spool):
+        # queued all the same (a daemon started later takes it), but a mistyped --data or a
+        # forgotten daemon should not leave a request waiting in silence
+        print(f"sdgen submit: note: no daemon runs on {spool.layout.root}: start "
+              f"`sdgen daemon --data {spool.layout.root}` to process it", file=sys.stderr)
     return 0
+
+
+def _daemon_seems_running(spool: Spool) -> bool:
+    """From spool/daemon.json (who took the daemon lock last), without touching the lock: a
+    daemon starting this very moment must not find it held. Another host's daemon is taken
+    to be running (its pid cannot be checked from here)."""
+    try:
+        info = load_json_object(spool.layout.daemon_info)
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, CorruptRecord, ValueError, KeyError, TypeError):  # none yet, or damaged: say so
+        return False
+    return host != socket.gethostname() or pid_alive(pid)
 
 
 def register(sub) -> None:

@@ -36,3 +36,25 @@ def test_stop_all_ends_every_worker(spool):
     time.sleep(0.5)
     exited = launcher.stop_all(grace=10)
     assert len(exited) == 2 and launcher.running() == []
+
+
+def test_leftover_workers_are_found_through_another_spelling_of_the_data_dir(spool, tmp_path):
+    """A daemon restarted through a symlink (or a relative path) must count the workers its
+    killed predecessor started, not start a second set on the same GPUs."""
+    import subprocess
+    import sys
+
+    from sdgen.launchers.local import orphan_workers
+
+    link = tmp_path / "link-to-data"
+    link.symlink_to(spool.layout.root)
+    proc = subprocess.Popen([sys.executable, "-m", "sdgen", "--data", "data", "worker", "--worker-id", "w-left",
+                             "--idle-exit", "30"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for root in (link, spool.layout.root):
+            wait_for(lambda: [w for _, w, _ in orphan_workers(root)] == ["w-left"], what=f"the worker via {root}")
+        assert orphan_workers(tmp_path / "elsewhere") == []
+    finally:
+        proc.kill()
+        proc.wait()
