@@ -3,10 +3,14 @@ launches. The service calls it in a loop; tests call it directly with a chosen `
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import socket
+import time
+import traceback
 from dataclasses import dataclass, field, replace
 
 from sdgen import defaults
@@ -14,14 +18,21 @@ from sdgen.exceptions import RequestError
 from sdgen.launchers.base import Launcher
 from sdgen.spool.claim import Lease, pid_alive
 from sdgen.spool.intake import is_candidate, read_request_file
-from sdgen.spool.layout import ticket_name
+from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import request_state
-from sdgen.spool.store import Spool
-from sdgen.spool.ticket import Ticket, after_death, attempt_event, backoff_seconds, due_at
+from sdgen.spool.records import CorruptRecord, one_line, read_bytes
+from sdgen.spool.request import Request
+from sdgen.spool.store import Spool, StuckEntry
+from sdgen.spool.ticket import after_death, attempt_event, backoff_seconds, due_at
+from sdgen.textsafe import printable
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed", "cancelled")
+
+# Errors that concern the whole spool (the disk), not one file: the tick stops and the
+# service retries it; any other error stays inside the step that met it.
+SPOOL_WIDE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 
 @dataclass
@@ -34,6 +45,7 @@ class TickReport:
     running: int = 0
     deferred: int = 0
     waiting_files: int = 0
+    splitting: int = 0       # accepted requests whose tickets are still being written
     open_requests: int = 0   # accepted requests not yet done, failed or cancelled
     wake_in: float | None = None  # the next moment a tick has something to do
 
@@ -42,23 +54,49 @@ class TickReport:
         # Ticket listings race with workers moving tickets; a request's state is derived
         # from all its tickets at once, and a ticket caught mid-move keeps it open.
         return not (self.pending or self.running or self.deferred or self.waiting_files
-                    or self.open_requests)
+                    or self.splitting or self.open_requests)
 
 
+
+
+def inbox_file_in_use(path) -> bool:
+    """Whether a process of this host holds the file open for writing: a read lease is
+    refused then (fcntl F_SETLEASE). False where leases are not supported (NFS, another
+    owner without CAP_LEASE): the quiet-time rule alone decides there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return e.errno in (errno.EAGAIN, errno.EBUSY)
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 class Scheduler:
     def __init__(self, spool: Spool, launcher: Launcher | None,
                  lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
-                 settle: float = defaults.INBOX_SETTLE_SECONDS):
+                 settle: float = defaults.INBOX_SETTLE_SECONDS,
+                 budget: float = defaults.INTAKE_BUDGET_SECONDS):
         self.spool = spool
         self.launcher = launcher
         self.lease_timeout = lease_timeout
         self.settle = settle
+        self.budget = budget
         self.launching = True
         self.host = socket.gethostname()
         self._leases: dict[str, tuple[bytes | None, float]] = {}
         self._meta: dict[str, dict] = {}
+        self._splitting: dict[str, Request] = {}       # accepted, tickets still being written
+        self._inbox_seen: dict[str, tuple[tuple, float]] = {}  # name -> (signature, first seen)
+        self._stuck: dict[str, tuple[str, float]] = {}  # inbox name -> (reason, when last tried)
+        self._stuck_written: dict | None = None
+        self._phase_errors: dict[str, str] = {}
         self._crash_streak = 0
         self._launch_after = 0.0
         self.blocked: str | None = None  # why no more workers are launched
@@ -67,66 +105,170 @@ class Scheduler:
         self.busy_workers: set[str] = set()
 
     # -- the step ---------------------------------------------------------------------------
-    def tick(self, now: float) -> TickReport:
+    def tick(self, now: float, mono: float | None = None) -> TickReport:
+        """One step. `now` is the wall clock (stamps, deferrals); `mono` a monotonic clock
+        for lease ages, so that a step of the wall clock (NTP, VM resume) expires nothing."""
+        mono = time.monotonic() if mono is None else mono
         report = TickReport()
-        self.intake(now, report)
-        exited = self.launcher.reap(now) if self.launcher else []
-        self._note_exits(exited, now)
-        self.reap(now, {w.worker_id: w.returncode for w in exited}, report)
-        self.release_deferred(now, report)
-        counts = self.spool.ticket_counts()
-        self.apply_cancels(counts, now)
-        report.open_requests = self.update_requests(counts, now)
-        self.launch(now, report)
+        # Each phase on its own: damage that one phase meets (and has not learnt to move
+        # aside yet) is logged once and cannot stop the others, nor the daemon.
+        self._phase("intake", self.intake, now, report)
+        exited = self._phase("reap launcher", self.launcher.reap, now) if self.launcher else []
+        self._phase("note exits", self._note_exits, exited or [], now)
+        self._phase("reap", self.reap, now, {w.worker_id: w.returncode for w in exited or []}, report, mono)
+        self._phase("release deferred", self.release_deferred, now, report)
+        junk: list[tuple[str, str]] = []
+        counts = self.spool.ticket_counts(junk)
+        for state, name in junk:
+            self._phase("junk ticket", self.spool.quarantine, self.spool.layout.ticket(state, name),
+                        "not a ticket name (<4 digits>.<6 digits>.<request id>)", now)
+        self._phase("cancels", self.apply_cancels, counts, now)
+        report.open_requests = self._phase("requests", self.update_requests, counts, now) or 0
+        self._phase("launch", self.launch, now, report)
         if self.launcher and self.launcher.summary() != self._summary_written:
-            self.write_launcher_status(now)
+            self._phase("launcher status", self.write_launcher_status, now)
         return report
+
+    def _phase(self, name: str, step, *args):
+        try:
+            result = step(*args)
+        except OSError as e:
+            if e.errno in SPOOL_WIDE_ERRORS:
+                raise  # a full or failing disk: the service's loop says so once and retries
+            return self._phase_failed(name, e)
+        except Exception as e:  # noqa: BLE001 - the daemon must not die of data (docs/spool.md)
+            return self._phase_failed(name, e)
+        if name in self._phase_errors:
+            log.warning("tick step %r works again", name)
+            del self._phase_errors[name]
+        return result
+
+    def _phase_failed(self, name: str, e: BaseException) -> None:
+        message = f"{type(e).__name__}: {one_line(str(e), 300)}"
+        if self._phase_errors.get(name) != message:
+            log.error("tick step %r failed (%s); the other steps go on, and this one is retried "
+                      "every tick\n%s", name, printable(message), traceback.format_exc(limit=5))
+            self._phase_errors[name] = message
+        return None
 
     # -- intake -----------------------------------------------------------------------------
     def intake(self, now: float, report: TickReport) -> None:
+        """Take inbox files and write tickets of accepted requests, for at most `budget`
+        seconds: a request of 100,000 tickets is split across ticks (its first tickets are
+        claimable at once) while signals, cancels, reaping and launches go on between."""
         layout = self.spool.layout
-        # Files a previous daemon moved to incoming/ but did not finish accepting.
+        deadline = time.monotonic() + self.budget
+        # Files taken from the inbox whose tickets are not all written yet: this daemon's own
+        # splits in progress, or a previous daemon's, found at start-up.
         for entry in sorted(os.listdir(layout.incoming)):
-            self._accept(layout.incoming / entry, entry[:-5], now, report)
+            request_id = entry[:-5]
+            if not (entry.endswith(".yaml") and REQUEST_ID.match(request_id)):
+                self.spool.quarantine(layout.incoming / entry, "not an incoming request file", now)
+                continue
+            if time.monotonic() >= deadline:
+                report.splitting += 1
+                report.wake_in = 0.0
+                continue
+            self._accept(layout.incoming / entry, request_id, now, report, deadline)
+        self._write_stuck(now)
         for entry in sorted(os.listdir(layout.inbox)):
             if not is_candidate(entry):
                 continue
+            if time.monotonic() >= deadline:
+                report.waiting_files += 1
+                report.wake_in = 0.0
+                continue
+            stuck = self._stuck.get(entry)
+            if stuck and now - stuck[1] < 60:
+                continue  # reported once; tried again every minute in case someone fixed it
             path = layout.inbox / entry
             try:
-                age = now - os.lstat(path).st_mtime
-            except FileNotFoundError:
+                if not self._is_quiet(path, entry, now, report):
+                    continue
+                try:
+                    read_request_file(path)
+                except RequestError as e:
+                    self.spool.reject(path, str(e), now)
+                    report.rejected.append(entry)
+                    continue
+                request_id = self.spool.claim_inbox_file(path, now)
+            except StuckEntry as e:
+                if entry not in self._stuck:
+                    log.error("inbox file %s is stuck: %s", printable(entry, 120), printable(e.reason))
+                self._stuck[entry] = (e.reason, now)
                 continue
-            if 0 <= age < self.settle:
-                report.waiting_files += 1
-                report.wake_in = min(report.wake_in or self.settle, self.settle - age)
-                continue
-            try:
-                read_request_file(path)
-            except RequestError as e:
-                self.spool.reject(path, str(e), now)
-                report.rejected.append(entry)
-                continue
-            request_id = self.spool.claim_inbox_file(path, now)
+            self._stuck.pop(entry, None)
+            self._inbox_seen.pop(entry, None)
             if request_id:
-                self._accept(layout.incoming / f"{request_id}.yaml", request_id, now, report)
+                self._accept(layout.incoming / f"{request_id}.yaml", request_id, now, report, deadline)
+        present = set(os.listdir(layout.inbox))
+        for gone in [n for n in self._stuck if n not in present]:
+            del self._stuck[gone]
+        for gone in [n for n in self._inbox_seen if n not in present]:
+            del self._inbox_seen[gone]
+        self._write_stuck(now)
 
-    def _accept(self, path, request_id: str, now: float, report: TickReport) -> None:
+    def _is_quiet(self, path, entry: str, now: float, report: TickReport) -> bool:
+        """The quiet-file rule (docs/spool.md): nobody on this host has it open for writing,
+        and its size and mtime have not changed for `settle` seconds, by its mtime or, when
+        that cannot be trusted (another host's clock), by what this daemon has seen."""
         try:
-            request = read_request_file(path)
-        except RequestError as e:
-            self.spool.reject(path, str(e), now)
-            report.rejected.append(path.name)
-            return
-        request = self.spool.accept(request_id, request, source=path.name, now=now)
-        log.info("accepted request %s: %d image(s)%s", request_id, request.images_total,
-                 f" ({request.name})" if request.name else "")
-        report.accepted.append(request_id)
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        mono = time.monotonic()
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        seen = self._inbox_seen.get(entry)
+        if seen is None or seen[0] != signature:
+            self._inbox_seen[entry] = seen = (signature, mono)
+        age = now - st.st_mtime
+        quiet = self.settle <= 0 or age >= self.settle or mono - seen[1] >= self.settle
+        if quiet and os.path.isfile(path) and not os.path.islink(path) and inbox_file_in_use(path):
+            quiet = False
+        if not quiet:
+            report.waiting_files += 1
+            wait = max(0.05, self.settle - max(age, mono - seen[1], 0.0))
+            report.wake_in = min(report.wake_in if report.wake_in is not None else wait, wait)
+        return quiet
+
+    def _write_stuck(self, now: float) -> None:
+        """spool/intake.json: inbox entries that can be neither accepted nor rejected, for
+        `sdgen status` (written when the set changes)."""
+        stuck = {name: reason for name, (reason, _) in self._stuck.items()}
+        if stuck != self._stuck_written:
+            self.spool.write(self.spool.layout.intake_status, json.dumps({"stuck": stuck}).encode())
+            self._stuck_written = stuck
+
+    def _accept(self, path, request_id: str, now: float, report: TickReport, deadline: float) -> None:
+        request = self._splitting.get(request_id)
+        if request is None:
+            try:
+                request = read_request_file(path, check_name=False)
+            except RequestError as e:
+                try:
+                    self.spool.reject(path, str(e), now)
+                except StuckEntry as stuck:
+                    log.error("incoming file %s is stuck: %s", path.name, stuck.reason)
+                report.rejected.append(path.name)
+                return
+            request = self.spool.begin_accept(request_id, request, source=path.name, now=now)
+            self._splitting[request_id] = request
+            log.info("accepted request %s: %d image(s)%s", request_id, request.images_total,
+                     f" ({printable(request.name, 80)})" if request.name else "")
+            report.accepted.append(request_id)
+        if self.spool.continue_split(request_id, request, deadline):
+            del self._splitting[request_id]
+        else:
+            report.splitting += 1
+            report.wake_in = 0.0
 
     # -- leases -----------------------------------------------------------------------------
-    def reap(self, now: float, exited: dict[str, int | None], report: TickReport) -> None:
+    def reap(self, now: float, exited: dict[str, int | None], report: TickReport,
+             mono: float | None = None) -> None:
         """Give back tickets whose worker is gone: at once when we know it died (our own
         process exited, or its pid is gone on this host), else when its lease has not
-        changed for `lease_timeout` seconds of our own clock."""
+        changed for `lease_timeout` seconds of our own monotonic clock."""
+        mono = time.monotonic() if mono is None else mono
         layout = self.spool.layout
         running = self.spool.ticket_names("running")
         report.running = len(running)
@@ -136,10 +278,13 @@ class Scheduler:
                 del self._leases[name]
         for name in running:
             try:
-                raw = layout.lease(name).read_bytes()
+                raw = read_bytes(layout.lease(name))
             except FileNotFoundError:
                 raw = None
-            lease = Lease.read(layout.lease(name)) if raw else None
+            except CorruptRecord as e:
+                self.spool.quarantine(layout.lease(name), e.reason, now)
+                raw = None
+            lease = Lease.parse(raw) if raw else None
             if lease:
                 self.busy_workers.add(lease.worker)
             if lease and lease.worker in exited:
@@ -151,10 +296,10 @@ class Scheduler:
                 continue
             seen = self._leases.get(name)
             if seen is None or seen[0] != raw:
-                self._leases[name] = (raw, now)
-            elif now - seen[1] >= self.lease_timeout:
+                self._leases[name] = (raw, mono)
+            elif mono - seen[1] >= self.lease_timeout:
                 who = lease.worker if lease else "unknown worker"
-                self._reclaim(name, f"lease of {who} expired (no heartbeat for {now - seen[1]:.0f}s)",
+                self._reclaim(name, f"lease of {who} expired (no heartbeat for {mono - seen[1]:.0f}s)",
                               who, now, report)
 
     def _reclaim(self, name: str, detail: str, worker: str, now: float, report: TickReport) -> None:
@@ -164,6 +309,10 @@ class Scheduler:
             ticket = self.spool.read_ticket("running", name)
         except FileNotFoundError:
             return  # finished or handed back meanwhile
+        except CorruptRecord as e:
+            layout.lease(name).unlink(missing_ok=True)
+            self.spool.quarantine(layout.ticket("running", name), e.reason, now)
+            return
         lease = Lease.read(layout.lease(name))
         # The lease goes before the ticket leaves running/: once pending, another worker may
         # claim it at once, and its new lease must survive.
@@ -186,6 +335,9 @@ class Scheduler:
                 ticket = self.spool.read_ticket("deferred", name)
             except FileNotFoundError:
                 continue
+            except CorruptRecord as e:
+                self.spool.quarantine(self.spool.layout.ticket("deferred", name), e.reason, now)
+                continue
             due = due_at(ticket, now)
             if due <= now:
                 self.spool.move_ticket(name, "deferred", "pending")
@@ -200,7 +352,10 @@ class Scheduler:
     # -- requests ---------------------------------------------------------------------------
     def _meta_of(self, request_id: str) -> dict | None:
         if request_id not in self._meta:
-            meta = self.spool.read_state(request_id)
+            try:
+                meta = self.spool.read_state(request_id)
+            except CorruptRecord as e:
+                meta = self.spool.rebuild_state(request_id, e.reason, time.time())
             if meta is None:
                 return None
             self._meta[request_id] = meta
@@ -253,8 +408,8 @@ class Scheduler:
             for index in tickets.get(state, []):
                 name = ticket_name(meta.get("priority", 0), index, request_id)
                 try:
-                    reason = Ticket.from_json(self.spool.layout.ticket(state, name).read_bytes()).reason
-                except (OSError, ValueError):
+                    reason = self.spool.read_ticket(state, name).reason
+                except (OSError, CorruptRecord):
                     continue
                 n = len(tickets.get("failed", [])) + len(tickets.get("held", []))
                 return f"{n} ticket(s) failed or held; first: {reason}"

@@ -19,9 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filelock import FileLock
+from contextlib import contextmanager
 
+from filelock import FileLock, Timeout
+
+from sdgen import defaults
 from sdgen.spool.publish import link_new
+from sdgen.spool.records import CorruptRecord, read_bytes
 from sdgen.spool.store import Spool
 from sdgen.spool.ticket import Ticket, after_failure, after_pause
 
@@ -52,10 +56,24 @@ class Lease:
 
     @classmethod
     def read(cls, path: Path) -> "Lease | None":
+        """The lease at `path`, or None when it is gone or damaged (a damaged lease is as
+        good as none: the daemon reclaims its ticket when it stays unchanged)."""
         try:
-            return cls(**json.loads(path.read_bytes()))
-        except (FileNotFoundError, ValueError, TypeError):
+            return cls.parse(read_bytes(path))
+        except (FileNotFoundError, CorruptRecord):
             return None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Lease | None":
+        try:
+            d = json.loads(raw)
+            lease = cls(**d)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        ok = (isinstance(lease.worker, str) and isinstance(lease.host, str)
+              and isinstance(lease.pid, int) and not isinstance(lease.pid, bool) and lease.pid > 0
+              and isinstance(lease.claimed_at, (int, float)) and isinstance(lease.beat, int))
+        return lease if ok else None
 
 
 @dataclass
@@ -178,13 +196,31 @@ class PendingView:
         return self.names[self.pos - 1]
 
 
+@contextmanager
+def host_claim_lock(spool: Spool, timeout: float = defaults.CLAIM_LOCK_TIMEOUT_SECONDS):
+    """The host's claim lock, waited for at most `timeout` seconds. It only spreads one
+    host's workers over different names; the rename decides who wins. So a worker that
+    cannot get it (its holder was stopped with SIGSTOP or a Slurm suspend) claims without."""
+    lock = FileLock(str(spool.layout.claim_lock), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        log.warning("claim lock busy for %.0fs (a stopped worker holds it?): claiming without it", timeout)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def claim_next(spool: Spool, worker_id: str, now: float | None = None,
                skip_request=lambda request_id: False, view: PendingView | None = None) -> Claim | None:
     """Claim the first pending ticket in claim order, or return None if there is none.
     With a `view`, the listing is shared with this worker's earlier claims."""
     now = time.time() if now is None else now
     view = view or PendingView(spool, refresh=0.0)
-    with FileLock(str(spool.layout.claim_lock)):
+    with host_claim_lock(spool):
         listed = view.pos >= len(view.names) or not view.fresh()
         if listed:
             view.relist()
@@ -213,7 +249,7 @@ def claim_more(spool: Spool, worker_id: str, request_id: str, view: PendingView,
     the listing (a worker filling one batch with a request's small tickets). Tickets of
     other requests it passes stay where they are, next in line for the following claim."""
     now = time.time() if now is None else now
-    with FileLock(str(spool.layout.claim_lock)):
+    with host_claim_lock(spool):
         if not view.fresh():
             view.relist()
         i = view.pos
@@ -250,18 +286,12 @@ def _take(spool: Spool, worker_id: str, name: str, now: float) -> Claim | None:
         raise
     try:
         ticket = spool.read_ticket("running", name)
-    except (ValueError, TypeError, KeyError) as e:
-        log.error("ticket %s is unreadable (%s); holding it", name, e)
-        _hold_corrupt(spool, name, str(e))
+    except FileNotFoundError:
+        layout.lease(name).unlink(missing_ok=True)
+        return None
+    except CorruptRecord as e:
+        # Moved aside with its reason (spool/corrupt/), never run, never deleted.
+        layout.lease(name).unlink(missing_ok=True)
+        spool.quarantine(layout.ticket("running", name), e.reason, now)
         return None
     return Claim(spool, ticket, lease)
-
-
-def _hold_corrupt(spool: Spool, name: str, why: str) -> None:
-    layout = spool.layout
-    try:
-        os.rename(layout.ticket("running", name), layout.ticket("held", name))
-    except FileNotFoundError:
-        pass
-    layout.lease(name).unlink(missing_ok=True)
-    spool.write(layout.tickets("held") / f"{name}.reason", f"unreadable ticket file: {why}\n".encode())

@@ -30,20 +30,34 @@ def test_a_silent_lease_is_reclaimed_after_the_timeout_of_the_daemons_clock(spoo
     # a worker on another host: its pid means nothing here
     spool.write(spool.layout.lease(claim.name), json.dumps(
         {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode())
-    sched.tick(now=1000.0)
-    sched.tick(now=1019.0)
+    sched.tick(now=1000.0, mono=1000.0)
+    sched.tick(now=1019.0, mono=1019.0)
     assert spool.ticket_names("running") == [claim.name]
     # a heartbeat resets the clock, whatever the writer's own clock says
     spool.write(spool.layout.lease(claim.name), json.dumps(
         {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": -9e9, "beat": 1}).encode())
-    sched.tick(now=1030.0)
-    sched.tick(now=1049.0)
+    sched.tick(now=1030.0, mono=1030.0)
+    sched.tick(now=1049.0, mono=1049.0)
     assert spool.ticket_names("running") == [claim.name]
-    report = sched.tick(now=1050.5)
+    report = sched.tick(now=1050.5, mono=1050.5)
     assert report.reclaimed == [claim.name]
     t = spool.read_ticket("pending", claim.name)
     assert t.deaths == 1 and "lease of remote-worker expired" in t.reason
     assert not spool.layout.lease(claim.name).exists()
+
+
+def test_a_step_of_the_wall_clock_expires_no_lease(spool):
+    """NTP or a VM resume moves the wall clock by a minute: lease ages run on the daemon's
+    monotonic clock, so a healthy worker keeps its ticket."""
+    accepted(spool)
+    sched = Scheduler(spool, launcher=None, lease_timeout=20)
+    claim = claim_next(spool, "remote-worker")
+    spool.write(spool.layout.lease(claim.name), json.dumps(
+        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode())
+    sched.tick(now=1000.0, mono=50.0)
+    report = sched.tick(now=1060.0, mono=51.0)  # +60 s of wall clock, 1 s of real time
+    assert report.reclaimed == [] and spool.ticket_names("running") == [claim.name]
+    assert sched.tick(now=1061.0, mono=70.5).reclaimed == [claim.name]  # 20 s of real silence
 
 
 def test_a_local_worker_whose_pid_is_gone_loses_its_ticket_at_once(spool):
