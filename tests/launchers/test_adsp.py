@@ -216,3 +216,43 @@ def test_job_variables_carry_the_engine_settings_and_no_credential(monkeypatch, 
     assert {"SDGEN_PRECISION": "float16", "SDGEN_GROUP_IMAGES": "8", "KERAS_BACKEND": "jax"}.items() <= variables.items()
     assert variables["SDGEN_WORKER_ID"] == "w-1" and variables["SDGEN_DATA"] == str(tmp_path)
     assert not {"SDGEN_API_TOKEN", "AE5_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "SDGEN_TRACKING"} & set(variables)
+
+
+def live_runs(ae5) -> list[dict]:
+    from tests.fakes.ae5_tools.api import _pid_alive
+
+    return [r for r in fake_state(ae5["dir"])["runs"].values() if _pid_alive(r["pid"])]
+
+
+def test_a_one_shot_run_leaves_nothing_on_ae5(data, daemon, ae5):
+    """Jobs that would idle 300 s: the daemon stops them, deletes their jobs and runs, and
+    exits only once AE5 has none left."""
+    rid = submit(data, "--prompt", "a", "--images", "4", "--batch-size", "2", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "2", "--worker-idle-exit", "300", "--exit-when-idle")
+    assert d.wait(90) == 0, d.output()
+    assert len(os.listdir(data / "outputs" / rid)) == 4
+    assert jobs_created(ae5["dir"]) >= 1
+    state = fake_state(ae5["dir"])
+    assert state["jobs"] == {} and state["runs"] == {}
+    assert live_runs(ae5) == []
+    assert json.loads((data / "spool" / "adsp-jobs.json").read_text()) == {}
+    assert "stopped by sdgen" in d.output() and " ERROR " not in d.output()
+
+
+def test_a_one_shot_run_with_keep_jobs_leaves_them_stopped(data, daemon, ae5):
+    submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    d = start(daemon, ae5, "--workers", "1", "--worker-idle-exit", "300", "--exit-when-idle", "--adsp-keep-jobs")
+    assert d.wait(90) == 0, d.output()
+    state = fake_state(ae5["dir"])
+    assert len(state["jobs"]) == 1 and len(state["runs"]) == 1
+    assert live_runs(ae5) == []
+
+
+def test_a_bad_variable_name_is_not_a_job_variable(monkeypatch, tmp_path, caplog):
+    from sdgen.launchers.adsp import worker_variables
+
+    monkeypatch.setenv("SDGEN_X;touch pwned;Y", "1")
+    monkeypatch.setenv("SDGEN_PRECISION", "float16")
+    variables = worker_variables(tmp_path, "w-1", 30.0, 5.0)
+    assert "SDGEN_X;touch pwned;Y" not in variables and variables["SDGEN_PRECISION"] == "float16"
+    assert "not a plain environment variable name" in caplog.text

@@ -3,6 +3,7 @@ real batch jobs that run real `sdgen worker` processes on the shared data direct
 
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -242,3 +243,72 @@ def test_a_hung_slurm_command_is_a_failed_call_not_an_exception(tmp_path, monkey
     monkeypatch.setattr(launcher, "_slurm", lambda *cmd, timeout=30: slurm(*cmd, timeout=0.5))
     assert launcher.reap(now=0.0) == [] and launcher.running() == ["sdgen-w-x"]
     assert launcher._down_since == 0.0
+
+
+# -- one-shot runs (--exit-when-idle, sdgen run) ---------------------------------------------
+def our_active_jobs(slurm, before: set[str]) -> list[str]:
+    """What plain `squeue -h` (active jobs only) lists of the jobs submitted since `before`."""
+    out = slurm.run("squeue", "-h", "-o", "%i|%j", check=False).stdout
+    return [line for line in out.splitlines() if "|sdgen-w-" in line and line.split("|")[0] not in before]
+
+
+def test_a_one_shot_run_leaves_no_job_in_the_queue(data, slurm):
+    """Workers that would idle 300 s: the run cancels them and waits until they are gone."""
+    before = set(jobs(slurm))
+    proc = sdgen(data, "run", "--prompt", "a", "--images", "4", "--batch-size", "2", "--seed", "1",
+                 "--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128",
+                 *FAST, "--workers", "2", "--worker-idle-exit", "300", env=sdgen_env(data, **slurm.env),
+                 timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((data / "outputs").rglob("*.png"))) == 4
+    assert submitted_since(slurm, before), "no job was submitted"
+    assert our_active_jobs(slurm, before) == []
+    assert json.loads((data / "spool" / "slurm-jobs.json").read_text()) == {}
+    assert "ERROR" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_refused_sbatch_ends_an_exit_when_idle_daemon(data, slurm):
+    submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
+    started = time.monotonic()
+    proc = sdgen(data, "daemon", *FAST, "--slurm-partition", "nosuchpartition", "--exit-when-idle",
+                 env=sdgen_env(data, **slurm.env), timeout=60)
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    assert time.monotonic() - started < 40
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sdgen daemon: error: launcher slurm is blocked: ") and "refused by sbatch" in last
+    assert "partition" in last.lower()
+    # the log it points to exists and holds what sbatch said
+    name = last.split("last: ")[1].split()[0]
+    assert "partition" in (data / "logs" / f"worker-{name}.log").read_text().lower()
+    assert status_json(data)[0]["state"] == "pending"
+
+
+# -- job environment names -----------------------------------------------------------------------
+def test_a_bad_variable_name_never_reaches_a_batch_script(caplog):
+    text = batch_script({"SDGEN_OK": "1", "SDGEN_X;touch /tmp/pwned;Y": "v", "1ABC": "v"}, "/py")
+    assert "export SDGEN_OK=1" in text and "pwned" not in text and "1ABC" not in text
+    assert "not a plain environment variable name" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["A;B", "1X", "A B", "$(id)"])
+def test_a_bad_slurm_env_name_is_refused(name):
+    with pytest.raises(UserError, match="not an environment variable name: give a name of letters"):
+        check_env_names((name,))
+
+
+@pytest.mark.skipif(not shutil.which("sbatch"), reason="sbatch not installed (scripts/system-packages.sh)")
+def test_a_bad_slurm_env_name_stops_the_daemon_at_start(data):
+    proc = sdgen(data, "daemon", "--launcher", "slurm", "--slurm-env", "A;touch x", "--exit-when-idle")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "'A;touch x' is not an environment variable name" in proc.stderr
+
+
+@pytest.mark.skipif(not shutil.which("sbatch"), reason="sbatch not installed (scripts/system-packages.sh)")
+def test_a_bad_name_in_the_daemons_environment_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    from sdgen.launchers.slurm import SlurmLauncher
+
+    monkeypatch.setenv("SDGEN_X;touch pwned;Y", "1")
+    launcher = SlurmLauncher(tmp_path / "data", max_workers=1)
+    assert "SDGEN_X;touch pwned;Y" in launcher.worker_env("w")  # collected, then left out of the script
+    text = batch_script(launcher.worker_env("w"), "/py")
+    assert "pwned" not in text and "'SDGEN_X;touch pwned;Y'" in caplog.text
