@@ -10,9 +10,10 @@ import time
 
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError, UserError
-from sdgen.spool.intake import is_candidate, read_request_file
+from sdgen.spool.intake import is_candidate, is_stray, read_request_file
 from sdgen.spool.layout import REQUEST_ID
 from sdgen.spool.progress import summarize
+from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
 
@@ -27,9 +28,17 @@ def collect(spool: Spool) -> list[dict]:
         backlog[rid] = backlog.get(rid, 0) + 1
     tracking = _tracking_status(spool)
     blocked = (_read_json(layout.launcher_status) or {}).get("blocked")
+    stuck = (_read_json(layout.intake_status) or {}).get("stuck") or {}
+    if not isinstance(stuck, dict):
+        stuck = {}
     rows = []
     for request_id in spool.request_ids():
-        meta = spool.read_state(request_id)
+        try:
+            meta = spool.read_state(request_id)
+        except CorruptRecord as e:
+            rows.append(_problem_row(request_id, "corrupt", f"{e}: the daemon moves it to spool/corrupt/ "
+                                     "and rebuilds it from request.yaml"))
+            continue
         if meta is None:
             continue  # being accepted right now
         row = summarize(meta, counts.get(request_id, {}), spool.is_cancelled(request_id))
@@ -37,8 +46,14 @@ def collect(spool: Spool) -> list[dict]:
         if row["state"] == "failed":
             row["reason"] = meta.get("reason", "tickets failed or held")
         row["tracking_backlog"] = backlog.get(request_id, 0)
+        failure = _request_tracking_failure(tracking, request_id)
         if tracking and not tracking.get("ok") and row["tracking_backlog"]:
             row["tracking_error"] = f"MLflow unreachable since {_when(tracking['down_since'])}: {tracking['error']}"
+            row["tracking_outage"] = True
+        elif failure:
+            # this request's logging fails on its own (the others go on): say why
+            row["tracking_error"] = (f"MLflow logging failed since {_when(failure.get('since'))} "
+                                     f"({failure.get('attempts', 1)} tries, retrying): {failure.get('error', '?')}")
         if blocked and row["state"] in ("pending", "running"):
             row["launcher_error"] = blocked
         rows.append(row)
@@ -51,37 +66,60 @@ def collect(spool: Spool) -> list[dict]:
                    "state": "pending", "priority": 0, "images_total": 0, "images_done": 0,
                    "tickets_total": 0}
             try:
-                request = read_request_file(folder / entry)
+                request = read_request_file(folder / entry, check_name=folder == layout.inbox)
                 row.update(name=request.name, priority=request.priority,
                            images_total=request.images_total)
             except RequestError:
                 pass  # the daemon will reject it with the reason
+            if entry in stuck and folder == layout.inbox:
+                row.update(state="stuck", reason=str(stuck[entry]))
             rows.append(row)
-    for entry in sorted(os.listdir(layout.rejected)) if layout.rejected.exists() else []:
-        if entry.endswith(".reason"):
-            continue
-        try:
-            reason = (layout.rejected / f"{entry}.reason").read_text().strip()
-        except FileNotFoundError:
-            reason = "rejected"
-        rows.append({"id": f"rejected/{entry}", "name": "", "state": "rejected", "priority": 0,
-                     "images_total": 0, "images_done": 0, "tickets_total": 0, "reason": reason})
+        for entry in sorted(os.listdir(folder)) if folder == layout.inbox and folder.exists() else []:
+            if is_stray(entry):
+                rows.append(_problem_row(f"inbox/{entry}", "ignored", "not a request file name: the "
+                                         "daemon takes only *.yaml and *.yml (rename it to end in .yaml)"))
+    for folder, state in ((layout.rejected, "rejected"), (layout.corrupt, "corrupt")):
+        for entry in sorted(os.listdir(folder)) if folder.exists() else []:
+            if entry.endswith(".reason"):
+                continue
+            try:
+                reason = read_bytes(folder / f"{entry}.reason", 64 * 1024).decode("utf-8", "replace").strip()
+            except (FileNotFoundError, CorruptRecord):
+                reason = state
+            rows.append(_problem_row(f"{folder.name}/{entry}", state, one_line(reason)))
     return rows
+
+
+def _problem_row(row_id: str, state: str, reason: str) -> dict:
+    """A row for something that is not a request (yet): a rejected, damaged or stuck file."""
+    return {"id": row_id, "name": "", "state": state, "priority": 0, "images_total": 0,
+            "images_done": 0, "tickets_total": 0, "reason": reason}
 
 
 def _tracking_status(spool: Spool) -> dict | None:
     return _read_json(spool.layout.tracking_status)
 
 
+def _request_tracking_failure(tracking: dict | None, request_id: str) -> dict | None:
+    failures = tracking.get("requests") if isinstance(tracking, dict) else None
+    failure = failures.get(request_id) if isinstance(failures, dict) else None
+    return failure if isinstance(failure, dict) else None
+
+
 def _read_json(path) -> dict | None:
+    """A status file the daemon writes, or None when it is missing or damaged (status
+    must answer whatever the spool holds)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        return load_json_object(path)
+    except (FileNotFoundError, CorruptRecord):
         return None
 
 
 def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
+    except (TypeError, ValueError, OverflowError, OSError):  # a damaged status file
+        return "?"
 
 
 def find(rows: list[dict], request_id: str) -> dict:
@@ -102,7 +140,7 @@ def _table(rows: list[dict]) -> str:
         # Names, ids of rejected files and reasons come from users: inert before printing.
         lines.append(f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
                      f"{printable(r.get('name', ''))}")
-        if r.get("reason") and r["state"] in ("failed", "rejected"):
+        if r.get("reason") and r["state"] in ("failed", "rejected", "corrupt", "stuck", "ignored"):
             lines.append(f"{'':<24} reason: {printable(r['reason'])}")
         if r.get("tracking_error") and not r.get("tracking_outage"):
             # an outage is said once below the table; this request's own failure is said here

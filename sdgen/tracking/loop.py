@@ -4,6 +4,7 @@ never delays scheduling; backs off while it is down."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -60,3 +61,50 @@ class TrackerThread:
             if self.tracker.settled():
                 return
             time.sleep(0.2)
+
+
+def drain_events(spool: Spool) -> int:
+    """Delete the events in spool/events: with tracking off nothing will ever log them, and
+    workers write one per attempt, so without this they pile up forever. Returns how many."""
+    removed = 0
+    for name in spool.event_names():
+        try:
+            os.unlink(spool.layout.events / name)  # unlink never follows a symlink
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            continue  # not an event a worker wrote: leave it to a person
+    return removed
+
+
+class EventDrain:
+    """What the daemon runs instead of a TrackerThread when tracking is off (`--no-tracking`,
+    SDGEN_TRACKING=off): same start/stop, and it only empties spool/events."""
+
+    def __init__(self, spool: Spool, interval: float = 5.0):
+        self.spool, self.interval = spool, interval
+        self.tracker = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sdgen-event-drain", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            drain_events(self.spool)
+        except OSError as e:  # a spool that cannot be listed now: the next round tries again
+            log.debug("draining spool/events failed: %s", e)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain()
+            self._stop.wait(self.interval)
+
+    def stop(self, flush_seconds: float = 0.0) -> None:
+        """Stop, then drain once more: the last attempts' events came with the shutdown."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._drain()

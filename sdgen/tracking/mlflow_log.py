@@ -9,12 +9,18 @@ daemon. The only module that imports mlflow.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import getpass
+import hashlib
 import json
 import logging
+import math
 import os
+import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 # Fail fast instead of mlflow's default minutes of retries: the tracker retries by itself.
@@ -24,8 +30,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
+from sdgen.spool.layout import REQUEST_ID  # noqa: E402
 from sdgen.spool.progress import summarize  # noqa: E402
 from sdgen.spool.store import Spool  # noqa: E402
+from sdgen.textsafe import printable  # noqa: E402
 from sdgen.tracking.contact_sheet import contact_sheet  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,113 @@ FINAL_STATUS = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 IMAGE_MODES = ("all", "sample", "none")
 SAMPLE_IMAGES = 4
 LOG_TAIL_LINES = 60
+REQUEST_BACKOFF = 2.0        # seconds before a request whose logging failed is tried again...
+REQUEST_MAX_BACKOFF = 300.0  # ... doubling up to this
+EVENT_KINDS = ("attempt", "worker-failed")
+EVENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
+EVENT_NAME = re.compile(r"^\d+-(\d{8}-\d{6}-[0-9a-f]{6})-[0-9a-f]+\.json$")
+
+# errno values that mean "cannot reach the server", not "this request is wrong"
+_OUTAGE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                  errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.EPIPE}
+# mlflow's own wording for server-side unavailability (it wraps requests' errors in text)
+_OUTAGE_TEXT = re.compile(r"too many (429|502|503|504) error responses|Max retries exceeded|"
+                          r"Connection (refused|reset|aborted)|Failed to establish a new connection|"
+                          r"timed out|database is locked|unable to open database file", re.IGNORECASE)
+
+
+def is_outage(e: BaseException) -> bool:
+    """Whether `e` means MLflow cannot be reached at all (every request would fail alike),
+    as opposed to a failure of what one request asked of it. Follows the chain of causes:
+    mlflow raises its own exception from inside `except requests...`."""
+    import requests
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, socket.gaierror)):
+            return True
+        if isinstance(e, OSError) and e.errno in _OUTAGE_ERRNOS:
+            return True
+        if type(e).__name__ == "OperationalError" and _OUTAGE_TEXT.search(str(e)):
+            return True  # the embedded SQLite store itself is unusable (sqlalchemy/sqlite3)
+        if type(e).__name__ in ("MlflowException", "RestException") and _OUTAGE_TEXT.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    return redact(" ".join(f"{type(e).__name__}: {e}".split())[:limit])
+
+
+def artifact_dir_name(experiment: str) -> str:
+    """The folder of an experiment's artifacts in the embedded store: the name is anyone's
+    text (`experiment: ../../x`), so the folder is a slug of it plus a hash of the whole
+    name: one path component, never `.` or `..`, never hidden, and distinct per name."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._-")[:60] or "experiment"
+    return f"{slug}-{hashlib.sha256(experiment.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
+class BadEvent(ValueError):
+    """An event file that can never be logged: it is moved aside, not retried."""
+
+
+def _need(d: dict, where: str, **fields) -> None:
+    for key, types in fields.items():
+        types = types if isinstance(types, tuple) else (types,)
+        value = d.get(key)
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise BadEvent(f"{where}{key} is {type(value).__name__}, not {'/'.join(t.__name__ for t in types)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadEvent(f"{where}{key} is not a finite number")
+
+
+def check_event(event) -> dict:
+    """The event if it has the shape the tracker uses, else BadEvent saying what is wrong."""
+    if not isinstance(event, dict):
+        raise BadEvent("not a JSON object")
+    kind = event.get("kind", "attempt")
+    if kind not in EVENT_KINDS:
+        raise BadEvent(f"unknown kind {printable(kind, 40)!r}")
+    _need(event, "", request_id=str, ended_at=(int, float), worker=str)
+    if not REQUEST_ID.match(event["request_id"]):
+        raise BadEvent("request_id is not a request id")
+    if kind == "worker-failed":
+        _need(event, "", error=str)
+        return event
+    _need(event, "", ticket=str, attempt=int, status=str, started_at=(int, float),
+          host=(str, type(None)), gpu=(str, type(None)), error=(str, type(None)),
+          result=(dict, type(None)), engine=(dict, type(None)), ticket_data=dict)
+    if "run_id" in event:
+        _need(event, "", run_id=str)
+    if event["status"] not in EVENT_STATUSES:
+        raise BadEvent(f"status is not one of {', '.join(EVENT_STATUSES)}")
+    t = event["ticket_data"]
+    _need(t, "ticket_data.", index=int, prompt=str, negative_prompt=(str, type(None)), images=list,
+          steps=int, width=int, height=int, guidance=(int, float), model=str, weights=str, engine=str)
+    for image in t["images"]:
+        if not isinstance(image, dict):
+            raise BadEvent("ticket_data.images holds a non-object")
+        _need(image, "ticket_data.images[].", seed=int)
+    result = event.get("result") or {}
+    _need(result | {"seconds": result.get("seconds") or {}, "outputs": result.get("outputs") or [],
+                    "system": result.get("system") or []}, "result.", seconds=dict, outputs=list, system=list)
+    for key, value in (result.get("seconds") or {}).items():
+        if value is not None:
+            _need({key: value}, "result.seconds.", **{key: (int, float)})
+    if result.get("images_made") is not None:
+        _need(result, "result.", images_made=int)
+    for o in result.get("outputs") or []:
+        if not isinstance(o, dict):
+            raise BadEvent("result.outputs holds a non-object")
+        _need(o, "result.outputs[].", file=str)
+    for sample in result.get("system") or []:
+        if not isinstance(sample, dict):
+            raise BadEvent("result.system holds a non-object")
+        for key, value in sample.items():
+            _need({key: value}, "result.system[].", **{key: (int, float)})
+    return event
 
 
 def tracking_uri(data_root: Path) -> str:
@@ -71,41 +186,104 @@ class Tracker:
         self._progress: dict[str, tuple[int, float]] = {}
         self.down_since: float | None = None
         self.last_error = ""
+        # request id -> {error, since, attempts, next_try}: requests whose logging failed
+        # for a reason of their own; they back off alone while the others go on
+        self.failures: dict[str, dict] = {}
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, now: float) -> bool:
-        """Log what is new. False (after one warning) if MLflow failed; call again later."""
+        """Log what is new. False (after one warning) if MLflow cannot be reached; call again
+        later. A failure of one request's logging (its artifacts cannot be written, MLflow
+        refuses its values) is that request's alone: it backs off and is shown by
+        `sdgen status`, and every other request goes on being logged."""
+        tried: set[str] = set()
+        failed: set[str] = set()
         try:
             counts = self.spool.ticket_counts()
             for request_id in self.spool.request_ids():
-                if request_id in self._finalized:
-                    if request_id in self._failed:
-                        self._reopen_if_retried(request_id, counts.get(request_id, {}))
+                if self._waiting(request_id, now):
                     continue
-                record = self.parent(request_id, now)
-                if record is None:
-                    continue
-                if record.get("finalized"):
-                    self._finalized.add(request_id)
-                    if record.get("status") == "FAILED":
-                        self._failed.add(request_id)
-                    continue
-                self._progress_and_finish(request_id, record, counts.get(request_id, {}), now)
+                tried.add(request_id)
+                with self._isolated(request_id, now, failed):
+                    self._step_request(request_id, counts.get(request_id, {}), now)
             for name in self.spool.event_names():
-                self._log_event(name)
-        except Exception as e:  # noqa: BLE001 - any tracking failure: warn once, retry later
+                m = EVENT_NAME.match(name)
+                if m is None:
+                    self._set_aside(name, "its name is not <ns>-<request id>-<hex>.json", now)
+                    continue
+                request_id = m.group(1)
+                if request_id in failed or self._waiting(request_id, now):
+                    continue
+                tried.add(request_id)
+                with self._isolated(request_id, now, failed):
+                    self._log_event(name, now)
+        except Exception as e:  # noqa: BLE001 - MLflow unreachable (or the spool unreadable): retry later
             self._went_down(now, e)
             return False
+        self._recovered(tried - failed, now)
         self._came_back(now)
         return True
 
+    def _step_request(self, request_id: str, tickets: dict, now: float) -> None:
+        if request_id in self._finalized:
+            if request_id in self._failed:
+                self._reopen_if_retried(request_id, tickets)
+            return
+        record = self.parent(request_id, now)
+        if record is None:
+            return
+        if record.get("finalized"):
+            self._finalized.add(request_id)
+            if record.get("status") == "FAILED":
+                self._failed.add(request_id)
+            return
+        self._progress_and_finish(request_id, record, tickets, now)
+
+    def _waiting(self, request_id: str, now: float) -> bool:
+        f = self.failures.get(request_id)
+        return f is not None and now < f["next_try"]
+
+    @contextlib.contextmanager
+    def _isolated(self, request_id: str, now: float, failed: set[str]):
+        """Run one request's piece of logging; an outage goes up (it stops the step), any
+        other failure is recorded against that request only."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if is_outage(e):
+                raise
+            failed.add(request_id)
+            self._request_failed(request_id, e, now)
+
+    def _request_failed(self, request_id: str, e: Exception, now: float) -> None:
+        old = self.failures.get(request_id)
+        attempts = (old["attempts"] if old else 0) + 1
+        delay = min(REQUEST_MAX_BACKOFF, REQUEST_BACKOFF * 2 ** min(attempts - 1, 20))
+        text = _one_line(e)
+        if old is None or old["error"] != text:
+            log.warning("MLflow logging of request %s failed (%s); the other requests go on, it is "
+                        "retried in %.0fs", request_id, printable(text), delay)
+        self.failures[request_id] = {"error": text, "since": old["since"] if old else now,
+                                     "attempts": attempts, "next_try": now + delay}
+        self._write_status(now)
+
+    def _recovered(self, request_ids: set[str], now: float) -> None:
+        back = [r for r in request_ids if r in self.failures]
+        for request_id in back:
+            del self.failures[request_id]
+            log.warning("MLflow logging of request %s works again", request_id)
+        if back:
+            self._write_status(now)
+
     def settled(self) -> bool:
         """Nothing left to log: no events, and every finished request's parent is closed."""
-        if self.spool.event_names():
-            return False
+        for name in self.spool.event_names():
+            m = EVENT_NAME.match(name)
+            if m is None or m.group(1) not in self.failures:
+                return False  # (a request that keeps failing waits for the next daemon)
         counts = self.spool.ticket_counts()
         for request_id in self.spool.request_ids():
-            if request_id in self._finalized:
+            if request_id in self._finalized or request_id in self.failures:
                 continue
             meta = self.spool.read_state(request_id)
             if meta and summarize(meta, counts.get(request_id, {}),
@@ -117,11 +295,11 @@ class Tracker:
         return len(self.spool.event_names())
 
     def _went_down(self, now: float, e: Exception) -> None:
-        text = redact(" ".join(f"{type(e).__name__}: {e}".split())[:300])
+        text = _one_line(e)
         if self.down_since is None:
             self.down_since = now
             log.warning("MLflow at %s is not answering (%s); generation goes on, tracking will "
-                        "catch up when it is back", redact(self.uri), text)
+                        "catch up when it is back", redact(self.uri), printable(text))
         self.last_error = text
         self._write_status(now)
 
@@ -136,7 +314,7 @@ class Tracker:
     def _write_status(self, now: float) -> None:
         status = {"uri": redact(self.uri), "ok": self.down_since is None,
                   "down_since": self.down_since, "error": self.last_error if self.down_since else "",
-                  "updated": now}
+                  "updated": now, "requests": self.failures}
         self.spool.write(self.spool.layout.tracking_status, json.dumps(status).encode())
 
     # -- experiments and parent runs ------------------------------------------------------
@@ -146,7 +324,7 @@ class Tracker:
             if exp is None:
                 location = None
                 if self.embedded:
-                    location = (self.spool.layout.mlflow_dir / "artifacts" / name).as_uri()
+                    location = (self.spool.layout.mlflow_dir / "artifacts" / artifact_dir_name(name)).as_uri()
                 exp_id = self.client.create_experiment(name, artifact_location=location)
             else:
                 exp_id = exp.experiment_id
@@ -210,14 +388,19 @@ class Tracker:
         for name in self.spool.ticket_names("done"):
             if name.endswith(request_id):
                 marker = json.loads(self.spool.layout.ticket("done", name).read_text())
-                images.extend(marker.get("result", {}).get("outputs", []))
+                result = marker.get("result") if isinstance(marker, dict) else None
+                outputs = result.get("outputs") if isinstance(result, dict) else None
+                # a marker is spool data: only well-formed entries go into the manifest
+                images.extend(o for o in outputs or [] if isinstance(o, dict) and isinstance(o.get("file"), str)
+                              and all(isinstance(o.get(k), int) for k in ("prompt_index", "image_index")))
         images.sort(key=lambda o: (o["prompt_index"], o["image_index"]))
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "manifest.json"
             manifest.write_text(json.dumps({"request_id": request_id, "state": state,
                                             "images": images}, indent=1))
             self.client.log_artifact(run_id, str(manifest))
-            sheet = contact_sheet([self.spool.layout.root / o["file"] for o in images])
+            sheet = contact_sheet([p for p in (self._output_file(request_id, o.get("file", ""))
+                                               for o in images) if p is not None])
             if sheet is not None:
                 sheet.save(Path(tmp) / "contact_sheet.png")
                 self.client.log_artifact(run_id, str(Path(tmp) / "contact_sheet.png"))
@@ -243,15 +426,59 @@ class Tracker:
         self._failed.discard(request_id)
 
     # -- child runs -------------------------------------------------------------------------
-    def _log_event(self, name: str) -> None:
+    def _set_aside(self, name: str, reason: str, now: float) -> None:
+        """Move an event that can never be logged out of spool/events, with its reason, so it
+        neither stops the tracker nor is retried forever."""
+        path = self.spool.layout.events / name
+        quarantine = getattr(self.spool, "quarantine", None)
+        if quarantine is not None:
+            quarantine(path, f"a tracking event that cannot be logged: {reason}", now)
+            return
+        log.error("tracking event %s cannot be logged (%s): set aside as .corrupt",
+                  printable(name), printable(reason))
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, path.with_name(path.name[:-len(".json")] + ".corrupt"))
+
+    def _read_event(self, name: str, now: float) -> dict | None:
+        """The event, checked; None if it is gone or was set aside."""
         path = self.spool.layout.events / name
         try:
-            event = json.loads(path.read_text())
+            with open(path, "rb") as f:
+                raw = f.read(16 * 1024 * 1024 + 1)
         except FileNotFoundError:
-            return
-        except ValueError:
-            log.error("unreadable tracking event %s: set aside", name)
-            os.rename(path, path.with_suffix(".corrupt"))
+            return None
+        except OSError as e:  # e.g. a directory named *.json
+            self._set_aside(name, f"unreadable ({e.strerror or e})", now)
+            return None
+        try:
+            if len(raw) > 16 * 1024 * 1024:
+                raise BadEvent("larger than 16 MiB")
+            event = check_event(json.loads(raw.decode("utf-8")))
+            if event["request_id"] != EVENT_NAME.match(name).group(1):
+                raise BadEvent("its request_id is not the one in its name")
+        except (ValueError, RecursionError) as e:  # BadEvent, JSON and UTF-8 errors
+            self._set_aside(name, f"{type(e).__name__}: {e}" if not isinstance(e, BadEvent) else str(e), now)
+            return None
+        if not self.spool.layout.request_dir(event["request_id"]).is_dir():
+            self._set_aside(name, f"request {event['request_id']} does not exist (removed?)", now)
+            return None
+        return event
+
+    def _output_file(self, request_id: str, file: str) -> Path | None:
+        """An output named by an event or marker, if it is a plain file in that request's
+        own output folder: those names come from the spool, and anything else (an absolute
+        path, `..`, a symlink) would upload some other file to MLflow."""
+        folder = self.spool.layout.output_dir(request_id)
+        path = self.spool.layout.root / file
+        if path.parent != folder or not path.name.endswith(".png") or path.name.startswith("."):
+            return None
+        return path if path.is_file() and not path.is_symlink() else None
+
+    def _log_event(self, name: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        path = self.spool.layout.events / name
+        event = self._read_event(name, now)
+        if event is None:
             return
         record = self.parent(event["request_id"], event["ended_at"])
         if record is None:
@@ -324,8 +551,8 @@ class Tracker:
         outputs = result.get("outputs") or []
         chosen = {"all": outputs, "sample": outputs[:SAMPLE_IMAGES], "none": []}[self.images]
         for o in chosen:
-            file = self.spool.layout.root / o["file"]
-            if file.exists():
+            file = self._output_file(event["request_id"], o["file"])
+            if file is not None:
                 self.client.log_artifact(run_id, str(file), artifact_path="images")
         if event["status"] == "FAILED" or event.get("error"):
             tail = self._worker_log_tail(event["worker"])
