@@ -15,6 +15,7 @@ from sdgen.engine.base import Engine, get_engine
 from sdgen.exceptions import EngineError, SettingError
 from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
+from sdgen.textsafe import printable
 from sdgen.worker.heartbeat import Heartbeat
 from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_group, run_ticket
 
@@ -56,7 +57,7 @@ class Worker:
         if claim is None:
             return None
         ticket = claim.ticket
-        log.info("ticket %s: %d image(s), attempt %d", ticket.name, len(ticket.images), ticket.attempt + 1)
+        log.info("ticket %s: %d image(s), attempt %d", printable(ticket.name), len(ticket.images), ticket.attempt + 1)
         try:
             engine = self.engine(ticket.engine)
         except EngineError as e:
@@ -75,10 +76,10 @@ class Worker:
         for c, outcome in zip(claims, outcomes):
             self.tickets_run += 1
             secs = outcome.seconds.get("total")
-            log.info("ticket %s: %s, %d made, %d already there%s%s", c.name, outcome.state,
+            log.info("ticket %s: %s, %d made, %d already there%s%s", printable(c.name), outcome.state,
                      outcome.images_made, outcome.images_skipped,
                      f", {secs:.2f}s" if secs is not None else "",
-                     f" ({outcome.error})" if outcome.error else "")
+                     f" ({printable(outcome.error)})" if outcome.error else "")
         first = outcomes[0]
         first.others = outcomes[1:]
         return first

@@ -25,6 +25,7 @@ from sdgen.spool.claim import Claim, pid_alive
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
 from sdgen.spool.ticket import attempt_event
+from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
 from sdgen.worker.pngmeta import png_info
 from sdgen.worker.sysmetrics import SystemSampler
@@ -167,14 +168,16 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
             return Outcome(state, 0, skipped, timings, f"OSError: {e}", pause=True)
         transient, fatal = classify(e)
         detail = f"{type(e).__name__}: {e}"
-        log.error("ticket %s failed (%s): %s", ticket.name, "transient" if transient else "permanent", detail)
+        # an error's text may quote the prompt or a file name: inert in the worker's log
+        log.error("ticket %s failed (%s): %s", printable(ticket.name), "transient" if transient else "permanent",
+                  printable(detail))
         log.debug("%s", traceback.format_exc())
         try:
             state = claim.fail(detail, transient, now()) or "lost"
             if state != "lost":
                 _event(claim, "FAILED", engine, now(), error=detail, result={"seconds": timings})
         except OSError as e2:  # the disk itself failed: the lease will bring it back
-            log.error("could not record the failure of %s: %s", ticket.name, e2)
+            log.error("could not record the failure of %s: %s", printable(ticket.name), printable(e2))
             state = "lost"
         return Outcome(state, 0, skipped, timings, detail, fatal)
 
