@@ -162,7 +162,7 @@ class _Progress:
         bar = "#" * filled + "-" * (width - filled)
         end = "\n" if row["state"] in ("done", "failed", "cancelled") else ""
         line = f"\r[{bar}] {done}/{total} images{rate}{eta} ({row['state']})   "
-        if line != self.last_line or end:  # a log file gets a line per change, not per tick
+        if line != self.last_line:  # a log file gets a line per change, not per tick
             print(line, end=end, file=self.stream, flush=True)
             self.last_line = line
 
