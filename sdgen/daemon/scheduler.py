@@ -285,6 +285,10 @@ class Scheduler:
                 self.spool.quarantine(layout.lease(name), e.reason, now)
                 raw = None
             lease = Lease.parse(raw) if raw else None
+            if raw and lease is None:
+                self.spool.quarantine(layout.lease(name), "not a lease (JSON object of worker, host, pid, "
+                                      "claimed_at, beat)", now)
+                raw = None
             if lease:
                 self.busy_workers.add(lease.worker)
             if lease and lease.worker in exited:
