@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,11 +102,21 @@ class Launcher(ABC):
 
 def load_jobs(state_file: Path, job_cls) -> dict:
     """The jobs an earlier daemon launched and had not reaped (spool/<launcher>-jobs.json)."""
+    from sdgen.spool.records import CorruptRecord, load_json_object
+    from sdgen.spool.store import Spool
+
     try:
-        saved = json.loads(state_file.read_text())
+        saved = load_json_object(state_file)
+        return {str(name): job_cls(**job) for name, job in saved.items()}
     except FileNotFoundError:
         return {}
-    return {name: job_cls(**job) for name, job in saved.items()}
+    except (CorruptRecord, TypeError, ValueError, AttributeError) as e:
+        # Postfix: never delete what cannot be read. The jobs it listed are not watched by
+        # this daemon; their tickets come back through their leases if they die.
+        reason = e.reason if isinstance(e, CorruptRecord) else f"not a list of jobs ({e})"
+        Spool(state_file.parent.parent).quarantine(state_file, f"{reason}; jobs it listed are not tracked",
+                                                   time.time())
+        return {}
 
 
 def save_jobs(state_file: Path, jobs: dict) -> None:
