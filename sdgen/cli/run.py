@@ -14,7 +14,7 @@ from sdgen.exceptions import DaemonRunning, UserError
 from sdgen.launchers.base import get_launcher
 from sdgen.spool.progress import summarize
 from sdgen.spool.store import Spool
-from sdgen.tracking.loop import TrackerThread
+from sdgen.tracking.loop import EventDrain, TrackerThread
 from sdgen.worker.loop import Worker
 
 
@@ -97,7 +97,8 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     else:
         options["extra_env"] = {"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None
     launcher = get_launcher(args.launcher, **options)
-    tracker = None
+    # No tracking: events are drained (deleted) instead of kept forever in spool/events.
+    tracker = EventDrain(spool)
     if not args.no_tracking and settings.get("SDGEN_TRACKING"):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
     return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,

@@ -26,6 +26,11 @@ from sdgen.spool.store import Spool, StuckEntry
 from sdgen.spool.ticket import after_death, attempt_event, backoff_seconds, due_at
 from sdgen.textsafe import printable
 
+
+def printable_lines(text: str) -> str:
+    """A traceback for the log: line by line inert (it quotes file contents)."""
+    return "\n".join(printable(line) for line in text.splitlines())
+
 log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -147,7 +152,7 @@ class Scheduler:
         message = f"{type(e).__name__}: {one_line(str(e), 300)}"
         if self._phase_errors.get(name) != message:
             log.error("tick step %r failed (%s); the other steps go on, and this one is retried "
-                      "every tick\n%s", name, printable(message), traceback.format_exc(limit=5))
+                      "every tick\n%s", name, printable(message), printable_lines(traceback.format_exc(limit=5)))
             self._phase_errors[name] = message
         return None
 
@@ -248,7 +253,7 @@ class Scheduler:
                 try:
                     self.spool.reject(path, str(e), now)
                 except StuckEntry as stuck:
-                    log.error("incoming file %s is stuck: %s", path.name, stuck.reason)
+                    log.error("incoming file %s is stuck: %s", printable(path.name), printable(stuck.reason))
                 report.rejected.append(path.name)
                 return
             request = self.spool.begin_accept(request_id, request, source=path.name, now=now)
@@ -326,7 +331,7 @@ class Scheduler:
         else:
             state, updated = after_death(ticket, detail, worker, now)
             self.spool.move_ticket(name, "running", state, updated)
-            log.warning("ticket %s: %s; now %s", name, detail, state)
+            log.warning("ticket %s: %s; now %s", name, printable(detail), state)
             self.spool.record_event(attempt_event(
                 ticket, "KILLED", worker, lease.host if lease else "", lease.claimed_at if lease else now,
                 now, error=detail))
@@ -433,7 +438,7 @@ class Scheduler:
                 self.blocked = (f"{self._crash_streak} workers in a row failed at start-up; last: {w.worker_id} "
                                 f"{how} after {w.ran_seconds:.0f}s (see logs/worker-{w.worker_id}.log). "
                                 f"Fix the cause, then restart the daemon")
-                log.error("no more workers will be launched: %s", self.blocked)
+                log.error("no more workers will be launched: %s", printable(self.blocked))
                 self._blocked_since = now
                 self.write_launcher_status(now)
                 continue
