@@ -55,8 +55,18 @@ def test_credentials_cannot_be_passed_to_jobs(name):
 
 # -- against the real cluster -----------------------------------------------------------------
 @pytest.fixture
-def slurm(slurm_cluster):
+def slurm(slurm_cluster, data):
     yield slurm_cluster
+    # The test's daemon would submit a new job for each one cancelled below: it goes first
+    # (this teardown runs before the daemon fixture's).
+    import psutil
+
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            if "daemon" in (p.info["cmdline"] or []) and (p.info["environ"] or {}).get("SDGEN_DATA") == str(data):
+                p.kill()
+        except psutil.Error:
+            pass
     slurm_cluster.run("scancel", "--full", "-u", "root", check=False)
     wait_for(lambda: not jobs(slurm_cluster, active_only=True), timeout=30, what="jobs to end")
 
