@@ -44,6 +44,25 @@ def worker_settings(environ) -> dict[str, str]:
             and not SECRET_NAME.search(k)}
 
 
+# How a launcher starts `python -m sdgen` in a folder it does not choose (the daemon's, or a
+# job's working directory). `-m` puts that folder first on sys.path, so a folder there named
+# `sdgen` (the folder a clone was made in: ~ with the clone at ~/sdgen) is imported as a
+# namespace package instead of the installed sdgen. `-P` (3.11+) leaves that folder out; for
+# an interpreter of unknown or older version, a `-c` bootstrap drops it ('' is what `-c`
+# puts first) and runs the module. "sdgen" stays one argument of its own either way: the
+# local launcher finds the workers of a killed daemon by it (local.orphan_workers).
+SAFE_RUN_SDGEN = ("import runpy, sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
+                  "del sys.argv[0]; runpy.run_module('sdgen', run_name='__main__', alter_sys=True)")
+
+
+def sdgen_command(python: str, version: tuple[int, int] | None = None) -> list[str]:
+    """argv that runs sdgen's CLI with `python` without importing from the working directory;
+    `version` is `python`'s (major, minor) when known."""
+    if version is not None and version >= (3, 11):
+        return [python, "-P", "-m", "sdgen"]
+    return [python, "-c", SAFE_RUN_SDGEN, "sdgen"]
+
+
 @dataclass(frozen=True)
 class ExitedWorker:
     worker_id: str

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdgen import defaults
-from sdgen.launchers.base import ExitedWorker, Launcher
+from sdgen.launchers.base import ExitedWorker, Launcher, sdgen_command
 from sdgen.spool.claim import pid_alive
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class LocalLauncher(Launcher):
         logs = self.data_root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_file = open(logs / f"worker-{worker_id}.log", "ab")
-        cmd = [sys.executable, "-m", "sdgen", "--data", str(self.data_root), "worker",
+        cmd = [*sdgen_command(sys.executable, sys.version_info[:2]), "--data", str(self.data_root), "worker",
                "--worker-id", worker_id, "--idle-exit", str(self.idle_exit),
                "--heartbeat", str(self.heartbeat)]
         popen = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -31,7 +31,7 @@ from pathlib import Path
 from sdgen import defaults
 from sdgen.exceptions import UserError
 from sdgen.launchers.base import (ENV_NAME, SECRET_NAME, ExitedWorker, Launcher, load_jobs, plain_names,
-                                  save_jobs, worker_settings)
+                                  save_jobs, sdgen_command, worker_settings)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def batch_script(worker_env: dict[str, str], python: str) -> str:
     lines = ["#!/bin/sh", "# an sdgen worker; submitted by `sdgen daemon --launcher slurm`"]
     # Values are quoted; names cannot be, so any name that is not a plain one is left out.
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(plain_names(worker_env, "Slurm jobs").items())]
-    lines.append(f"exec {shlex.quote(python)} -m sdgen worker")
+    # The job starts in sbatch's working directory, which may hold a folder named sdgen;
+    # the compute nodes' python may be any version, hence the version-free form.
+    lines.append("exec " + shlex.join([*sdgen_command(python), "worker"]))
     return "\n".join(lines) + "\n"
 
 
