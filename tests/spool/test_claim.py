@@ -130,3 +130,26 @@ def test_a_ticket_made_pending_after_the_listing_is_claimed_once_it_is_refreshed
     assert claim_next(spool, "w1", view=view).ticket.request_id == first.ticket.request_id  # the old listing
     view.refresh = 0.0
     assert claim_next(spool, "w1", view=view).ticket.request_id == other  # priority 9 first once relisted
+
+
+def test_a_stopped_worker_holding_the_claim_lock_does_not_stall_the_host(spool):
+    """A worker SIGSTOPped (Slurm suspend) while it holds the host's claim lock: the others
+    wait at most the lock timeout, then claim without it (the rename decides)."""
+    import signal
+    import subprocess
+    import sys
+
+    accept(spool, "prompt: a\nimages: 2\nengine: dry-run\nseed: 1\n")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, sys; from filelock import FileLock; "
+        f"lock = FileLock({str(spool.layout.claim_lock)!r}); lock.acquire(); "
+        "print('held', flush=True); os.kill(os.getpid(), signal.SIGSTOP)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        claim = claim_next(spool, "w1")
+        waited = time.monotonic() - t0
+        assert claim is not None and 1.5 <= waited < 10, waited
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
