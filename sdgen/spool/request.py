@@ -83,6 +83,9 @@ def _yaml_error(e: yaml.YAMLError) -> RequestError:
             f"unsupported YAML tag ({_clip(' '.join(str(tag).split()))}): a request holds plain "
             "strings, numbers and lists only"
         )
+    if "nesting depth" in str(getattr(e, "problem", "")):  # libyaml's own limit, met before ours
+        return RequestError(f"the request is nested more than {defaults.MAX_REQUEST_DEPTH} levels deep; "
+                            "a request is a mapping of plain values and lists")
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(e, "problem", None) or "syntax error"
