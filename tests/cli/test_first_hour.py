@@ -43,3 +43,19 @@ def test_the_worker_commands_ignore_the_working_directory(tmp_path):
         out = subprocess.run([*sdgen_command(sys.executable, version), "--version"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and out.stdout.startswith("sdgen "), (version, out.stderr[-2000:])
+
+
+def test_ui_on_a_busy_port_exits_2_naming_port(data, spool):
+    (data / "mlflow").mkdir()
+    (data / "mlflow" / "mlflow.db").touch()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        started = time.monotonic()
+        proc = sdgen(data, "ui", "--port", str(port), timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--port" in proc.stderr, proc.stderr
+    bad = sdgen(data, "ui", "--port", "70000")
+    assert bad.returncode == 2 and "1 to 65535" in bad.stderr
