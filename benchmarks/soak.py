@@ -602,7 +602,7 @@ def spool_kinds() -> list[Kind]:
             plant(ctx, f"requests/{ctx.victim()}/request.yaml", junk() if d is None else d)], ("corrupt", "left")))
     out.append(Kind("spool_state", "request_yaml_and_state_json", lambda ctx, base: (lambda rid: [
         plant(ctx, f"requests/{rid}/request.yaml", b"\xff"), plant(ctx, f"requests/{rid}/state.json", b"{")])(
-        ctx.victim()), ("corrupt",)))
+        ctx.victim()), ("corrupt", "left", "rewritten")))  # a done request's request.yaml is not read again
     out.append(Kind("spool_state", "request_dir_is_a_file", lambda ctx, base: [
         plant(ctx, f"requests/{ctx.fake_id()}", b"junk")], ("corrupt", "left"),
         known="a file in place of spool/requests/<id>/: read_state raises NotADirectoryError, the "
@@ -718,7 +718,7 @@ def _hostile(root: Path, data: Path, files: int, quick: bool) -> dict:
     GROWERS.clear()
     inbox_kinds = content_kinds() + name_kinds() + entry_kinds(root)
     damage_kinds = spool_kinds()
-    reps = 1 if quick else max(1, round(files / len(inbox_kinds)))
+    reps = 1 if quick else max(1, -(-files // len(inbox_kinds)))
     expected = submit_many(data, 3, 12 if quick else 60, 2)
     spool = Spool(data).ensure()
     # victim requests whose state.json / request.yaml get damaged: two plantings in full mode
@@ -884,6 +884,10 @@ def _hostile(root: Path, data: Path, files: int, quick: bool) -> dict:
             "known": kind.known, "planted": rels, "daemon_alive": alive, "sigterm_exit": stop_exit,
             "tick_steps_failing": sorted(set(re.findall(r"tick step '([^']+)' failed", tail))),
             "commands_failing": failing}
+        c = per_class.setdefault(kind.cls, {"kinds": 0, "files": 0})
+        c["kinds"] += 1
+        c["files"] += len(rels)
+        c["finding"] = c.get("finding", 0) + len(rels)
     all_kinds = len(inbox_kinds) + len(damage_kinds)
     files_thrown = len(thrown) + len(planted)
     result = {"kinds": all_kinds, "files_thrown": files_thrown, "reps": reps, "per_class": per_class,

@@ -24,8 +24,18 @@ def test_soak_quick_keeps_every_promise(tmp_path):
         assert f["produced"] == f["expected"] and f["final_exit"] == 0 and f["stray_part_files"] == 0, f
         assert f["images_not_as_their_marker_says"] == 0, f
     assert r["faults"]["daemon_died_unasked"] == 0 and set(r["faults"]["running_after_sigterm"]) == {0}
-    h = r["hostile"]
-    assert h["quarantined"] == h["with_reason"] == h["bad_files_dropped"] and h["inbox_left"] == 0
+    h = r["hostile"]  # issue 14: every kind thrown once, each ends as its kind says
+    assert h["kinds"] >= 100 and h["reps"] == 1, h
+    assert h["unexpected_outcomes"] == [] and h["without_reason"] == 0, h["unexpected_outcomes"]
+    assert h["daemon_deaths"] == 0 and h["daemon_alive_after_inbox"] and h["sigterm_exit"] == 0, h
+    assert h["commands_failing_mid_run"] == {} and h["commands_failing_after"] == {}, h
+    assert h["tick_steps_failing"] == [], h["tick_steps_failing"]
+    assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) == {"done"}, h
+    # damage that still breaks something, found by this trial (see docs/benchmarks.md): it
+    # stays in the corpus; a new one fails here, a fixed one only leaves this set
+    assert set(h["findings"]) <= {"spool_state/request_dir_is_a_file"}, h["findings"]
+    accepted = sum(c.get("accepted", 0) for c in h["per_class"].values())
+    assert accepted == h["accepted_hostile_requests"] and not any("vanished" in c for c in h["per_class"].values())
     assert h["outside_file_untouched"] and h["daemon_rss_mb_peak"] < h["daemon_rss_mb_before"] + 50
     d = infra["two_daemons"]
     assert d["one_held"] == d["other_refused_in_one_line"] == d["trials"] and d["both_ran"] == 0
