@@ -30,7 +30,7 @@ def test_soak_quick_keeps_every_promise(tmp_path):
     assert h["daemon_deaths"] == 0 and h["daemon_alive_after_inbox"] and h["sigterm_exit"] == 0, h
     assert h["commands_failing_mid_run"] == {} and h["commands_failing_after"] == {}, h
     assert h["tick_steps_failing"] == [], h["tick_steps_failing"]
-    assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) == {"done"}, h
+    assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) <= {"done", "moved to corrupt/"}, h  # both files damaged: moved whole
     # damage that still breaks something, found by this trial (see docs/benchmarks.md): it
     # stays in the corpus; a new one fails here, a fixed one only leaves this set
     assert set(h["findings"]) <= {"spool_state/request_dir_is_a_file"}, h["findings"]
