@@ -34,10 +34,18 @@ class Ticket:
     weights: str
     attempt: int = 0        # attempts that ended without a result (failures and deaths)
     deaths: int = 0         # attempts whose worker died without a word
+    # attempts made before the last `sdgen retry`: `attempt` restarts at 0 there (it decides
+    # backoff and holding), but attempt numbers in events and MLflow keep counting
+    attempts_before: int = 0
     wait_s: float = 0.0      # deferred: how long to wait, counted from when the daemon sees it
     not_before: float = 0.0  # deferred until this time, stamped by the daemon on its own clock
     reason: str = ""        # why it is failed, held or deferred
     history: tuple[dict, ...] = field(default_factory=tuple)
+
+    @property
+    def attempt_number(self) -> int:
+        """The number of the attempt now running (1-based), counted across retries."""
+        return self.attempts_before + self.attempt + 1
 
     @property
     def name(self) -> str:
@@ -79,7 +87,7 @@ _NUMBER = (int, float)
 _FIELD_TYPES = {
     "request_id": str, "index": int, "priority": int, "prompt": str, "negative_prompt": str,
     "steps": int, "width": int, "height": int, "guidance": _NUMBER, "model": str, "engine": str,
-    "weights": str, "attempt": int, "deaths": int, "wait_s": _NUMBER, "not_before": _NUMBER, "reason": str,
+    "weights": str, "attempt": int, "deaths": int, "attempts_before": int, "wait_s": _NUMBER, "not_before": _NUMBER, "reason": str,
 }
 
 
@@ -137,8 +145,10 @@ def after_death(ticket: Ticket, detail: str, worker: str, now: float,
 
 
 def after_retry(ticket: Ticket, now: float) -> Ticket:
-    """`sdgen retry`: a fresh start for a failed or held ticket, history kept."""
-    return replace(ticket, attempt=0, deaths=0, wait_s=0.0, not_before=0.0, reason="",
+    """`sdgen retry`: a fresh start for a failed or held ticket, history kept. Only what
+    decides backoff and holding restarts; the attempts made so far are kept as a total, so
+    the next attempt is not numbered 1 again (two MLflow runs `ticket 1 attempt 1`)."""
+    return replace(ticket, attempt=0, attempts_before=ticket.attempts_before + ticket.attempt, deaths=0, wait_s=0.0, not_before=0.0, reason="",
                    history=_record(ticket, "retry", "retried by user", "", now))
 
 
@@ -149,7 +159,7 @@ def attempt_event(ticket: Ticket, status: str, worker: str, host: str, started_a
     status: FINISHED, FAILED or KILLED (worker lost, or cancelled)."""
     return {
         "kind": "attempt", "request_id": ticket.request_id, "ticket": ticket.name,
-        "attempt": ticket.attempt + 1, "status": status, "worker": worker, "host": host,
+        "attempt": ticket.attempt_number, "status": status, "worker": worker, "host": host,
         "gpu": gpu, "started_at": started_at, "ended_at": ended_at, "error": error[:4000],
         "result": result or {}, "engine": engine or {}, "ticket_data": json.loads(ticket.to_json()),
     }

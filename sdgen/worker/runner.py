@@ -145,7 +145,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         outputs.sort(key=lambda o: (o[0].prompt_index, o[0].image_index))
         result = {
             "worker": worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "attempt": ticket.attempt + 1, "finished_at": now(), "seconds": timings,
+            "attempt": ticket.attempt_number, "finished_at": now(), "seconds": timings,
             "images_made": made, "images_skipped": skipped,
             "outputs": [{"file": str(p.relative_to(spool.layout.root)), "seed": s.seed,
                          "prompt_index": s.prompt_index, "image_index": s.image_index,

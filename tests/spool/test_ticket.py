@@ -56,6 +56,9 @@ def test_retry_resets_counters_but_keeps_history():
     _, t = after_failure(a_ticket(), "boom", False, "w1", now=1.0)
     r = after_retry(t, now=2.0)
     assert (r.attempt, r.deaths, r.reason) == (0, 0, "") and len(r.history) == 2
+    # the attempt number goes on counting (events, MLflow run names), backoff starts over
+    assert (r.attempts_before, r.attempt_number) == (1, 2)
+    assert Ticket.from_json(r.to_json()) == r
 
 
 def test_names_sort_by_priority_then_turn_then_submission():
