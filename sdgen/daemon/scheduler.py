@@ -387,29 +387,49 @@ class Scheduler:
     def update_requests(self, counts: dict, now: float) -> int:
         """Record every request's derived state; returns how many are still open."""
         still_open = 0
-        for request_id in self.spool.request_ids():
-            meta = self._meta_of(request_id)
-            if meta is None:
-                continue
-            cancelled = self.spool.is_cancelled(request_id)
-            if meta.get("state") in TERMINAL and not (meta["state"] == "failed" or cancelled):
-                continue
-            tickets = counts.get(request_id, {})
-            state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
-            if state not in TERMINAL:
+        junk: list = []
+        for request_id in self.spool.request_ids(junk):
+            try:
+                still_open += self._update_request(request_id, counts, now)
+            except (CorruptRecord, OSError) as e:
+                if isinstance(e, OSError) and e.errno in SPOOL_WIDE_ERRORS:
+                    raise
+                # One request's damage (state.json turned into a folder, a file where its
+                # folder should be) is moved aside; the other requests go on.
                 still_open += 1
-            if state == meta.get("state"):
-                continue
-            meta = dict(meta, state=state)
-            if state in TERMINAL:
-                meta["finished_at"] = now
-            if state == "failed":
-                meta["reason"] = self._failure_reason(request_id, meta, tickets)
-            else:
-                meta.pop("reason", None)
-            self.spool.write_state(request_id, meta)
-            log.info("request %s: %s -> %s", request_id, self._meta[request_id].get("state"), state)
-            self._meta[request_id] = meta
+                self._meta.pop(request_id, None)
+                path = self.spool.layout.request_state(request_id)
+                if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path)):
+                    self.spool.rebuild_state(request_id, "state.json is not a file", now)
+                else:
+                    self._phase_failed(f"request {request_id}", e)
+        for path in junk:
+            self.spool.quarantine(path, "not a request folder (spool/requests/ holds one folder per request id)", now)
+        return still_open
+
+    def _update_request(self, request_id: str, counts: dict, now: float) -> int:
+        """Record one request's derived state; 1 if it is still open."""
+        meta = self._meta_of(request_id)
+        if meta is None:
+            return 0
+        cancelled = self.spool.is_cancelled(request_id)
+        if meta.get("state") in TERMINAL and not (meta["state"] == "failed" or cancelled):
+            return 0
+        tickets = counts.get(request_id, {})
+        state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
+        still_open = int(state not in TERMINAL)
+        if state == meta.get("state"):
+            return still_open
+        meta = dict(meta, state=state)
+        if state in TERMINAL:
+            meta["finished_at"] = now
+        if state == "failed":
+            meta["reason"] = self._failure_reason(request_id, meta, tickets)
+        else:
+            meta.pop("reason", None)
+        self.spool.write_state(request_id, meta)
+        log.info("request %s: %s -> %s", request_id, self._meta[request_id].get("state"), state)
+        self._meta[request_id] = meta
         return still_open
 
     def _failure_reason(self, request_id: str, meta: dict, tickets: dict) -> str:

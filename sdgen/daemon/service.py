@@ -79,7 +79,8 @@ class Daemon:
                  grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
                  lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
                  until: Callable[[TickReport], bool] | None = None,
-                 on_tick: Callable[[TickReport], None] | None = None, tracker=None):
+                 on_tick: Callable[[TickReport], None] | None = None, tracker=None,
+                 on_signal: Callable[[int], None] | None = None):
         self.spool = spool
         self.launcher = launcher
         self.poll = poll
@@ -88,6 +89,7 @@ class Daemon:
         self.grace = grace
         self.until = until
         self.on_tick = on_tick
+        self.on_signal = on_signal  # called (in the handler) for every stop signal, e.g. by `sdgen run`
         self.tracker = tracker  # a TrackerThread, or None when tracking is off
         self.scheduler = Scheduler(spool, launcher, lease_timeout=lease_timeout)
         self.wake = threading.Event()
@@ -174,9 +176,12 @@ class Daemon:
             log.info("%s %d worker(s)", "ending" if end else "stopping", len(self.launcher.running()))
         exited = self.launcher.end_all(self.grace) if end else self.launcher.stop_all(self.grace)
         # Tickets of workers that had to be killed go back now, not after a lease timeout.
-        self.scheduler.reap(time.time(), {w.worker_id: w.returncode for w in exited}, TickReport())
+        # Through the scheduler's isolated steps: damage met now must not turn a clean stop
+        # into a failed exit.
+        self.scheduler._phase("reap", self.scheduler.reap, time.time(),
+                              {w.worker_id: w.returncode for w in exited}, TickReport())
         counts = self.spool.ticket_counts()
-        self.scheduler.update_requests(counts, time.time())
+        self.scheduler._phase("requests", self.scheduler.update_requests, counts, time.time())
         if self.tracker is not None:
             self.tracker.stop()
         return self.launcher.leftovers() if end else []
@@ -189,6 +194,11 @@ class Daemon:
             log.info("signal %d: stopping launches, handing tickets back", signum)
             self.stopping = True
             self.wake.set()
+            if self.on_signal is not None:
+                self.on_signal(signum)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # A closed terminal is a stop like any other: by default SIGHUP would kill the daemon
+        # at once and leave its workers running.
+        signal.signal(signal.SIGHUP, on_signal)

@@ -49,6 +49,8 @@ def read_bytes(path: Path, max_bytes: int = defaults.MAX_RECORD_BYTES) -> bytes:
             raise CorruptRecord(path, "cannot be read (permission denied): check its owner and mode") from None
         if e.errno in (errno.ENXIO, errno.EISDIR):
             raise CorruptRecord(path, "is not a regular file") from None
+        if e.errno == errno.ENOTDIR:
+            raise CorruptRecord(path, "cannot be: a folder above it is a file") from None
         raise
     try:
         st = os.fstat(fd)

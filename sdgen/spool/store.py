@@ -294,11 +294,24 @@ class Spool:
         return actions
 
     # -- requests ---------------------------------------------------------------------------
-    def request_ids(self) -> list[str]:
+    def request_ids(self, junk: list[Path] | None = None) -> list[str]:
+        """Ids of the request folders. Entries that cannot be one (a file or a link under a
+        request id's name, or any other name) are added to `junk`."""
+        ids = []
         try:
-            return sorted(e for e in os.listdir(self.layout.requests) if REQUEST_ID.match(e))
+            entries = list(os.scandir(self.layout.requests))
         except FileNotFoundError:
             return []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_folder = False
+            if REQUEST_ID.match(entry.name) and is_folder:
+                ids.append(entry.name)
+            elif junk is not None:
+                junk.append(Path(entry.path))
+        return sorted(ids)
 
     def read_request(self, request_id: str) -> Request:
         """The accepted request; CorruptRecord if request.yaml is damaged."""

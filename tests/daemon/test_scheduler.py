@@ -200,3 +200,29 @@ def test_a_claim_racing_a_reclaim_never_loses_the_ticket(spool, monkeypatch):
     monkeypatch.undo()
     assert taken and taken[0].name == claim.name
     assert spool.find_ticket(claim.name) == ["running"] and taken[0].still_mine()
+
+
+def test_a_file_where_a_request_folder_should_be_is_moved_aside(spool):
+    accepted(spool)
+    junk = spool.layout.requests / "20000101-000000-00001f"
+    junk.write_text("x")
+    report = Scheduler(spool, launcher=None).tick(now=time.time())
+    assert not junk.exists() and report.open_requests == 1
+    assert [p for p in spool.layout.corrupt.iterdir() if "00001f" in p.name and p.name.endswith(".reason")]
+
+
+def test_a_state_json_turned_into_a_folder_stalls_no_other_request(spool):
+    other = "20261126-000000-bbbbbb"
+    accepted(spool)
+    accepted(spool, rid=other)
+    sched = Scheduler(spool, launcher=None)
+    sched.tick(now=time.time())
+    state = spool.layout.request_state(RID)
+    state.unlink()
+    state.mkdir()
+    for name in spool.ticket_names("pending"):
+        os.rename(spool.layout.ticket("pending", name), spool.layout.ticket("done", name))
+    sched.tick(now=time.time())
+    sched.tick(now=time.time())
+    assert state_of(spool, other) == "done"
+    assert state.is_file() and state_of(spool) == "done"  # moved aside, rebuilt, derived again
