@@ -139,6 +139,9 @@ def test_a_dropped_file_is_picked_up_quickly(data, daemon, mode):
     time.sleep(0.5)
     inbox = data / "spool" / "inbox"
     (inbox / ".drop.yaml.part").write_text("prompt: a\nimages: 1\nengine: dry-run\nwidth: 128\nheight: 128\n")
+    # dated back before the rename: complete, so the quiet-file rule has nothing to wait for
+    old = time.time() - 5
+    os.utime(inbox / ".drop.yaml.part", (old, old))
     t0 = time.monotonic()
     os.rename(inbox / ".drop.yaml.part", inbox / "drop.yaml")
     wait_for(lambda: list((data / "spool" / "requests").glob("*/state.json")), timeout=10, interval=0.01,
