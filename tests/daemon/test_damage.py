@@ -203,7 +203,8 @@ def test_an_inbox_entry_that_cannot_be_moved_is_reported_once_and_skipped(spool,
 
 
 @pytest.mark.slow
-def test_sigterm_is_answered_while_a_large_request_is_split(data, daemon):
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_daemon_stopped_mid_split_finishes_it_exactly_after_restart(data, daemon, how):
     d = daemon("--workers", "1", *FAST)
     wait_for(lambda: "daemon up" in d.output(), what="daemon")
     inbox = data / "spool" / "inbox"
@@ -216,11 +217,14 @@ def test_sigterm_is_answered_while_a_large_request_is_split(data, daemon):
     wait_for(lambda: any(pending.iterdir()), timeout=5, interval=0.02, what="first ticket")
     first = time.monotonic() - t0
     assert first < 2.0, first
-    d.signal(signal.SIGTERM)
-    # the loop ends within a tick (the intake budget), then hands its worker's ticket back
-    wait_for(lambda: d.proc.poll() is not None or "stopping 1 worker" in d.output()
-             or "exiting" in d.output(), timeout=2, interval=0.02, what="the loop to stop")
-    d.wait(timeout=40)
+    if how == "SIGKILL":
+        d.kill_all()  # the daemon and its workers, mid-slice
+    else:
+        d.signal(signal.SIGTERM)
+        # the loop ends within a tick (the intake budget), then hands its worker's ticket back
+        wait_for(lambda: d.proc.poll() is not None or "stopping 1 worker" in d.output()
+                 or "exiting" in d.output(), timeout=2, interval=0.02, what="the loop to stop")
+        d.wait(timeout=40)
     split = {n for s in ("pending", "running", "done") for n in os.listdir(data / "spool" / "tickets" / s)}
     assert len(split) < 6000  # it really was interrupted mid-split
     d2 = daemon("--workers", "1", *FAST)
