@@ -27,25 +27,30 @@ def _known(spool: Spool, request_id: str) -> str:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
-    where = _known(spool, args.request_id)
+    print(cancel_request(spool, args.request_id))
+    return 0
+
+
+def cancel_request(spool: Spool, request_id: str) -> str:
+    """Cancel a request (`sdgen cancel`, a second Ctrl-C in `sdgen run`); what happened, in
+    one line. Raises UserError for an id that is not known."""
+    where = _known(spool, request_id)
     if where == "accepted":
         # From the tickets, not state.json: the daemon records a request's state a tick after
         # its last ticket moved, and a cancel in between must not turn a done request into a
         # cancelled one.
-        meta = spool.read_state(args.request_id) or {}
-        counts = spool.ticket_counts().get(args.request_id, {})
+        meta = spool.read_state(request_id) or {}
+        counts = spool.ticket_counts().get(request_id, {})
         total = meta.get("tickets_total") or sum(len(v) for v in counts.values())
-        state = request_state(counts, total, spool.is_cancelled(args.request_id))
+        state = request_state(counts, total, spool.is_cancelled(request_id))
         if state in ("done", "failed", "cancelled"):
-            print(f"request {args.request_id} is already {state}; nothing to cancel")
-            return 0
+            return f"request {request_id} is already {state}; nothing to cancel"
     if where == "inbox":
         # Not accepted yet: the marker waits in the request folder and the daemon
         # cancels every ticket the moment it accepts the request.
-        spool.layout.request_dir(args.request_id).mkdir(parents=True, exist_ok=True)
-    spool.cancel(args.request_id, time.time())
-    print(f"cancelled {args.request_id}: pending tickets will not run, running ones stop at the next image")
-    return 0
+        spool.layout.request_dir(request_id).mkdir(parents=True, exist_ok=True)
+    spool.cancel(request_id, time.time())
+    return f"cancelled {request_id}: pending tickets will not run, running ones stop at the next image"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

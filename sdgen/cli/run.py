@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shlex
+import signal
 import sys
 import time
 
@@ -134,14 +138,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A one-line progress bar on stderr: images done, rate, ETA."""
+    """Progress of one request on stderr: images done, rate, ETA, and before the first image
+    what is happening (a worker starting, the model being built). On a terminal a bar
+    redrawn in place; elsewhere (a pipe, a log file) whole lines: one per change, at most one
+    every PLAIN_EVERY seconds, and always the final one."""
+
+    PLAIN_EVERY = 5.0
 
     def __init__(self, spool: Spool, request_id: str, stream=sys.stderr):
         self.spool, self.request_id, self.stream = spool, request_id, stream
+        try:
+            self.tty = stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
         self.started = time.monotonic()
         self.first_done: tuple[float, int] | None = None
         self.row: dict | None = None
-        self.last_line = ""
+        self.last_key: tuple | None = None
+        self.last_printed = float("-inf")
+        self.mid_line = False  # a bar is on screen without its newline (tty only)
+        self.last_text = ""
+
+    def _phase(self, row: dict, counts: dict) -> str:
+        """Before the first image: what the spool says is going on."""
+        if row["images_done"] or row["state"] in ("done", "failed", "cancelled"):
+            return ""
+        if counts.get("running"):
+            # a worker claimed a ticket: it builds (or loads) the model, compiles, then
+            # makes the first image; on a GPU that takes a minute or so
+            return "building the model, compiling, first image"
+        if self.spool.worker_count() and self.spool.layout.launcher_status.exists():
+            return "starting a worker"
+        return "waiting for the daemon"
 
     def update(self, *_):
         meta = self.spool.read_state(self.request_id)
@@ -158,14 +186,43 @@ class _Progress:
             r = (done - self.first_done[1]) / (now - self.first_done[0])
             rate = f" {r:.2f} img/s"
             eta = f" ETA {max(0, total - done) / r:.0f}s"
-        width = 30
-        filled = int(width * done / total) if total else 0
-        bar = "#" * filled + "-" * (width - filled)
-        end = "\n" if row["state"] in ("done", "failed", "cancelled") else ""
-        line = f"\r[{bar}] {done}/{total} images{rate}{eta} ({row['state']})   "
-        if line != self.last_line:  # a log file gets a line per change, not per tick
-            print(line, end=end, file=self.stream, flush=True)
-            self.last_line = line
+        final = row["state"] in ("done", "failed", "cancelled")
+        phase = self._phase(row, counts)
+        what = f"({row['state']}{': ' + phase if phase else ''}, {now - self.started:.0f}s)" if phase \
+            else f"({row['state']})"
+        key = (done, total, row["state"], phase)
+        if final and self.last_key is not None and self.last_key[2] == row["state"]:
+            return  # the final line is printed once
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else 0
+            bar = "#" * filled + "-" * (width - filled)
+            text = f"\r[{bar}] {done}/{total} images{rate}{eta} {what}\033[K"
+            if text != self.last_text or self.mid_line is False:
+                self._write(text + ("\n" if final else ""))
+            self.mid_line, self.last_text, self.last_key = not final, text, key
+        elif key != self.last_key and (final or now - self.last_printed >= self.PLAIN_EVERY):
+            # one whole line per change, no \r: a log file reads as a log
+            self._write(f"{done}/{total} images{rate}{eta} {what}\n")
+            self.last_key, self.last_printed = key, now
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # the terminal went away (SIGHUP): keep going silently
+            pass
+
+    def break_line(self) -> None:
+        """End a bar that is mid-line, so that what is printed next starts a line of its own."""
+        if self.mid_line:
+            self.mid_line = False
+            self._write("\n")
+
+    def log_filter(self, record) -> bool:
+        """A logging filter on the stderr handler: a log line never lands inside the bar."""
+        self.break_line()
+        return True
 
     def finished(self, *_) -> bool:
         return bool(self.row) and self.row["state"] in ("done", "failed", "cancelled")
@@ -178,6 +235,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     request_id = spool.submit(request, time.time())
     print(f"request {request_id}: {request.images_total} image(s), seed {request.seed}", file=sys.stderr)
     progress = _Progress(spool, request_id)
+    for handler in logging.getLogger().handlers:  # a log line never lands inside the bar
+        handler.addFilter(progress.log_filter)
+    stop = _Stop(spool, request_id, progress)
+    # Until our daemon installs its handlers (and while following another's), a closed
+    # terminal stops this run like Ctrl-C instead of killing it silently.
+    signal.signal(signal.SIGHUP, stop.interrupt)
+    try:
+        return _run(args, spool, request_id, progress, stop)
+    except KeyboardInterrupt:
+        stop.signals.append(signal.SIGINT)
+        return stop.report(args, following=True)
+
+
+def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Stop") -> int:
     # The run that holds the data directory runs its daemon until the whole queue is idle,
     # not just until its own request is done: other `sdgen run`s may be following it. A run
     # that follows another's daemon takes over when that daemon exits with this request
@@ -185,7 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     following = False
     while True:
         try:
-            daemon = _make_daemon(args, spool, exit_when_idle=True, on_tick=progress.update)
+            daemon = _make_daemon(args, spool, exit_when_idle=True, on_tick=progress.update,
+                                  on_signal=stop.on_signal)
             code = daemon.run()
         except DaemonRunning:
             if not following:
@@ -195,6 +267,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
             print("that daemon has exited with this request unfinished: taking over", file=sys.stderr)
             continue
+        if stop.signals:  # the daemon stopped on Ctrl-C / SIGHUP / SIGTERM: say what became of the request
+            return stop.report(args)
         if code:
             print(f"sdgen run: error: {_one_line(daemon.exit_reason)}", file=sys.stderr)
             return code
@@ -210,6 +284,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"request {request_id} {state}: {raise_msg} (`sdgen status {request_id}` for details)",
           file=sys.stderr)
     return 1
+
+
+class _Stop:
+    """Ctrl-C in `sdgen run`: once stops (workers hand their tickets back, the request stays
+    queued, and the run says how to resume or cancel it); a second Ctrl-C, during that stop,
+    cancels the request as `sdgen cancel` does. SIGHUP and SIGTERM count as the first."""
+
+    def __init__(self, spool: Spool, request_id: str, progress: "_Progress"):
+        self.spool, self.request_id, self.progress = spool, request_id, progress
+        self.signals: list[int] = []
+        self.cancelled = ""
+
+    def interrupt(self, signum, frame):
+        """Before a daemon of ours runs, or while following another's: leave at once."""
+        raise KeyboardInterrupt
+
+    def _say(self, text: str) -> None:
+        # os.write, not print: this runs inside a signal handler, maybe while the main
+        # thread is in the middle of a print (re-entering a buffered stream raises)
+        try:
+            os.write(2, (text + "\n").encode())
+        except OSError:  # the terminal is gone (SIGHUP)
+            pass
+
+    def on_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        self.progress.break_line()
+        if len(self.signals) == 1:
+            self._say(f"stopping: workers hand their tickets back (up to {defaults.SHUTDOWN_GRACE_SECONDS:g}s); "
+                      f"request {self.request_id} stays queued; Ctrl-C again to cancel it")
+        elif signum == signal.SIGINT and self.signals.count(signal.SIGINT) >= 2 and not self.cancelled:
+            from sdgen.cli.admin import cancel_request
+
+            try:
+                self.cancelled = cancel_request(self.spool, self.request_id)
+            except Exception as e:  # noqa: BLE001 - in a signal handler: one line, never a traceback
+                self._say(f"could not cancel {self.request_id}: {_one_line(e)}; "
+                          f"run `sdgen cancel {self.request_id}`")
+            else:
+                self._say(f"second Ctrl-C: {self.cancelled}")
+
+    def report(self, args, following: bool = False) -> int:
+        """The last line of a stopped run; the exit code is 128 + the first signal (130 for
+        Ctrl-C), as a shell reports a process killed by it."""
+        self.progress.break_line()
+        rid = self.request_id
+        data = f" --data {shlex.quote(str(args.data))}" if args.data else ""
+        if self.cancelled:
+            print(f"sdgen run: stopped; request {rid} is cancelled "
+                  f"(images made so far: {self.spool.layout.output_dir(rid)})", file=sys.stderr)
+        elif following:
+            print(f"sdgen run: stopped following; request {rid} stays queued for the daemon that runs on "
+                  f"this data directory (`sdgen{data} status {rid}`); cancel it with `sdgen{data} cancel {rid}`",
+                  file=sys.stderr)
+        else:
+            print(f"sdgen run: stopped; request {rid} stays queued: resume it with "
+                  f"`sdgen{data} daemon --exit-when-idle` (or any `sdgen daemon` / `sdgen run` on this data "
+                  f"directory), or cancel it with `sdgen{data} cancel {rid}`", file=sys.stderr)
+        return 128 + self.signals[0]
 
 
 def _follow(spool: Spool, progress: _Progress) -> bool:

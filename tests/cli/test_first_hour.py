@@ -59,3 +59,90 @@ def test_ui_on_a_busy_port_exits_2_naming_port(data, spool):
     assert len(proc.stderr.strip().splitlines()) == 1 and "--port" in proc.stderr, proc.stderr
     bad = sdgen(data, "ui", "--port", "70000")
     assert bad.returncode == 2 and "1 to 65535" in bad.stderr
+
+
+def test_progress_in_a_pipe_is_whole_lines(data):
+    proc = sdgen(data, "run", "--prompt", "x", "--images", "4", *REQUEST, *FAST,
+                 env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.3"), timeout=90)
+    kill_workers(data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\r" not in proc.stderr and "\033" not in proc.stderr
+    progress = [line for line in proc.stderr.splitlines() if " images" in line and "/4 " in line]
+    assert progress and progress[-1] == progress[-1].strip()
+    assert progress[-1].startswith("4/4 images") and progress[-1].endswith("(done)")
+    assert sum(line.endswith("(done)") for line in progress) == 1  # the final line once
+    # before the first image it says what is going on
+    assert any(line.startswith("0/4 images (") and ": " in line for line in progress), progress
+
+
+def _slow_run(data, images=30):
+    data.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sdgen", "run", "--prompt", "x", "--images", str(images), *REQUEST, *FAST],
+        env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="1"), cwd=data.parent,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _workers_left(data) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])]
+
+
+def _wait_for_an_image(data):
+    wait_for(lambda: any((data / "outputs").glob("*/*.png")), timeout=60, what="a first image")
+
+
+def test_ctrl_c_once_keeps_the_request_queued_and_says_how_to_resume(data):
+    proc = _slow_run(data)
+    try:
+        _wait_for_an_image(data)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_workers(data)
+    assert proc.returncode == 130, err[-3000:]
+    (row,) = status_json(data)
+    last = err.strip().splitlines()[-1]
+    assert row["id"] in last and "stays queued" in last and f"sdgen cancel {row['id']}" in last
+    assert "sdgen daemon" in last and "Traceback" not in err
+    assert row["state"] in ("pending", "running") and row["images_done"] < 30
+    assert not _workers_left(data)
+
+
+def test_ctrl_c_twice_cancels_the_request(data):
+    proc = _slow_run(data)
+    try:
+        _wait_for_an_image(data)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)  # the first stop is under way (workers are handing tickets back)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_workers(data)
+    assert proc.returncode == 130, err[-3000:]
+    (row,) = status_json(data)
+    assert row["state"] == "cancelled", err[-2000:]
+    assert f"request {row['id']} is cancelled" in err.strip().splitlines()[-1]
+    assert not _workers_left(data)
+
+
+def test_sighup_stops_like_ctrl_c(data):
+    proc = _slow_run(data)
+    try:
+        _wait_for_an_image(data)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_workers(data)
+    assert proc.returncode == 128 + signal.SIGHUP, err[-3000:]
+    (row,) = status_json(data)
+    assert "stays queued" in err.strip().splitlines()[-1] and row["state"] != "cancelled"
+    assert not _workers_left(data)
