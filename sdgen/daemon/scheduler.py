@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from sdgen import defaults
 from sdgen.exceptions import RequestError
+from sdgen.daemon.policy import StartupGuard, lease_expired, workers_wanted
 from sdgen.launchers.base import Launcher
 from sdgen.spool.claim import Lease, pid_alive
 from sdgen.spool.intake import is_candidate, read_request_file
@@ -23,7 +24,7 @@ from sdgen.spool.progress import request_state
 from sdgen.spool.records import CorruptRecord, one_line, read_bytes
 from sdgen.spool.request import Request
 from sdgen.spool.store import Spool, StuckEntry
-from sdgen.spool.ticket import after_death, attempt_event, backoff_seconds, due_at
+from sdgen.spool.ticket import after_death, attempt_event, due_at
 from sdgen.textsafe import printable
 
 
@@ -102,10 +103,7 @@ class Scheduler:
         self._stuck: dict[str, tuple[str, float]] = {}  # inbox name -> (reason, when last tried)
         self._stuck_written: dict | None = None
         self._phase_errors: dict[str, str] = {}
-        self._crash_streak = 0
-        self._launch_after = 0.0
-        self.blocked: str | None = None  # why no more workers are launched
-        self._blocked_since: float | None = None
+        self.startup = StartupGuard()  # start-up crash streak, backoff, "blocked" (policy.py)
         self._summary_written: dict | None = None
         self.busy_workers: set[str] = set()
 
@@ -306,7 +304,7 @@ class Scheduler:
             seen = self._leases.get(name)
             if seen is None or seen[0] != raw:
                 self._leases[name] = (raw, mono)
-            elif mono - seen[1] >= self.lease_timeout:
+            elif lease_expired(seen[1], mono, self.lease_timeout):
                 who = lease.worker if lease else "unknown worker"
                 self._reclaim(name, f"lease of {who} expired (no heartbeat for {mono - seen[1]:.0f}s)",
                               who, now, report)
@@ -445,27 +443,24 @@ class Scheduler:
         return "tickets failed"
 
     # -- workers ----------------------------------------------------------------------------
+    @property
+    def blocked(self) -> str | None:
+        """Why no more workers are launched, or None."""
+        return self.startup.blocked
+
     def _note_exits(self, exited, now: float) -> None:
         for w in exited:
-            if (w.returncode is None or w.returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL)
-                    or w.ran_seconds >= defaults.STARTUP_SECONDS):
-                self._crash_streak = 0
+            verdict = self.startup.note_exit(w.worker_id, w.returncode, w.ran_seconds, w.detail, now)
+            if not verdict.crashed:
                 continue
-            self._crash_streak += 1
             how = w.detail or f"exited with code {w.returncode}"
             self._record_worker_failure(w, how, now)
-            if self._crash_streak >= defaults.MAX_STARTUP_FAILURES:
-                self.blocked = (f"{self._crash_streak} workers in a row failed at start-up; last: {w.worker_id} "
-                                f"{how} after {w.ran_seconds:.0f}s (see logs/worker-{w.worker_id}.log). "
-                                f"Fix the cause, then restart the daemon")
-                log.error("no more workers will be launched: %s", printable(self.blocked))
-                self._blocked_since = now
+            if verdict.blocked:
+                log.error("no more workers will be launched: %s", printable(verdict.blocked))
                 self.write_launcher_status(now)
                 continue
-            delay = backoff_seconds(self._crash_streak, base=2.0, cap=120.0)
-            self._launch_after = now + delay
             log.error("worker %s %s after %.1fs (see logs/worker-%s.log); next launch in %.0fs",
-                      w.worker_id, how, w.ran_seconds, w.worker_id, delay)
+                      w.worker_id, printable(how), w.ran_seconds, w.worker_id, verdict.delay)
 
     def _record_worker_failure(self, w, how: str, now: float) -> None:
         """A worker that failed at start-up held no ticket, so no attempt records it: tell the
@@ -482,14 +477,14 @@ class Scheduler:
         name = self.launcher.name if self.launcher else ""
         self._summary_written = self.launcher.summary() if self.launcher else None
         self.spool.write(self.spool.layout.launcher_status, json.dumps(
-            {"launcher": name, "blocked": self.blocked, "since": self._blocked_since or now,
+            {"launcher": name, "blocked": self.blocked, "since": self.startup.blocked_since or now,
              "workers": self._summary_written}).encode())
 
     def launch(self, now: float, report: TickReport) -> None:
         report.pending = len(self.spool.ticket_names("pending"))
-        if not (self.launcher and self.launching) or self.blocked or now < self._launch_after:
+        if not (self.launcher and self.launching) or not self.startup.may_launch(now):
             return
-        wanted = min(self.launcher.max_workers, report.pending + report.running)
+        wanted = workers_wanted(self.launcher.max_workers, report.pending, report.running)
         self.launcher.trim(now, self.busy_workers, wanted)
         for _ in range(wanted - len(self.launcher.running())):
             report.launched.append(self.launcher.launch(now))
