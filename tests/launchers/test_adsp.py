@@ -197,12 +197,12 @@ def test_anaconda_project_commands_exist():
     assert "ae5-admin::ae5-tools" in spec["packages"]
     for name, cmd in spec["commands"].items():
         words = cmd["unix"].split()
-        if words[0] != "sdgen":
+        if words[:3] != ["python", "-m", "sdgen"]:  # sdgen runs from the project directory
             continue
-        sub = [w for w in words[1:] if not w.startswith("-")][:1]
+        sub = [w for w in words[3:] if not w.startswith("-")][:1]
         proc = sdgen(REPO / "tmp-data", *sub, "--help")
         assert proc.returncode == 0, (name, proc.stderr)
-    assert "sdgen worker" in spec["commands"]["worker"]["unix"]
+    assert "-m sdgen worker" in spec["commands"]["worker"]["unix"]
 
 
 def test_job_variables_carry_the_engine_settings_and_no_credential(monkeypatch, tmp_path):
