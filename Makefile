@@ -22,10 +22,22 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[ml,test]'
 	touch $@
 
+# The prompt reaches sdgen through the environment, never through make or shell expansion:
+# `make run PROMPT='a fox costs $5'` keeps its `$5` (and quotes, backquotes) as typed.
+export SDGEN_MAKE_PROMPT := $(value PROMPT)
+
 # Pretrained weights are fetched once into the shared cache (skipped for dry-run / random).
+# Offline, the run ends with `weights status`'s list of missing files and the two ways to see
+# the pipeline work without them, instead of a bare download error.
 run: $(VENV)/.installed-ml
-	@case "$(ARGS)" in *dry-run*|*random*) ;; *) $(BIN)/sdgen weights status --model sd-v1 >/dev/null || $(BIN)/sdgen weights fetch --model sd-v1 ;; esac
-	$(BIN)/sdgen run --prompt "$(PROMPT)" --images $(IMAGES) $(ARGS)
+	@case "$(ARGS)" in *dry-run*|*random*) ;; *) \
+	  if ! $(BIN)/sdgen weights status --model sd-v1 > $(VENV)/.weights-status 2>&1 \
+	     && ! $(BIN)/sdgen weights fetch --model sd-v1; then \
+	    cat $(VENV)/.weights-status; \
+	    echo "make run: the pretrained sd-v1 weights are not on this machine (missing files above) and could not be downloaded: connect and run \`make run\` again, copy the files where listed, or see the pipeline work offline with \`make run ARGS=\"--weights random\"\` (the real model, random weights: noise pictures) or \`make run ARGS=\"--engine dry-run\"\` (no model: test pictures, in seconds)" >&2; \
+	    exit 2; \
+	  fi ;; esac
+	$(BIN)/sdgen run --prompt "$$SDGEN_MAKE_PROMPT" --images $(IMAGES) $(ARGS)
 
 test: $(VENV)/.installed-test
 	scripts/system-packages.sh
