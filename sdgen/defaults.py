@@ -68,3 +68,15 @@ WORKER_IDLE_EXIT_SECONDS = 30.0
 
 # On SIGTERM the daemon waits this long for its workers to hand tickets back.
 SHUTDOWN_GRACE_SECONDS = 30.0
+
+# Model snapshots (engine/snapshot.py): one worker per node writes a snapshot (about 23 s
+# to build the keras models, then 2 GB to write); the others wait this long for it, which
+# is less than building the models themselves, then generate through keras meanwhile (so a
+# stopped writer cannot stall them).
+SNAPSHOT_WAIT_SECONDS = 120.0
+
+# `sdgen cache prune`: snapshots (and, with --weights, weight files) unused this long go
+# (--older-than overrides it); JAX's compilation cache is cut to this size, least recently
+# used entries first (each model size and batch bucket compiles to some 10-100 MB).
+CACHE_UNUSED_SECONDS = 30 * 86400.0
+JAX_CACHE_MAX_BYTES = 10 * 1024**3

@@ -16,12 +16,23 @@ them once and writes a snapshot; every later worker loads it:
         sample-<H>x<W>-b<B>.jaxexport   the fused loop + decoder (sampler.py) for one image
                          size and batch bucket, added as workers first need them
 
+        last-used        touched by every worker that loads it (`sdgen cache` reads it)
+
 The programs are the keras-cv models' own computation traced by JAX, with the weights as
 arguments: same architecture, same weights, same outputs (tests/engine/test_exported.py).
-The folder name hashes the model, weights, precision, attention, platform and the jax /
-keras / keras-cv versions, so a snapshot is only ever used by the software that made it.
-The folder appears whole (written under a temporary name, then renamed); a sampler file is
-published with one rename. Nothing here imports keras.
+The folder name hashes the model, weights, precision, attention, platform, the jax /
+jaxlib / keras / keras-cv / CUDA plugin / cuDNN versions and the content of sdgen's own
+source files whose code is traced into the programs (`TRACED_SOURCES`), so a snapshot is
+only ever used by the software that made it: edit the sampler and the next worker builds
+a new one (`sdgen cache prune` removes the old).
+
+Life cycle. The folder appears whole (written under a temporary name, then renamed); a
+sampler file is published with one rename. One worker per node writes a folder, holding
+`<folder>.lock` next to it (`ensure`); the others wait for it, up to
+defaults.SNAPSHOT_WAIT_SECONDS, then generate through keras meanwhile. A folder that is
+damaged (a file missing, weights.bin of the wrong size, a program JAX cannot read) is
+renamed aside once, to `<folder>.damaged-<time>`, and rebuilt like a missing one (`load`).
+Nothing here imports keras.
 """
 
 from __future__ import annotations
@@ -34,11 +45,13 @@ import shutil
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
+from filelock import FileLock, Timeout
 
-from sdgen import settings
+from sdgen import defaults, settings
 from sdgen.engine.diffusion import MAX_STEPS, schedule
 from sdgen.engine.tokenizer import CONTEXT_LENGTH, ClipTokenizer
 from sdgen.spool.publish import fsync_dir, publish
@@ -53,6 +66,25 @@ _STALE_TMP_S = 3600
 # so), so the custom calls JAX will not promise to keep stable across versions (cuDNN's
 # fused attention) are fine to serialize.
 _EXPORT_CHECKS = [jax.export.DisabledSafetyCheck.custom_call("ALL")]
+
+_SDGEN = Path(__file__).resolve().parents[1]
+# sdgen's files whose code ends up in a snapshot, hashed into its identity: the traced
+# computation (sampler, attention, diffusion's schedule), how the models are built and
+# loaded (kerascv: dtype policy, attention patch; weights: which checkpoint files),
+# how they are exported and called (snapshot, exported) and the token shapes the encoder
+# program is traced for (tokenizer). Not batching.py: its memory model picks batch sizes,
+# and a batch size is in the sampler file's name already.
+TRACED_SOURCES = tuple(_SDGEN / "engine" / name for name in (
+    "sampler.py", "attention.py", "diffusion.py", "kerascv.py", "weights.py", "snapshot.py", "exported.py",
+    "tokenizer.py"))
+# The software outside sdgen whose version changes the programs or how they run. The CUDA
+# plugin and cuDNN come as pip packages with JAX's cuda12 extra; without them: "none".
+PACKAGES = {"jax": "jax", "jaxlib": "jaxlib", "keras": "keras", "keras_cv": "keras-cv",
+            "cuda_plugin": "jax-cuda12-plugin", "cuda_pjrt": "jax-cuda12-pjrt", "cudnn": "nvidia-cudnn-cu12"}
+LAST_USED = "last-used"
+DAMAGED = ".damaged-"   # <folder>.damaged-<time>: set aside by `load`, removed by `sdgen cache prune`
+LOCK = ".lock"          # <folder>.lock: held by the one worker writing that folder
+_FILES = ("meta.json", "weights.json", "weights.bin", "merges.txt.gz", "encode.jaxexport")
 
 
 def enable_compile_cache(data_root: Path) -> str | None:
@@ -76,16 +108,42 @@ def _version(package: str) -> str:
         return "none"
 
 
+def sources_digest(files=None) -> str:
+    """One hash of the content of every traced source file (a missing one counts as such)."""
+    h = hashlib.sha256()
+    for path in TRACED_SOURCES if files is None else files:
+        path = Path(path)
+        h.update(path.name.encode() + b"\0")
+        try:
+            h.update(path.read_bytes())
+        except FileNotFoundError:
+            h.update(b"\0missing")
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def software() -> dict:
+    """What a snapshot's programs depend on besides the device: package versions and
+    sdgen's traced sources. The same on every machine of one install, so `sdgen cache`
+    can tell current snapshots from old ones without a GPU."""
+    return {**{key: _version(package) for key, package in PACKAGES.items()}, "sources": sources_digest()}
+
+
 def versions() -> dict:
     """The software and device a snapshot's programs are only valid for."""
-    return {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "jaxlib": _version("jaxlib"), "keras": _version("keras"),
-            "keras_cv": _version("keras-cv")}
+    return {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind, **software()}
 
 
 def identity(model: str, weights: str, precision: str, attention: str) -> dict:
     return {"format": FORMAT, "model": model, "weights": weights, "precision": precision,
             "attention": attention, **versions()}
+
+
+def is_current(ident: dict, now: dict | None = None) -> bool:
+    """Whether a snapshot made with `ident` is one the installed software would make (on
+    the device it was made for)."""
+    now = software() if now is None else now
+    return ident.get("format") == FORMAT and all(ident.get(key) == value for key, value in now.items())
 
 
 def folder_for(root: Path, ident: dict) -> Path:
@@ -199,6 +257,112 @@ def _clean_stale(root: Path) -> None:
             pass
 
 
+# -- life cycle: one writer per folder, damaged folders set aside -----------------------------
+
+class Damaged(Exception):
+    """A snapshot folder that can never load: a file missing or cut short, a program JAX
+    cannot read. (Running out of memory while loading is not damage.)"""
+
+
+def lock_path(folder: Path) -> Path:
+    return Path(folder).with_name(Path(folder).name + LOCK)
+
+
+def ensure(folder: Path, write: Callable[[], object], wait_s: float | None = None) -> str:
+    """Make sure `folder` holds a snapshot, writing it with `write()` if this worker is the
+    first of its node to get the folder's lock. Returns "present" (there already, or
+    written by another worker while this one waited), "written" (by `write`), or "busy":
+    another worker has held the lock for `wait_s` (default defaults.SNAPSHOT_WAIT_SECONDS)
+    and this one should generate some other way meanwhile. Errors of `write` propagate;
+    the lock is released whatever happens (the OS releases it if the process dies)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path(folder)))
+    try:
+        lock.acquire(timeout=defaults.SNAPSHOT_WAIT_SECONDS if wait_s is None else wait_s)
+    except Timeout:
+        return "busy"
+    try:
+        if (folder / "meta.json").exists():
+            return "present"
+        write()
+        return "written"
+    finally:
+        lock.release()
+
+
+def check(folder: Path) -> tuple[dict, dict, object]:
+    """meta.json, weights.json and the deserialized encoder program of an intact snapshot
+    folder, or Damaged saying what is wrong. Reads no weights."""
+    folder = Path(folder)
+    missing = [name for name in _FILES if not (folder / name).is_file()]
+    if missing:
+        raise Damaged(f"{', '.join(missing)} missing")
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        index = json.loads((folder / "weights.json").read_text())
+        expected = int(meta["bytes"])
+        entries = [e for part in PARTS for kind in ("trainable", "non_trainable") for e in index[part][kind]]
+        end = max((int(e["offset"]) + _nbytes(e) for e in entries), default=0)
+    except (ValueError, KeyError, TypeError) as e:  # JSON cut short or edited
+        raise Damaged(f"meta.json or weights.json unreadable ({type(e).__name__}: {e})") from None
+    size = (folder / "weights.bin").stat().st_size
+    if size != expected or end > size:
+        raise Damaged(f"weights.bin has {size} bytes, {expected} written")
+    return meta, index, _program(folder / "encode.jaxexport")
+
+
+def _program(path: Path):
+    try:
+        return jax.export.deserialize(bytearray(path.read_bytes()))
+    except FileNotFoundError:
+        raise Damaged(f"{path.name} missing") from None
+    except Exception as e:  # noqa: BLE001 - flatbuffers and MLIR raise what they like for bad bytes
+        raise Damaged(f"{path.name} cannot be read by JAX ({type(e).__name__})") from None
+
+
+def set_aside(folder: Path, wait_s: float | None = None) -> Path | None:
+    """Rename a damaged folder to <folder>.damaged-<time> (once: under the folder's lock,
+    and only if it is still damaged, so a folder another worker has just rebuilt stays).
+    Returns the new name, or None when it was left (rebuilt meanwhile, gone, or its lock
+    busy: a worker is writing it)."""
+    folder = Path(folder)
+    lock = FileLock(str(lock_path(folder)))
+    try:
+        lock.acquire(timeout=defaults.SNAPSHOT_WAIT_SECONDS if wait_s is None else wait_s)
+    except Timeout:
+        return None
+    try:
+        if not folder.exists():
+            return None
+        try:
+            check(folder)
+            return None  # rebuilt by another worker since this one looked
+        except Damaged:
+            pass
+        aside = folder.with_name(f"{folder.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.rename(folder, aside)
+        return aside
+    finally:
+        lock.release()
+
+
+def load(folder: Path, wait_s: float | None = None) -> tuple[str, "Snapshot | None"]:
+    """("loaded", snapshot); ("missing", None): none written yet; ("rebuild", None): it was
+    damaged and is set aside (or being rebuilt): write a new one with `ensure`. Other errors
+    (out of device memory) propagate and leave the folder as it is."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "missing", None
+    try:
+        return "loaded", Snapshot(folder)
+    except Damaged as e:
+        aside = set_aside(folder, wait_s)
+        log.warning("snapshot %s is damaged (%s)%s; one worker rebuilds it", folder.name, e,
+                    f": moved to {aside.name}" if aside else "")
+        return "rebuild", None
+
+
 # -- reading (every worker) -------------------------------------------------------------------
 
 class Snapshot:
@@ -207,12 +371,13 @@ class Snapshot:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.name = self.folder.name
-        self.meta = json.loads((self.folder / "meta.json").read_text())
-        index = json.loads((self.folder / "weights.json").read_text())
-        size = (self.folder / "weights.bin").stat().st_size
-        if size != self.meta["bytes"]:
-            raise ValueError(f"weights.bin has {size} bytes, {self.meta['bytes']} written: damaged")
-        raw = np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r")
+        self.meta, index, encode = check(self.folder)  # Damaged before any device memory is used
+        try:
+            self.tokenizer = ClipTokenizer(self.folder / "merges.txt.gz")
+        except (OSError, EOFError, ValueError) as e:  # gzip cut short or not gzip
+            raise Damaged(f"merges.txt.gz unreadable ({type(e).__name__})") from None
+        raw = np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r") if self.meta["bytes"] else \
+            np.zeros(0, np.uint8)  # numpy cannot map an empty file
         host = {}
         for part in PARTS:
             host[part] = tuple(
@@ -220,19 +385,41 @@ class Snapshot:
                  for e in index[part][kind]]
                 for kind in ("trainable", "non_trainable"))
         self.variables = jax.device_put(host)  # one transfer call for all ~1,000 arrays
-        self.tokenizer = ClipTokenizer(self.folder / "merges.txt.gz")
-        self._encode = self._load(self.folder / "encode.jaxexport")
+        self._encode = jax.jit(encode.call)
         self._samplers: dict[tuple, object] = {}
         self.positions = np.arange(CONTEXT_LENGTH, dtype=np.int32)[None]
         self.unconditional = self._encode(self.variables["text_encoder"],
                                           np.asarray([self.meta["unconditional_tokens"]], np.int32), self.positions)
+        self.touch()
 
-    @staticmethod
-    def _load(path: Path):
-        return jax.jit(jax.export.deserialize(bytearray(path.read_bytes())).call)
+    def touch(self) -> None:
+        """Stamp the folder as used now, for `sdgen cache` (its files' own times are those of
+        the write: loading reads them through a memory map, which need not update atime)."""
+        try:
+            (self.folder / LAST_USED).touch()
+        except OSError as e:  # a read-only cache still generates
+            log.debug("could not stamp %s as used: %s", self.folder.name, e)
 
     def has_sampler(self, height: int, width: int, batch: int) -> bool:
-        return (height, width, batch) in self._samplers or sampler_file(self.folder, height, width, batch).exists()
+        """Whether the program for this size and bucket is loaded or loads now. A sampler
+        file JAX cannot read is renamed aside (<file>.damaged-<time>): False, so that the
+        caller exports it again."""
+        key = (height, width, batch)
+        if key in self._samplers:
+            return True
+        path = sampler_file(self.folder, height, width, batch)
+        if not path.exists():
+            return False
+        try:
+            self._samplers[key] = jax.jit(_program(path).call)
+            return True
+        except Damaged as e:
+            log.warning("snapshot %s: %s; exporting it again", self.name, e)
+            try:
+                os.rename(path, path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
+            except FileNotFoundError:
+                pass  # another worker set it aside first
+            return False
 
     def encode(self, prompt: str):
         return self._encode(self.variables["text_encoder"], np.asarray([self.tokenizer.phrase(prompt)], np.int32),
@@ -244,8 +431,8 @@ class Snapshot:
         batch, h, w, _ = latent.shape
         context, uncond = (c if c.shape[0] == batch else jax.numpy.repeat(c, batch, axis=0) for c in (context, uncond))
         key = (h * 8, w * 8, batch)
-        if key not in self._samplers:
-            self._samplers[key] = self._load(sampler_file(self.folder, *key))
+        if key not in self._samplers and not self.has_sampler(*key):
+            raise FileNotFoundError(f"{sampler_file(self.folder, *key).name} missing: export it first")
         timesteps, alphas, alphas_prev = schedule(num_steps, self.meta["alphas_cumprod"])
         return self._samplers[key](self.variables["unet"], self.variables["decoder"], latent, context, uncond,
                                    np.int32(num_steps), timesteps, alphas, alphas_prev, np.float32(guidance))
