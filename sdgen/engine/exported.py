@@ -3,8 +3,10 @@
 What a worker does for a ticket's (model, weights):
 - a snapshot is on disk: load it (weights to the device, the programs from JAX's compile
   cache). keras and keras-cv are never imported.
-- none yet (first worker on a node): build the models with KerasCVEngine, write the
-  snapshot, load it like everyone else.
+- none yet, or a damaged one (set aside by snapshot.load): the first worker of the node to
+  get the folder's lock builds the models with KerasCVEngine, writes the snapshot and loads
+  it like everyone else; the others wait for it (defaults.SNAPSHOT_WAIT_SECONDS), then
+  load it, or generate through keras if it is still being written.
 - the snapshot lacks this image size or batch bucket: build zero-weight models of that size
   (only their shapes matter) and export the sampler for it.
 If a snapshot cannot be written (disk full, a program JAX cannot export), this worker
@@ -82,24 +84,49 @@ class ExportedEngine(Engine):
         key = (ticket.model, ticket.weights)
         if key in self.snapshots or key in self.fallback:
             return self.snapshots.get(key)
-        folder = snapshot.folder_for(self.root, snapshot.identity(*key, self.precision, self.attention))
-        if not (folder / "meta.json").exists():
-            t0 = time.perf_counter()
-            if not self._write_snapshot(ticket, folder):
-                return None
-            timings["snapshot_write"] = round(time.perf_counter() - t0, 3)
+        ident = snapshot.identity(*key, self.precision, self.attention)
+        folder = snapshot.folder_for(self.root, ident)
         t0 = time.perf_counter()
+        snap = self._load(key, folder)
+        if snap is None and key not in self.fallback:  # none yet, or damaged and set aside
+            t0 = time.perf_counter()
+            # one worker of the node builds and writes; the others wait for it here
+            try:
+                state = snapshot.ensure(folder, lambda: self._write_snapshot(ticket, ident))
+            except OSError as e:  # no cache folder or lock file possible (read-only, full): keras still works
+                log.warning("snapshot %s could not be written (%s); generating through keras-cv", folder.name, e)
+                self.fallback.add(key)
+                return None
+            if key in self.fallback:  # the write failed, and said why
+                return None
+            if state == "busy":
+                log.warning("another worker is still writing snapshot %s; generating through keras-cv meanwhile",
+                            folder.name)
+                self.fallback.add(key)
+                return None
+            if state == "written":
+                timings["snapshot_write"] = round(time.perf_counter() - t0, 3)
+            t0 = time.perf_counter()
+            snap = self._load(key, folder)
+        if snap is None:
+            if key not in self.fallback:
+                log.warning("snapshot %s is still not loadable; generating through keras-cv", folder.name)
+                self.fallback.add(key)
+            return None
+        timings["snapshot_load"] = round(time.perf_counter() - t0, 3)
+        self.snapshots[key] = snap
+        self.last_snapshot = folder.name
+        return snap
+
+    def _load(self, key: tuple, folder: Path) -> snapshot.Snapshot | None:
         try:
-            self.snapshots[key] = snapshot.Snapshot(folder)
-        except Exception as e:  # noqa: BLE001 - a damaged snapshot must not stop the worker
+            return snapshot.load(folder)[1]
+        except Exception as e:  # noqa: BLE001 - out of memory, I/O errors: keras may still work
             log.warning("snapshot %s could not be loaded (%s); generating through keras-cv", folder.name, e)
             self.fallback.add(key)
             return None
-        timings["snapshot_load"] = round(time.perf_counter() - t0, 3)
-        self.last_snapshot = folder.name
-        return self.snapshots[key]
 
-    def _write_snapshot(self, ticket: Ticket, folder: Path) -> bool:
+    def _write_snapshot(self, ticket: Ticket, ident: dict) -> bool:
         builder = self._builder()
         key = builder._key(ticket)
         if key not in builder.models:
@@ -110,11 +137,11 @@ class ExportedEngine(Engine):
 
         models = {"text_encoder": sd._text_encoder, "unet": sd._diffusion_model, "decoder": sd._decoder}
         try:
-            snapshot.write(self.root, snapshot.identity(ticket.model, ticket.weights, self.precision, self.attention),
-                           models, builder.tokenizer_file(ticket.model, ticket.weights), _UNCONDITIONAL_TOKENS,
-                           ALPHAS_CUMPROD)
+            snapshot.write(self.root, ident, models, builder.tokenizer_file(ticket.model, ticket.weights),
+                           _UNCONDITIONAL_TOKENS, ALPHAS_CUMPROD)
         except Exception as e:  # noqa: BLE001 - disk full, export refused: keras still works
-            log.warning("snapshot %s could not be written (%s); generating through keras-cv", folder.name, e)
+            log.warning("snapshot %s could not be written (%s); generating through keras-cv",
+                        snapshot.folder_for(self.root, ident).name, e)
             self.fallback.add((ticket.model, ticket.weights))
             return False
         # kept to export this size's samplers (their weights are arguments, so these serve
