@@ -291,9 +291,9 @@ def ensure(folder: Path, write: Callable[[], object], wait_s: float | None = Non
         lock.release()
 
 
-def check(folder: Path) -> tuple[dict, dict, object]:
-    """meta.json, weights.json and the deserialized encoder program of an intact snapshot
-    folder, or Damaged saying what is wrong. Reads no weights."""
+def check(folder: Path) -> tuple[dict, dict, object, ClipTokenizer]:
+    """meta.json, weights.json, the deserialized encoder program and the tokenizer of an
+    intact snapshot folder, or Damaged saying what is wrong. Reads no weights."""
     folder = Path(folder)
     missing = [name for name in _FILES if not (folder / name).is_file()]
     if missing:
@@ -309,7 +309,12 @@ def check(folder: Path) -> tuple[dict, dict, object]:
     size = (folder / "weights.bin").stat().st_size
     if size != expected or end > size:
         raise Damaged(f"weights.bin has {size} bytes, {expected} written")
-    return meta, index, _program(folder / "encode.jaxexport")
+    program = _program(folder / "encode.jaxexport")
+    try:
+        tokenizer = ClipTokenizer(folder / "merges.txt.gz")
+    except (OSError, EOFError, ValueError) as e:  # gzip cut short or not gzip
+        raise Damaged(f"merges.txt.gz unreadable ({type(e).__name__})") from None
+    return meta, index, program, tokenizer
 
 
 def _program(path: Path):
@@ -371,11 +376,7 @@ class Snapshot:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.name = self.folder.name
-        self.meta, index, encode = check(self.folder)  # Damaged before any device memory is used
-        try:
-            self.tokenizer = ClipTokenizer(self.folder / "merges.txt.gz")
-        except (OSError, EOFError, ValueError) as e:  # gzip cut short or not gzip
-            raise Damaged(f"merges.txt.gz unreadable ({type(e).__name__})") from None
+        self.meta, index, encode, self.tokenizer = check(self.folder)  # Damaged before any device memory is used
         raw = np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r") if self.meta["bytes"] else \
             np.zeros(0, np.uint8)  # numpy cannot map an empty file
         host = {}

@@ -41,9 +41,11 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     assert built["group_vs_alone_max_diff"] <= 2 and built["group_prompts_mean_diff"] > 1
 
     folders = list((data / "cache" / "snapshots").iterdir())
-    assert [f.name for f in folders] == [built["describe"]["snapshot"]]
-    assert sorted(p.name for p in folders[0].iterdir()) == [
-        "encode.jaxexport", "merges.txt.gz", "meta.json", "sample-128x128-b1.jaxexport",
+    # the folder and the lock its one writer held
+    assert sorted(f.name for f in folders) == [built["describe"]["snapshot"], built["describe"]["snapshot"] + ".lock"]
+    folder = data / "cache" / "snapshots" / built["describe"]["snapshot"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "encode.jaxexport", "last-used", "merges.txt.gz", "meta.json", "sample-128x128-b1.jaxexport",
         "sample-128x128-b2.jaxexport", "weights.bin", "weights.json"]
 
     loaded = run(data, tmp_path / "loaded.npy", "load")
@@ -57,7 +59,8 @@ def test_the_folder_name_changes_with_anything_the_programs_depend_on(tmp_path):
     base = snapshot.identity("sd-v1", "random", "bfloat16", "fused")
     names = {snapshot.folder_for(tmp_path, base).name}
     for field, value in (("weights", "pretrained"), ("precision", "float16"), ("attention", "stock"),
-                         ("jax", "0.0.1"), ("keras", "9.9"), ("platform", "other")):
+                         ("jax", "0.0.1"), ("keras", "9.9"), ("platform", "other"), ("sources", "edited"),
+                         ("cudnn", "9.9"), ("cuda_plugin", "0.0.1")):
         names.add(snapshot.folder_for(tmp_path, dict(base, **{field: value})).name)
-    assert len(names) == 7
+    assert len(names) == 10
     assert snapshot.folder_for(tmp_path, dict(base)).name in names  # and stays the same otherwise
