@@ -13,7 +13,9 @@ import os
 import socket
 import time
 import contextlib
+import csv
 import errno
+import json
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -24,6 +26,8 @@ from sdgen.exceptions import EngineError, UserError
 from sdgen.spool.claim import Claim, pid_alive
 from sdgen.spool.layout import image_file_name
 from sdgen.spool.publish import fsync_dir
+from sdgen.spool.records import CorruptRecord
+from sdgen.spool.split import image_seed
 from sdgen.spool.ticket import attempt_event
 from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
@@ -82,6 +86,58 @@ def _sweep_parts(out_dir) -> None:
 
 
 
+INDEX_JSON = "index.json"
+INDEX_CSV = "index.csv"
+
+
+def _publish_text(path, text: str) -> None:
+    """Replace `path` atomically. outputs/ is shared and the temporary name predictable:
+    whatever is there is removed, not followed, and the temporary file is made new (O_EXCL)
+    and never through a link (O_NOFOLLOW); two workers writing the same index at once
+    both write the same bytes, and the rename makes either one whole copy."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_index(spool, request_id: str, out_dir) -> None:
+    """Say in the output folder which prompt and seed each image is: file names hold only
+    numbers (`<prompt>-<image>-<seed>.png`). index.json: the request's prompts by index;
+    index.csv: one row per image (file, prompt index, image index, seed, prompt). Written
+    by the first worker that writes into the folder, from the accepted request.yaml."""
+    try:
+        request = spool.read_request(request_id)
+    except (CorruptRecord, FileNotFoundError) as e:  # the images matter more than their index
+        log.warning("no index for outputs/%s: %s", printable(request_id), printable(e))
+        return
+    seed = request.seed or 0
+    _publish_text(out_dir / INDEX_JSON, json.dumps({
+        "request_id": request_id, "name": request.name,
+        "files": "<prompt index, 4 digits>-<image index, 6 digits>-<seed>.png; index.csv lists them",
+        "prompts": {str(i): p for i, p in enumerate(request.prompts)},
+        "negative_prompt": request.negative_prompt, "seed": seed,
+        "steps": request.steps, "width": request.width, "height": request.height,
+        "guidance": request.guidance, "model": request.model, "engine": request.engine,
+        "weights": request.weights,
+    }, indent=1, ensure_ascii=False) + "\n")
+    buf = io.StringIO()
+    rows = csv.writer(buf)
+    rows.writerow(["file", "prompt_index", "image_index", "seed", "prompt"])
+    for p, prompt in enumerate(request.prompts):
+        for i in range(request.images):
+            s = image_seed(seed, i)
+            rows.writerow([image_file_name(p, i, s), p, i, s, prompt])
+    _publish_text(out_dir / INDEX_CSV, buf.getvalue())
+
+
 def _write_png(path, image, pnginfo=None) -> str:
     """Publish an image with link(2), never over an existing file: a late writer (frozen
     past its lease, then thawed) must not replace the picture a done-marker describes.
@@ -124,6 +180,8 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         _sweep_parts(out_dir)
+        if not (out_dir / INDEX_CSV).exists():
+            write_index(spool, ticket.request_id, out_dir)
         todo = []
         for spec in ticket.images:
             path = out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)

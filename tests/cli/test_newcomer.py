@@ -45,3 +45,23 @@ def test_attempt_numbers_keep_counting_across_a_retry(spool):
     worker_once(data)
     done = json.loads(next((data / "spool" / "tickets" / "done").glob("*.json")).read_text())
     assert done["result"]["attempt"] == 3
+
+
+def test_the_output_folder_says_which_prompt_each_image_is(spool):
+    rid = "20261126-000000-bbbbbb"
+    accept(spool, rid, "prompts: [a red fox, 'a grey wolf, at night']\nimages: 2\nseed: 7\nname: animals\n")
+    data = spool.layout.root
+    out = data / "outputs" / rid
+    out.mkdir(parents=True)
+    for _ in range(4):
+        assert worker_once(data).returncode == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "0000-000000-7.png", "0000-000001-8.png", "0001-000000-7.png", "0001-000001-8.png"]
+    index = json.loads((out / "index.json").read_text())
+    assert index["prompts"] == {"0": "a red fox", "1": "a grey wolf, at night"} and index["seed"] == 7
+    import csv
+    rows = list(csv.DictReader((out / "index.csv").open()))
+    assert [(r["file"], r["seed"], r["prompt"]) for r in rows] == [
+        ("0000-000000-7.png", "7", "a red fox"), ("0000-000001-8.png", "8", "a red fox"),
+        ("0001-000000-7.png", "7", "a grey wolf, at night"), ("0001-000001-8.png", "8", "a grey wolf, at night")]
+    assert not list(out.glob(".*.part"))

@@ -49,7 +49,7 @@ def test_a_worker_runs_a_keras_cv_ticket_with_its_warm_engine(spool, kerascv_eng
     outcomes = [worker.step(), worker.step()]
     assert [o.state for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
     assert "model_build" not in outcomes[1].seconds  # warm: built once per process
-    out = sorted(p.name for p in spool.layout.output_dir(RID).iterdir())
+    out = sorted(p.name for p in spool.layout.output_dir(RID).glob("*.png"))
     assert out == ["0000-000000-3.png", "0000-000001-4.png", "0000-000002-5.png"]
 
 

@@ -74,7 +74,7 @@ def test_a_request_completes_through_adsp_jobs(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "12", "--batch-size", "2", "--seed", "1")
     d = start(daemon, ae5, "--workers", "2", "--exit-when-idle", SDGEN_TRACKING="on")  # embedded MLflow
     assert d.wait(120) == 0, d.output()
-    assert len(os.listdir(data / "outputs" / rid)) == 12
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 12
     assert (data / "mlflow" / "mlflow.db").exists()  # grepped for the password below
     assert status_json(data)[0]["state"] == "done"
     assert 1 <= jobs_created(ae5["dir"]) <= 2
@@ -94,13 +94,13 @@ def test_a_failing_job_is_logged_and_the_work_goes_on(data, daemon, ae5):
     assert logs and "worker environment broken" in logs[0].read_text()
     flag(ae5, "fail-jobs", on=False)
     assert d.wait(120) == 0, d.output()
-    assert len(os.listdir(data / "outputs" / rid)) == 2
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 2
 
 
 def test_a_stopped_run_gives_its_ticket_to_another_job(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "6", "--batch-size", "6", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="0.4")
-    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
     [run] = fake_state(ae5["dir"])["runs"].values()
     from tests.fakes.ae5_tools import api  # noqa: F401 - same module the daemon uses
 
@@ -111,7 +111,7 @@ def test_a_stopped_run_gives_its_ticket_to_another_job(data, daemon, ae5):
         del os.environ["FAKE_AE5_DIR"]
     assert d.wait(120) == 0, d.output()
     assert "ended stopped" in d.output()
-    assert len(os.listdir(data / "outputs" / rid)) == 6
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 6
     assert jobs_created(ae5["dir"]) == 2
 
 
@@ -122,7 +122,7 @@ def test_a_502_on_create_makes_no_duplicate_job(data, daemon, ae5):
     assert d.wait(120) == 0, d.output()
     assert "already exists (a retried create): adopting it" in d.output()
     assert jobs_created(ae5["dir"]) == 1
-    assert len(os.listdir(data / "outputs" / rid)) == 2
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 2
 
 
 def test_an_unknown_state_is_logged_and_polled(data, daemon, ae5):
@@ -133,7 +133,7 @@ def test_an_unknown_state_is_logged_and_polled(data, daemon, ae5):
     flag(ae5, "unknown-state", on=False)
     assert d.wait(120) == 0, d.output()
     assert d.output().count("unknown state 'suspended'") == 1
-    assert len(os.listdir(data / "outputs" / rid)) == 2
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 2
 
 
 def test_an_unreachable_ae5_is_waited_out(data, daemon, ae5):
@@ -146,27 +146,27 @@ def test_an_unreachable_ae5_is_waited_out(data, daemon, ae5):
     flag(ae5, "unreachable", on=False)
     assert d.wait(120) == 0, d.output()
     assert d.output().count("AE5 call failed") == 1 and "Traceback" not in d.output()
-    assert len(os.listdir(data / "outputs" / rid)) == 2
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 2
     assert jobs_created(ae5["dir"]) == 1
 
 
 def test_a_restarted_daemon_re_adopts_its_jobs(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "8", "--batch-size", "2", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", SDGEN_DRY_RUN_DELAY="0.3")
-    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
     os.killpg(d.proc.pid, signal.SIGKILL)  # the daemon only: ADSP jobs live on
     d.proc.wait()
     d2 = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
     assert d2.wait(120) == 0, d2.output()
     assert "re-adopting 1 ADSP job(s)" in d2.output()
     assert jobs_created(ae5["dir"]) == 1
-    assert len(os.listdir(data / "outputs" / rid)) == 8
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 8
 
 
 def test_cancel_stops_jobs_left_without_work(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "30", "--batch-size", "3", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.3")
-    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
     sdgen(data, "cancel", rid, check=True)
     wait_for(lambda: "no work left for it" in d.output(), timeout=60, what="the job to be stopped")
     wait_for(lambda: fake_state(ae5["dir"])["runs"] == {}, timeout=60, what="the run to be cleaned up")
@@ -230,7 +230,7 @@ def test_a_one_shot_run_leaves_nothing_on_ae5(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "4", "--batch-size", "2", "--seed", "1")
     d = start(daemon, ae5, "--workers", "2", "--worker-idle-exit", "300", "--exit-when-idle")
     assert d.wait(90) == 0, d.output()
-    assert len(os.listdir(data / "outputs" / rid)) == 4
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 4
     assert jobs_created(ae5["dir"]) >= 1
     state = fake_state(ae5["dir"])
     assert state["jobs"] == {} and state["runs"] == {}

@@ -18,7 +18,7 @@ def test_a_daemon_without_tracking_leaves_no_events(spool, data):
     launcher = LocalLauncher(data, max_workers=1, idle_exit=2, pin_gpus=False)
     daemon = Daemon(spool, launcher, poll=0.2, rescan=0.3, exit_when_idle=True, tracker=EventDrain(spool, 0.2))
     assert daemon.run() == 0
-    assert len(os.listdir(spool.layout.outputs / spool.request_ids()[0])) == 3
+    assert len(list((spool.layout.outputs / spool.request_ids()[0]).glob("*.png"))) == 3
     assert os.listdir(spool.layout.events) == []
 
 

@@ -88,7 +88,7 @@ def test_a_killed_worker_leaves_a_killed_run(data, daemon, mlflow_server):
     exp = f"killed-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "4", "--batch-size", "4", "--seed", "1")
     d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.5"))
-    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
     import psutil
 
     [worker] = [p for p in psutil.process_iter(["cmdline"]) if "worker" in (p.info["cmdline"] or [])
@@ -109,7 +109,7 @@ def test_a_cancelled_request_ends_killed(data, daemon, mlflow_server):
     exp = f"cancel-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "20", "--batch-size", "5", "--seed", "1")
     d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.3"))
-    wait_for(lambda: (data / "outputs" / rid).exists() and os.listdir(data / "outputs" / rid), what="an image")
+    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
     sdgen(data, "cancel", rid, check=True)
     assert d.wait(120) == 0, d.output()
     [parent], children = runs_of(MlflowClient(mlflow_server.uri), exp)
@@ -166,7 +166,7 @@ def test_an_mlflow_outage_loses_nothing_and_catches_up(data, daemon, mlflow_serv
     wait_for(caught_up, timeout=120, interval=1, what="tracking to catch up")
     out = d.output()
     assert out.count("is not answering") == 1 and "Traceback" not in out
-    assert len(os.listdir(data / "outputs" / rid)) == 24
+    assert len(list((data / "outputs" / rid).glob("*.png"))) == 24
     d.signal(signal.SIGTERM)
     assert d.wait(60) == 0
 
