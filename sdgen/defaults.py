@@ -79,4 +79,4 @@ SNAPSHOT_WAIT_SECONDS = 120.0
 # (--older-than overrides it); JAX's compilation cache is cut to this size, least recently
 # used entries first (each model size and batch bucket compiles to some 10-100 MB).
 CACHE_UNUSED_SECONDS = 30 * 86400.0
-JAX_CACHE_MAX_BYTES = 10 * 1024**3
+JAX_CACHE_MAX_BYTES = 10 * 10**9

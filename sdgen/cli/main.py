@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, adsp, run, show, status, submit, ui, weights
+    from sdgen.cli import admin, adsp, cache, run, show, status, submit, ui, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     run.register(sub)
     weights.register(sub)
+    cache.register(sub)
     show.register(sub)
     ui.register(sub)
     adsp.register(sub)
