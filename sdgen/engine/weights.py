@@ -1,7 +1,8 @@
 """Stable Diffusion weight files: where they live, whether they are intact, fetching them.
 
-All workers on all hosts share one cache: `$KERAS_HOME/datasets` when KERAS_HOME is set,
-else `<data>/cache/keras/datasets`. keras-cv's own loader re-hashes a 3.4 GB file at every
+One cache per user, shared by every data directory: `$KERAS_HOME/datasets` when KERAS_HOME
+is set, else `<data>/cache/keras/datasets` when that holds weight files (jobs on hosts
+without a shared home), else `$XDG_CACHE_HOME/sdgen/keras/datasets` (~/.cache/sdgen/...). keras-cv's own loader re-hashes a 3.4 GB file at every
 start and deletes it when offline; sdgen verifies each file once, remembers it by size and
 mtime, and hands keras-cv the verified paths directly.
 """
@@ -12,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +62,41 @@ FILES: dict[str, tuple[WeightFile, ...]] = {
 STAMPS = ".sdgen-verified.json"
 
 
+def user_cache_dir() -> Path:
+    """The per-user weight cache: one copy of the 4 GB for every data directory of a user
+    ($XDG_CACHE_HOME/sdgen, else the platform's user cache folder)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        base = Path(xdg)
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path.home() / ".cache"
+    return base / "sdgen" / "keras" / "datasets"
+
+
+def data_cache_dir(data_root: Path) -> Path:
+    return Path(data_root) / "cache" / "keras" / "datasets"
+
+
 def cache_dir(data_root: Path) -> Path:
+    """Where the weights are: $KERAS_HOME/datasets when set; else the data directory's own
+    cache when it holds weight files (ADSP jobs, whose homes are not shared, find them in
+    the shared project folder); else the per-user cache, shared by every data directory
+    (a second data directory must not download 4 GB again)."""
     home = os.environ.get("KERAS_HOME")
-    return (Path(home) if home else Path(data_root) / "cache" / "keras") / "datasets"
+    if home:
+        return Path(home) / "datasets"
+    own = data_cache_dir(data_root)
+    names = {wf.name for files in FILES.values() for wf in files}
+    try:
+        if any(entry.name in names for entry in os.scandir(own)):
+            return own
+    except OSError:  # no such folder (the usual case), or unreadable: not this one
+        pass
+    return user_cache_dir()
 
 
 def _sha256(path: Path, progress: Callable[[int], None] | None = None) -> str:

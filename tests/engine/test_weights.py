@@ -9,11 +9,24 @@ from sdgen.engine.weights import WeightCache, WeightFile, cache_dir, random_toke
 from sdgen.exceptions import EngineError
 
 
-def test_cache_is_shared_under_keras_home_or_the_data_dir(tmp_path, monkeypatch):
+def test_cache_is_per_user_unless_keras_home_or_the_data_dir_has_the_files(tmp_path, monkeypatch):
     monkeypatch.delenv("KERAS_HOME", raising=False)
-    assert cache_dir(tmp_path / "data") == tmp_path / "data" / "cache" / "keras" / "datasets"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "sdgen" / "keras" / "datasets"
+    # two data directories, one cache: the second does not download 4 GB again
+    assert cache_dir(tmp_path / "one") == cache_dir(tmp_path / "two") == user
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir(tmp_path / "one") == tmp_path / "home" / ".cache" / "sdgen" / "keras" / "datasets"
+    # a data directory holding weight files (ADSP: the shared project folder) keeps its own
+    own = tmp_path / "one" / "cache" / "keras" / "datasets"
+    own.mkdir(parents=True)
+    (own / "unrelated.txt").write_text("x")
+    assert cache_dir(tmp_path / "one") != own
+    (own / "kcv_decoder.h5").write_bytes(b"x")
+    assert cache_dir(tmp_path / "one") == own
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "shared"))
-    assert cache_dir(tmp_path / "data") == tmp_path / "shared" / "datasets"
+    assert cache_dir(tmp_path / "one") == tmp_path / "shared" / "datasets"
 
 
 def test_a_file_is_hashed_once_then_known_by_its_stamp(tmp_path, monkeypatch):
@@ -59,7 +72,20 @@ def test_random_tokenizer_keeps_clips_special_token_ids(tmp_path):
 def test_weights_status_cli(tmp_path):
     from tests.conftest import sdgen
 
+    from tests.conftest import sdgen_env
+
     data = tmp_path / "data"
-    proc = sdgen(data, "weights", "status", "--model", "sd-v1", "--quick")
+    env = sdgen_env(data, XDG_CACHE_HOME=tmp_path / "xdg")
+    env.pop("KERAS_HOME", None)
+    proc = sdgen(data, "weights", "status", "--model", "sd-v1", "--quick", env=env)
     assert proc.returncode == 1
     assert "kcv_diffusion_model.h5" in proc.stdout and "missing" in proc.stdout
+    assert f"weight cache: {tmp_path / 'xdg' / 'sdgen' / 'keras' / 'datasets'}" in proc.stdout
+    # a file the user cache holds counts for every data directory: up to the file boundary
+    user = tmp_path / "xdg" / "sdgen" / "keras" / "datasets"
+    user.mkdir(parents=True)
+    (user / "bpe_simple_vocab_16e6.txt.gz").write_bytes(b"x" * 1_356_917)
+    other = tmp_path / "other"
+    proc = sdgen(other, "weights", "status", "--model", "sd-v1", "--quick", env=dict(env, SDGEN_DATA=str(other)))
+    line = next(l for l in proc.stdout.splitlines() if "bpe_simple_vocab" in l)
+    assert "unverified" in line  # found there (not hashed with --quick), not missing
