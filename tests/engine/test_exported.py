@@ -64,3 +64,59 @@ def test_the_folder_name_changes_with_anything_the_programs_depend_on(tmp_path):
         names.add(snapshot.folder_for(tmp_path, dict(base, **{field: value})).name)
     assert len(names) == 10
     assert snapshot.folder_for(tmp_path, dict(base)).name in names  # and stays the same otherwise
+
+
+# -- the engine's snapshot life cycle, with the keras build and write mocked by a small fake --
+
+def _engine(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sdgen.engine.exported import ExportedEngine
+    from tests.engine.test_snapshot import fake_snapshot
+
+    engine = ExportedEngine(tmp_path / "data")
+    writes = []
+
+    def write(ticket, ident):
+        writes.append(ident)
+        fake_snapshot(snapshot.folder_for(engine.root, ident))
+        return True
+
+    monkeypatch.setattr(engine, "_write_snapshot", write)
+    ticket = SimpleNamespace(model="sd-v1", weights="random")
+    folder = snapshot.folder_for(engine.root, snapshot.identity("sd-v1", "random", engine.precision, engine.attention))
+    return engine, ticket, folder, writes
+
+
+def test_a_cold_node_writes_the_snapshot_once_then_loads_it(tmp_path, monkeypatch):
+    engine, ticket, folder, writes = _engine(tmp_path, monkeypatch)
+    timings = {}
+    assert engine._snapshot(ticket, timings) is not None
+    assert len(writes) == 1 and "snapshot_write" in timings and "snapshot_load" in timings
+    assert engine.last_snapshot == folder.name and (folder / snapshot.LAST_USED).exists()
+    again, _, _, again_writes = _engine(tmp_path, monkeypatch)  # a later worker: loads, writes nothing
+    assert again._snapshot(ticket, {}) is not None and again_writes == []
+
+
+def test_a_damaged_snapshot_is_set_aside_and_rebuilt_by_the_next_worker(tmp_path, monkeypatch):
+    from tests.engine.test_snapshot import fake_snapshot
+
+    engine, ticket, folder, writes = _engine(tmp_path, monkeypatch)
+    fake_snapshot(folder)
+    (folder / "weights.bin").write_bytes(b"")  # cut short
+    assert engine._snapshot(ticket, {}) is not None
+    assert len(writes) == 1 and not engine.fallback
+    assert len(list(folder.parent.glob(folder.name + snapshot.DAMAGED + "*"))) == 1
+
+
+def test_while_another_worker_writes_too_long_this_one_uses_keras(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from sdgen import defaults
+
+    engine, ticket, folder, writes = _engine(tmp_path, monkeypatch)
+    monkeypatch.setattr(defaults, "SNAPSHOT_WAIT_SECONDS", 0.2)
+    folder.parent.mkdir(parents=True)
+    with FileLock(str(snapshot.lock_path(folder))):
+        assert engine._snapshot(ticket, {}) is None
+    assert writes == [] and engine.fallback == {("sd-v1", "random")}
