@@ -49,8 +49,8 @@ def worker_settings(environ) -> dict[str, str]:
 # `sdgen` (the folder a clone was made in: ~ with the clone at ~/sdgen) is imported as a
 # namespace package instead of the installed sdgen. `-P` (3.11+) leaves that folder out; for
 # an interpreter of unknown or older version, a `-c` bootstrap drops it ('' is what `-c`
-# puts first) and runs the module. "sdgen" stays one argument of its own either way: the
-# local launcher finds the workers of a killed daemon by it (local.orphan_workers).
+# puts first) and runs the module. "sdgen" stays one argument of its own either way (ps and
+# the tests find workers by it).
 SAFE_RUN_SDGEN = ("import runpy, sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
                   "del sys.argv[0]; runpy.run_module('sdgen', run_name='__main__', alter_sys=True)")
 

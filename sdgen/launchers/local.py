@@ -1,4 +1,5 @@
-"""Local workers: `sdgen worker` processes on this machine, one per GPU by default."""
+"""Local workers: `sdgen worker` processes on this machine, one per GPU by default, recorded
+in spool/local-jobs.json so that a restarted daemon adopts the workers a killed one left."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from sdgen import defaults
-from sdgen.launchers.base import ExitedWorker, Launcher, sdgen_command
-from sdgen.spool.claim import pid_alive
+from sdgen.launchers import jobs
+from sdgen.launchers.base import ExitedWorker, sdgen_command
 
 log = logging.getLogger(__name__)
 
@@ -34,56 +37,27 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def orphan_workers(data_root: Path) -> list[tuple[int, str, str | None]]:
-    """(pid, worker id, GPU) of `sdgen worker` processes of this host that a launcher started
-    for `data_root` (their command line names it): the workers of a daemon that was killed.
-    Paths are compared resolved, so a daemon restarted through another spelling of the folder
-    (a symlink, a relative path) still finds them. Linux /proc only; elsewhere none are found."""
-    found = []
-    data_root = Path(data_root).resolve()
-    try:
-        pids = [e for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
-    except OSError:
-        return []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if not {"sdgen", "worker", "--data", "--worker-id"} <= set(args):
-            continue
-        if not _same_folder(pid, args[args.index("--data") + 1], data_root):
-            continue
-        gpu = None
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                for var in f.read().split(b"\0"):
-                    if var.startswith(b"CUDA_VISIBLE_DEVICES="):
-                        gpu = var.split(b"=", 1)[1].decode() or None
-        except OSError:
-            pass
-        found.append((int(pid), args[args.index("--worker-id") + 1], gpu))
-    return found
-
-
-def _same_folder(pid: str, given: str, data_root: Path) -> bool:
-    """Whether process `pid`'s --data `given` is `data_root` (resolved): a relative one is
-    taken from the process's own working directory, as it did."""
-    if given == str(data_root):
-        return True
-    try:
-        return Path(f"/proc/{pid}/cwd", given).resolve() == data_root
-    except (OSError, RuntimeError):  # gone, not ours to read, a symlink loop
-        return False
-
-
 @dataclass
-class _Adopted:
-    """A worker of an earlier daemon: not our child, so only its pid is known."""
-    pid: int
-    gpu: str | None
-    since: float
+class LocalJob(jobs.Job):
+    """A worker process, as spool/local-jobs.json records it (name: the worker id; created:
+    when it was started)."""
+    pid: int = 0
+    host: str = ""
+    data_root: str = ""
+    proc_start: float = 0.0  # the process's own start time: a reused pid is not our worker
+    gpu: str | None = None
+
+
+def same_process(job: LocalJob) -> bool:
+    """Whether the worker `job` records still runs: its pid exists on this host, is not a
+    zombie, and started when the record says (else the pid was reused by another process)."""
+    if not job.pid or job.host != socket.gethostname():
+        return False
+    try:
+        proc = psutil.Process(job.pid)
+        return abs(proc.create_time() - job.proc_start) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass
@@ -94,45 +68,45 @@ class _Proc:
     log_file: object
 
 
-class LocalLauncher(Launcher):
-    name = "local"
+class LocalLauncher(jobs.JobLauncher):
+    """Workers leave by themselves when idle, so nothing is trimmed; a daemon's workers stop
+    with it (stop_all, end_all). Those of a killed daemon are adopted from the jobs file:
+    they count against max_workers and keep their GPUs until they leave."""
+
+    name, label, job_cls, initial_state = "local", "local", LocalJob, "running"
 
     def __init__(self, data_root: Path, max_workers: int | None = None,
                  idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
                  heartbeat: float = defaults.HEARTBEAT_SECONDS, pin_gpus: bool = True,
                  extra_env: dict[str, str] | None = None):
-        self.data_root = Path(data_root)
+        super().__init__(data_root)
         self.gpus = visible_gpus() if pin_gpus else []
         self.max_workers = max_workers or max(1, len(self.gpus))
         self.idle_exit = idle_exit
         self.heartbeat = heartbeat
         self.extra_env = extra_env or {}
-        self.procs: dict[str, _Proc] = {}
+        self.procs: dict[str, _Proc] = {}  # the workers this launcher started (its children)
         self._seq = 0
-        self._adopted: dict[str, _Adopted] | None = None
 
-    @property
-    def adopted(self) -> dict[str, _Adopted]:
-        """Workers left by a killed daemon: they count against max_workers and keep their
-        GPUs until they leave (they exit by themselves once the spool is idle). Looked for on
-        first use, which is after the daemon holds the data directory."""
-        if self._adopted is None:
-            self._adopted = {wid: _Adopted(pid, gpu, time.time()) for pid, wid, gpu in orphan_workers(self.data_root)}
-            if self._adopted:
-                log.info("adopted %d worker(s) of an earlier daemon: %s", len(self._adopted),
-                         ", ".join(sorted(self._adopted)))
-        return self._adopted
+    def adopt(self, jobs: dict[str, LocalJob]) -> dict[str, LocalJob]:
+        gone = [n for n, j in jobs.items() if not same_process(j)]
+        if gone:
+            log.info("%d worker(s) of an earlier daemon are gone: %s", len(gone), ", ".join(sorted(gone)))
+        return {n: j for n, j in jobs.items() if n not in gone}
 
-    def running(self) -> list[str]:
-        return list(self.procs) + list(self.adopted)
+    def log_adopted(self) -> None:
+        log.info("adopted %d worker(s) of an earlier daemon: %s", len(self.jobs), ", ".join(sorted(self.jobs)))
+
+    def new_name(self, now: float) -> str:
+        self._seq += 1
+        return f"{socket.gethostname()}-local{self._seq}-{os.getpid()}"
 
     def _free_gpu(self) -> str | None:
-        used = {p.gpu for p in self.procs.values()} | {a.gpu for a in self.adopted.values()}
+        used = {j.gpu for j in self.jobs.values()}
         return next((g for g in self.gpus if g not in used), None)
 
-    def launch(self, now: float) -> str:
-        self._seq += 1
-        worker_id = f"{socket.gethostname()}-local{self._seq}-{os.getpid()}"
+    def submit(self, job: LocalJob, now: float) -> None:
+        worker_id = job.name
         env = dict(os.environ, **self.extra_env)
         env.pop("MLFLOW_RUN_ID", None)  # it would silently hijack the parent run
         gpu = self._free_gpu()
@@ -147,49 +121,71 @@ class LocalLauncher(Launcher):
         popen = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[worker_id] = _Proc(popen, now, gpu, log_file)
+        try:
+            proc_start = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            proc_start = 0.0  # already gone: the next poll reaps it
+        job.job_id, job.pid, job.host, job.proc_start, job.gpu = (
+            str(popen.pid), popen.pid, socket.gethostname(), proc_start, gpu)
+        job.data_root = str(self.data_root.resolve())
         log.info("started worker %s (pid %d%s)", worker_id, popen.pid,
                  f", GPU {gpu}" if gpu is not None else "")
-        return worker_id
 
-    def reap(self, now: float) -> list[ExitedWorker]:
+    def poll(self, now: float) -> list[ExitedWorker]:
         exited = []
-        for worker_id, proc in list(self.procs.items()):
-            code = proc.popen.poll()
-            if code is not None:
-                proc.log_file.close()
-                del self.procs[worker_id]
-                exited.append(ExitedWorker(worker_id, code, now - proc.started))
-        for worker_id, a in list(self.adopted.items()):
-            if not pid_alive(a.pid):
-                del self.adopted[worker_id]
-                exited.append(ExitedWorker(worker_id, None, now - a.since, "an earlier daemon's worker left"))
+        for worker_id, job in list(self.jobs.items()):
+            proc = self.procs.get(worker_id)
+            if proc is not None:
+                code = proc.popen.poll()
+                if code is not None:
+                    proc.log_file.close()
+                    del self.procs[worker_id]
+                    exited.append(ExitedWorker(worker_id, code, now - proc.started))
+            elif not same_process(job):
+                exited.append(ExitedWorker(worker_id, None, now - job.created, "an earlier daemon's worker left"))
         return exited
 
-    def stop_all(self, grace: float) -> list[ExitedWorker]:
-        for proc in self.procs.values():
+    def cancel(self, job: LocalJob, now: float, why: str, again: bool = False) -> bool:
+        return self._signal(job, signal.SIGTERM)
+
+    def _signal(self, job: LocalJob, sig: int) -> bool:
+        proc = self.procs.get(job.name)
+        if proc is not None:
             if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-        for a in self.adopted.values():
-            _signal(a.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for worker_id, proc in self.procs.items():
+                proc.popen.send_signal(sig)
+            return True
+        if same_process(job):  # never a process that took over a dead worker's pid
             try:
-                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)
-                proc.popen.kill()
+                os.kill(job.pid, sig)
+                return True
+            except ProcessLookupError:
+                pass
+        return False
+
+    def stop_all(self, grace: float) -> list[ExitedWorker]:
+        """SIGTERM every worker (it hands its ticket back and exits); SIGKILL after `grace`."""
+        self.attach()
+        for job in self.jobs.values():
+            self.cancel(job, time.time(), "the daemon stops")
+        deadline = time.monotonic() + grace
+        for worker_id, job in list(self.jobs.items()):
+            proc = self.procs.get(worker_id)
+            if proc is not None:
+                try:
+                    proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    continue
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                while same_process(job) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not same_process(job):
+                    continue
+            log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)
+            self._signal(job, signal.SIGKILL)
+            if proc is not None:
                 proc.popen.wait()
-        for worker_id, a in self.adopted.items():
-            while pid_alive(a.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(a.pid):
-                log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)
-                _signal(a.pid, signal.SIGKILL)
         return self.reap(time.time())
 
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+    def end_all(self, grace: float) -> list[ExitedWorker]:
+        return self.stop_all(grace)

@@ -19,24 +19,21 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import shlex
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdgen import defaults
 from sdgen.exceptions import UserError
-from sdgen.launchers.base import (ENV_NAME, SECRET_NAME, ExitedWorker, Launcher, load_jobs, plain_names,
-                                  save_jobs, sdgen_command, worker_settings)
+from sdgen.launchers import jobs
+from sdgen.launchers.base import ENV_NAME, SECRET_NAME, ExitedWorker, plain_names, sdgen_command, worker_settings
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
-TRIM_AFTER = 10.0  # seconds a surplus running job must hold no ticket before it is cancelled
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING",
           "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 # Final states and what they mean for the daemon. A worker that failed by itself gets its
@@ -130,41 +127,31 @@ def final_outcome(state: str, exit_code: str) -> int | None:
 
 
 @dataclass
-class Job:
-    name: str
-    job_id: str = ""
-    state: str = "SUBMITTING"
-    created: float = 0.0
-    idle_since: float | None = None
+class Job(jobs.Job):
+    idle_since: float | None = None  # unused; kept so jobs files of earlier versions read back
     reason: str = ""  # squeue's reason, for a pending job
 
 
-class SlurmLauncher(Launcher):
-    name = "slurm"
+class SlurmLauncher(jobs.JobLauncher):
+    """Jobs outlive the daemon (stop_all leaves them, after one last look); end_all cancels
+    every job, pending or running, repeating scancel every few seconds in case slurmctld
+    missed it, until Slurm lists none of them as active."""
+
+    name, label, job_cls, initial_state = "slurm", "Slurm", Job, "SUBMITTING"
+    wait_on_stop, cancel_again_every, end_poll_every = False, 5.0, 0.5
 
     def __init__(self, data_root: Path, max_workers: int | None = None, job_options: JobOptions | None = None,
                  idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
                  heartbeat: float = defaults.HEARTBEAT_SECONDS, poll: float = POLL_SECONDS, **_ignored):
         if not shutil.which("sbatch"):
             raise UserError(INSTALL_HINT)
-        self.data_root = Path(data_root)
+        super().__init__(data_root)
         self.max_workers = max_workers or 1
         self.opts = job_options or JobOptions()
         check_env_names(self.opts.env)
-        self.idle_exit, self.heartbeat, self.poll = idle_exit, heartbeat, poll
-        self.state_file = self.data_root / "spool" / "slurm-jobs.json"
+        self.idle_exit, self.heartbeat, self.poll_every = idle_exit, heartbeat, poll
         self.logs = self.data_root / "logs"
-        self.jobs: dict[str, Job] = {}
         self._next_poll = 0.0
-        self._down_since: float | None = None
-        self._refused: list[ExitedWorker] = []
-        self._cancelled: set[str] = set()  # jobs sdgen itself scancelled: their end is no failure
-        self._loaded = False
-
-    def attach(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            self._load()
 
     # -- Slurm commands ---------------------------------------------------------------------
     def _slurm(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -176,36 +163,15 @@ class SlurmLauncher(Launcher):
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(list(cmd), 124, "", f"{cmd[0]} timed out after {timeout:.0f}s")
 
-    def _unreachable(self, what: str, detail: str, now: float) -> None:
-        if self._down_since is None:
-            self._down_since = now
-            log.warning("Slurm %s failed (%s); retrying on later ticks", what, " ".join(detail.split())[:200])
-
-    def _reachable(self, now: float) -> None:
-        if self._down_since is not None:
-            log.warning("Slurm answers again after %.0fs", now - self._down_since)
-            self._down_since = None
-
-    # -- persistence ------------------------------------------------------------------------
-    def _load(self) -> None:
-        self.jobs = load_jobs(self.state_file, Job)
-        for job in self.jobs.values():
+    def adopt(self, jobs: dict[str, Job]) -> dict[str, Job]:
+        for job in jobs.values():
             if not job.job_id:  # died between sbatch and saving its id: find it by name
                 out = self._slurm("squeue", "-h", "-t", "all", f"--name={job.name}", "-o", "%i")
                 job.job_id = out.stdout.split()[0] if out.returncode == 0 and out.stdout.split() else ""
-        self.jobs = {n: j for n, j in self.jobs.items() if j.job_id}
-        if self.jobs:
-            log.info("re-adopting %d Slurm job(s) of an earlier daemon: %s", len(self.jobs),
-                     ", ".join(f"{j.name} ({j.job_id})" for j in self.jobs.values()))
-        self._save()
+        return {n: j for n, j in jobs.items() if j.job_id}
 
-    def _save(self) -> None:
-        save_jobs(self.state_file, self.jobs)
-
-    # -- the interface ----------------------------------------------------------------------
-    def running(self) -> list[str]:
-        self.attach()
-        return list(self.jobs)
+    def describe(self, job: Job) -> str:
+        return f"{job.name} ({job.job_id})"
 
     def worker_env(self, name: str) -> dict[str, str]:
         env = {"SDGEN_DATA": str(self.data_root), "SDGEN_WORKER_ID": name,
@@ -220,20 +186,15 @@ class SlurmLauncher(Launcher):
                 env[k] = os.environ[k]
         return env
 
-    def launch(self, now: float) -> str:
-        self.attach()
-        name = f"sdgen-w-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{secrets.token_hex(3)}"
-        job = Job(name=name, created=now)
-        self.jobs[name] = job
-        self._save()  # before sbatch: a crash after it must not lose the job
+    # -- submit / poll / cancel -------------------------------------------------------------
+    def submit(self, job: Job, now: float) -> ExitedWorker | None:
+        name = job.name
         self.logs.mkdir(parents=True, exist_ok=True)
         script = self.logs / f"worker-{name}.sbatch"
         script.write_text(batch_script(self.worker_env(name), self.opts.python or sys.executable))
         out = self._slurm("sbatch", *sbatch_args(name, self.logs / f"worker-{name}.log", self.opts), str(script))
         job_id = out.stdout.strip().split(";")[0]
         if out.returncode != 0 or not job_id.isdigit():
-            del self.jobs[name]
-            self._save()
             detail = (out.stderr or out.stdout).strip().splitlines()
             # The scheduler's report of a failed worker points at logs/worker-<id>.log: a refused
             # job never ran, so that file gets what sbatch said instead of a job's output.
@@ -242,31 +203,30 @@ class SlurmLauncher(Launcher):
                 + (out.stderr or "") + (out.stdout or ""))
             log.error("sbatch refused worker job %s: %s", name, detail[-1] if detail else f"exit {out.returncode}")
             # reported as a worker that failed at once, so the scheduler backs off and stops
-            self._refused.append(ExitedWorker(name, 1, 0.0, "was refused by sbatch: " + (
-                detail[-1] if detail else f"exit {out.returncode}")))
-            return name
+            return ExitedWorker(name, 1, 0.0, "was refused by sbatch: " + (
+                detail[-1] if detail else f"exit {out.returncode}"))
         job.job_id, job.state = job_id, "PENDING"
-        self._save()
         log.info("submitted Slurm job %s (%s)", job_id, name)
-        return name
+        return None
 
-    def reap(self, now: float) -> list[ExitedWorker]:
-        self.attach()
-        exited, self._refused = self._refused, []
-        if not self.jobs or now < self._next_poll:
-            return exited
-        self._next_poll = now + self.poll
+    def poll(self, now: float) -> list[ExitedWorker]:
+        """One squeue for all jobs, every `poll` seconds."""
+        if now < self._next_poll:
+            return []
+        self._next_poll = now + self.poll_every
         ids = ",".join(j.job_id for j in self.jobs.values())
         out = self._slurm("squeue", "-h", "-t", "all", "-j", ids, "-o", "%i|%T|%r")
         if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            self._unreachable("squeue", out.stderr or out.stdout, now)
-            return exited
-        self._reachable(now)
+            self.warn.fail("Slurm", now, "Slurm squeue failed (%s); retrying on later ticks",
+                           " ".join((out.stderr or out.stdout).split())[:200])
+            return []
+        self.warn.ok("Slurm", now, "Slurm answers again after %.0fs")
         listed = {}
         for line in out.stdout.splitlines():
             job_id, _, rest = line.partition("|")
             state, _, reason = rest.partition("|")
             listed[job_id.strip()] = (state.strip(), reason.strip())
+        exited = []
         for job in list(self.jobs.values()):
             state, reason = listed.get(job.job_id, ("", ""))
             if state in ACTIVE:
@@ -277,7 +237,6 @@ class SlurmLauncher(Launcher):
                 job.reason = reason if reason and reason != "None" else ""
                 continue
             exited.append(self._finish(job, state, now))
-        self._save()
         return exited
 
     def _finish(self, job: Job, state: str, now: float) -> ExitedWorker:
@@ -295,85 +254,33 @@ class SlurmLauncher(Launcher):
             detail += f", exit code {info['ExitCode']}"
         if state not in ENDED_BY_WORKER | ENDED_FROM_OUTSIDE:
             detail += " (no record left: ended over MinJobAge ago?)" if not info else ""
-        if code == 0 or job.name in self._cancelled:
+        if code == 0 or self.stopped_by_us(job):
             log.info("%s (%s) after %.0fs", detail, job.name, ran)
         else:
             log.warning("%s (%s) after %.0fs; its output is logs/worker-%s.log", detail, job.name, ran, job.name)
-        del self.jobs[job.name]
-        self._cancelled.discard(job.name)
         return ExitedWorker(job.name, code, ran, detail)
 
-    def summary(self) -> dict[str, int]:
-        """Jobs per state, pending ones per reason: {"RUNNING": 2, "PENDING (Resources)": 1}."""
-        self.attach()
-        out: dict[str, int] = {}
-        for job in self.jobs.values():
-            key = f"{job.state} ({job.reason})" if job.state == "PENDING" and job.reason else job.state
-            out[key] = out.get(key, 0) + 1
-        return out
+    def cancel(self, job: Job, now: float, why: str, again: bool = False) -> bool:
+        """scancel (of an unknown id too, which succeeds)."""
+        if not again:
+            log.info("cancelling Slurm job %s (%s): %s", job.job_id, job.name, why)
+        self._slurm("scancel", job.job_id)
+        self._next_poll = now  # see it end on the next tick
+        return True
 
-    def trim(self, now: float, busy: set[str], wanted: int) -> None:
-        """Cancel jobs beyond what the queue needs: pending ones at once (they hold nothing),
-        running ones after TRIM_AFTER seconds without a ticket (a listing races with claims,
-        and cancelling a job that just claimed costs that ticket an attempt)."""
-        self.attach()
-        surplus = len(self.jobs) - wanted
-        if surplus <= 0:
-            for job in self.jobs.values():
-                job.idle_since = None
-            return
-        doomed = []
-        for job in sorted(self.jobs.values(), key=lambda j: (j.state != "PENDING", -j.created)):
-            if len(doomed) >= surplus:
-                break
-            if job.name in busy or not job.job_id:
-                job.idle_since = None
-                continue
-            if job.state == "PENDING":
-                doomed.append(job)
-                continue
-            job.idle_since = job.idle_since if job.idle_since is not None else now
-            if now - job.idle_since >= TRIM_AFTER:
-                doomed.append(job)
-        for job in doomed:
-            log.info("cancelling Slurm job %s (%s): no work left for it", job.job_id, job.name)
-            self._slurm("scancel", job.job_id)
-            self._cancelled.add(job.name)
-            job.idle_since = None
-            self._next_poll = now  # see it end on the next tick
+    # -- the base's hooks -------------------------------------------------------------------
+    def state_key(self, job: Job) -> str:
+        """Pending jobs per reason: {"RUNNING": 2, "PENDING (Resources)": 1}."""
+        return f"{job.state} ({job.reason})" if job.state == "PENDING" and job.reason else job.state
 
-    def stop_all(self, grace: float) -> list[ExitedWorker]:
-        """Jobs outlive the daemon: they finish their tickets and leave once the spool is
-        idle, and the next daemon re-adopts any still there from spool/slurm-jobs.json."""
-        self.attach()
-        exited = self.reap(time.time() + self.poll)
-        if self.jobs:
-            log.info("leaving %d Slurm job(s) for the next daemon to re-adopt", len(self.jobs))
-        self._save()
-        return exited
+    def idle_state(self, job: Job) -> str | None:
+        if not job.job_id:
+            return None
+        return "now" if job.state == "PENDING" else "after"
 
-    def end_all(self, grace: float) -> list[ExitedWorker]:
-        """A one-shot run is over: cancel every job, pending or running (none holds a ticket:
-        the queue is idle, or launching is blocked), and wait until Slurm lists none of them
-        as active, so nothing of the run is left in the queue. scancel is repeated every few
-        seconds in case slurmctld missed it; at most max(grace, 60) s in all."""
-        self.attach()
-        exited = []
-        deadline = time.monotonic() + max(grace, 60.0)
-        next_cancel = 0.0
-        while self.jobs and time.monotonic() < deadline:
-            if time.monotonic() >= next_cancel:
-                for job in self.jobs.values():
-                    if job.name not in self._cancelled:
-                        log.info("cancelling Slurm job %s (%s): the run is over", job.job_id, job.name)
-                    self._slurm("scancel", job.job_id)
-                    self._cancelled.add(job.name)
-                next_cancel = time.monotonic() + 5.0
-            time.sleep(0.5)
-            self._next_poll = 0.0
-            exited.extend(self.reap(time.time()))
-        if self.jobs:
-            log.error("Slurm job(s) %s still in the queue after %.0fs: `scancel` them",
-                      " ".join(j.job_id for j in self.jobs.values()), max(grace, 60.0))
-        self._save()
-        return exited
+    def poll_soon(self) -> None:
+        self._next_poll = 0.0
+
+    def left_behind(self, left: list[str], limit: float) -> None:
+        log.error("Slurm job(s) %s still in the queue after %.0fs: `scancel` them",
+                  " ".join(self.jobs[n].job_id for n in left if n in self.jobs), limit)
