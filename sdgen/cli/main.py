@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 
@@ -11,9 +12,64 @@ from sdgen.exceptions import SdgenError, UserError
 from sdgen.textsafe import printable
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Options show their defaults, except where there is none to show (None, an off flag)
+    or the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        # argparse says "unrecognized arguments" with no hint; request files get "did you
+        # mean", so flags do too, from the options of the command that was given
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = _chosen(self, ns)
+            options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            hints = []
+            for extra in extras:
+                if extra.startswith("-"):
+                    near = difflib.get_close_matches(extra.split("=", 1)[0], options, 1, 0.6)
+                    if near:
+                        hints.append(f"did you mean {near[0]} for {extra.split('=', 1)[0]}?")
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
+
+
+def _subcommands(parser: argparse.ArgumentParser):
+    return [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+
+
+def _chosen(parser: argparse.ArgumentParser, ns) -> argparse.ArgumentParser:
+    """The (sub)command parser the arguments selected, e.g. `sdgen weights status`'s."""
+    for action in _subcommands(parser):
+        name = getattr(ns, action.dest, None)
+        if name in action.choices:
+            return _chosen(action.choices[name], ns)
+    return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help starts with what it does: its one-line help unless it has a
+    longer description of its own."""
+    for action in _subcommands(parser):
+        helps = {c.dest: c.help for c in action._choices_actions}
+        for name, child in action.choices.items():
+            if not child.description and helps.get(name):
+                child.description = helps[name][:1].upper() + helps[name][1:] + "."
+            _describe(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data directory (default: $SDGEN_DATA, else ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
     submit.register(sub)
     status.register(sub)
     admin.register(sub)
@@ -36,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.register(sub)
     adsp.register(sub)
     adsp.register_bootstrap(sub)
+    _describe(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = args.command in ("submit", "status", "list", "cancel", "retry", "weights", "show", "adsp")
+    if args.command is None:  # plain `sdgen`: what it can do, not an error
+        parser.print_help()
+        return 0
+    quiet = args.command in ("submit", "resubmit", "status", "list", "cancel", "retry", "weights", "show", "adsp")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,

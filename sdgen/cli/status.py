@@ -11,7 +11,7 @@ import time
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError, UserError
 from sdgen.spool.intake import is_candidate, is_stray, read_request_file
-from sdgen.spool.layout import REQUEST_ID
+from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import summarize
 from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes
 from sdgen.spool.store import Spool
@@ -123,10 +123,110 @@ def _when(t: float | None) -> str:
 
 
 def find(rows: list[dict], request_id: str) -> dict:
+    """The row a user means by `request_id`: an exact id (or inbox/... name), else the
+    request's `name` when one request has it, else a unique id prefix. Several matches are
+    an error listing them: acting on a guess could cancel the wrong request."""
+    text = request_id.strip()
     for row in rows:
-        if row["id"] == request_id or row["id"].split("/", 1)[-1] == request_id:
+        if row["id"] == text or row["id"].split("/", 1)[-1] == text:
             return row
-    raise UserError(f"unknown request id {request_id!r}: `sdgen list` shows the known ones")
+    for how, match in (("named", [r for r in rows if text and r.get("name") == text]),
+                       ("with an id starting", [r for r in rows if text and r["id"].startswith(text)])):
+        if len(match) == 1:
+            return match[0]
+        if match:
+            shown = ", ".join(f"{r['id']} ({r['name']})" if r.get("name") else r["id"] for r in match[:10])
+            more = f" and {len(match) - 10} more" if len(match) > 10 else ""
+            raise UserError(f"{len(match)} requests {how} {text!r}: {shown}{more}; give the whole id")
+    raise UserError(f"unknown request {text!r} (not an id, an id prefix or a name): "
+                    "`sdgen list` shows the known ones")
+
+
+def resolve(spool: Spool, request_id: str) -> str:
+    """The id of the accepted request the user named (id, unique name or unique id prefix)."""
+    row = find(collect(spool), request_id)
+    rid = row["id"]
+    if not REQUEST_ID.match(rid) or not spool.layout.request_file(rid).exists():
+        raise UserError(f"request {rid} has not been accepted yet ({row['state']}): "
+                        "wait for the daemon to take it (`sdgen daemon`)")
+    return rid
+
+
+_TICKET_PROBLEMS = ("failed", "held", "deferred")
+
+
+def detail(spool: Spool, row: dict) -> dict:
+    """Everything about one request: its row, the accepted request's fields and why each
+    failed, held or deferred ticket is there (from the ticket files)."""
+    out = dict(row)
+    rid = row["id"]
+    if not REQUEST_ID.match(rid) or not spool.layout.request_file(rid).exists():
+        return out
+    try:
+        request = spool.read_request(rid)
+    except (CorruptRecord, FileNotFoundError) as e:
+        out["request_error"] = one_line(str(e))
+        return out
+    out.update(prompts=list(request.prompts), negative_prompt=request.negative_prompt,
+               images_per_prompt=request.images, seed=request.seed, width=request.width,
+               height=request.height, steps=request.steps, guidance=request.guidance,
+               engine=request.engine, model=request.model, weights=request.weights,
+               batch_size=request.batch_size, experiment=request.experiment)
+    out.setdefault("output_dir", str(spool.layout.output_dir(rid)))
+    tickets = []
+    counts = spool.ticket_counts().get(rid, {})
+    for state in _TICKET_PROBLEMS:
+        for index in counts.get(state, []):
+            name = ticket_name(request.priority, index, rid)
+            entry = {"ticket": index, "state": state}
+            try:
+                ticket = spool.read_ticket(state, name)
+                entry.update(attempts=ticket.attempt_number - 1, reason=ticket.reason)
+            except FileNotFoundError:
+                continue  # moved on meanwhile
+            except CorruptRecord as e:
+                entry["reason"] = one_line(str(e))
+            tickets.append(entry)
+    out["problem_tickets"] = tickets
+    return out
+
+
+def _detail_text(d: dict) -> str:
+    """The detail view of `sdgen status ID`. User text (prompts, names, reasons) is made
+    inert before printing."""
+    lines = [f"request   {printable(d['id'])}" + (f"  ({printable(d['name'])})" if d.get("name") else "")]
+    counts = ", ".join(f"{d[k]} {k[len('tickets_'):]}" for k in
+                       ("tickets_pending", "tickets_deferred", "tickets_running", "tickets_done",
+                        "tickets_failed", "tickets_held", "tickets_cancelled") if d.get(k))
+    lines.append(f"state     {d['state']}: {d['images_done']}/{d['images_total']} images, "
+                 f"{d['tickets_total']} tickets" + (f" ({counts})" if counts else ""))
+    if d.get("reason"):
+        lines.append(f"reason    {printable(d['reason'])}")
+    if "prompts" in d:
+        for i, prompt in enumerate(d["prompts"]):
+            lines.append(f"prompt {i:<2} {printable(prompt)}")
+        if d["negative_prompt"]:
+            lines.append(f"negative  {printable(d['negative_prompt'])}")
+        lines += [
+            f"images    {d['images_per_prompt']} per prompt, batch size {d['batch_size']}, priority {d['priority']}",
+            f"seed      {d['seed']} (image i of a prompt uses seed+i)",
+            f"size      {d['width']}x{d['height']}, {d['steps']} steps, guidance {d['guidance']:g}",
+            f"model     {d['model']}, engine {d['engine']}, weights {d['weights']}",
+            f"output    {printable(d['output_dir'])} (index.csv: file -> prompt, seed)",
+        ]
+        if d.get("experiment"):
+            lines.append(f"mlflow    experiment {printable(d['experiment'])}")
+    if d.get("request_error"):
+        lines.append(f"request.yaml: {printable(d['request_error'])}")
+    for t in d.get("problem_tickets", []):
+        tries = f", {t['attempts']} attempt(s)" if "attempts" in t else ""
+        lines.append(f"ticket {t['ticket']}: {t['state']}{tries}: {printable(t.get('reason') or '?')}")
+    if d.get("problem_tickets"):
+        lines.append(f"          `sdgen retry {d['id']}` queues failed, held and deferred tickets again")
+    for key in ("tracking_error", "launcher_error"):
+        if d.get(key):
+            lines.append(f"{key.split('_')[0]}: {printable(d[key])}")
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict]) -> str:
@@ -159,45 +259,114 @@ def _existing_spool(args: argparse.Namespace) -> Spool:
     return spool
 
 
+def daemon_state(spool: Spool) -> dict:
+    """{running, pid, host, since} from spool/daemon.json (who took the daemon lock last)
+    and whether spool/daemon.lock is held now: daemon.json stays behind when a daemon dies,
+    and its pid may belong to another process by now, so only the lock says it runs."""
+    info = _read_json(spool.layout.daemon_info) or {}
+    out = {"running": False, "pid": info.get("pid"), "host": info.get("host"), "since": info.get("started")}
+    if not info or not spool.layout.daemon_lock.exists():
+        return out  # no daemon ever ran here: no need to touch the lock
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(spool.layout.daemon_lock), timeout=0)
+    try:
+        # held for microseconds: a daemon starting in that instant is refused and says so
+        lock.acquire()
+    except Timeout:
+        out["running"] = True
+    except OSError:  # a read-only spool: judge by the pid, on this host only
+        import socket
+
+        from sdgen.spool.claim import pid_alive
+        try:
+            out["running"] = info.get("host") != socket.gethostname() or pid_alive(int(info.get("pid")))
+        except (TypeError, ValueError):
+            pass
+    else:
+        lock.release()
+    return out
+
+
+def _daemon_line(d: dict, spool: Spool) -> str:
+    if d["running"]:
+        return (f"daemon: running (pid {printable(d['pid'])} on {printable(d['host'])} "
+                f"since {_when(d['since'])})")
+    return f"daemon: not running — start `sdgen daemon --data {printable(spool.layout.root)}`"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     spool = _existing_spool(args)
     rows = collect(spool)
+    daemon = daemon_state(spool)
     if args.request_id:
-        rows = [find(rows, args.request_id)]
+        d = detail(spool, find(rows, args.request_id))
+        d["daemon"] = daemon
+        print(json.dumps(d, indent=1) if args.json else _detail_text(d) + "\n" + _daemon_line(daemon, spool))
+        return 0
     if args.json:
         print(json.dumps(rows, indent=1))
-    elif not rows:
+        return 0
+    if not rows:
         print("no requests yet: `sdgen submit --prompt ...` queues one")
     else:
         print(_table(rows))
-        launcher = _read_json(spool.layout.launcher_status) or {}
-        workers = launcher.get("workers") or {}
-        if workers and any(r["state"] in ("pending", "running") for r in rows):
-            print(f"workers ({launcher['launcher']}): " + ", ".join(f"{n} {what}" for what, n in sorted(workers.items())))
-        if launcher.get("blocked"):
-            print(f"launcher {printable(launcher['launcher'])} stopped launching workers at "
-                  f"{_when(launcher['since'])}: {printable(launcher['blocked'])}")
-        waiting = sum(r.get("tracking_backlog", 0) for r in rows)
-        tracking = _tracking_status(spool)
-        if tracking and not tracking.get("ok"):
-            print(f"MLflow ({printable(tracking['uri'])}) unreachable since {_when(tracking['down_since'])}: "
-                  f"{waiting} attempt(s) wait in spool/events and will be logged when it is back")
+    print(_daemon_line(daemon, spool))
+    launcher = _read_json(spool.layout.launcher_status) or {}
+    workers = launcher.get("workers") or {}
+    # launcher.json is the daemon's last word: once it is gone the counts are stale
+    if daemon["running"] and workers and any(r["state"] in ("pending", "running") for r in rows):
+        print(f"workers ({printable(launcher.get('launcher', '?'))}): "
+              + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items())))
+    if daemon["running"] and launcher.get("blocked"):
+        print(f"launcher {printable(launcher.get('launcher', '?'))} stopped launching workers at "
+              f"{_when(launcher.get('since'))}: {printable(launcher['blocked'])}")
+    waiting = sum(r.get("tracking_backlog", 0) for r in rows)
+    tracking = _tracking_status(spool)
+    if tracking and not tracking.get("ok"):
+        print(f"MLflow ({printable(tracking.get('uri', '?'))}) unreachable since {_when(tracking.get('down_since'))}: "
+              f"{waiting} attempt(s) wait in spool/events and will be logged when it is back")
     return 0
+
+
+STATES = ("pending", "running", "done", "failed", "cancelled", "rejected", "corrupt", "stuck", "ignored")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     spool = _existing_spool(args)
-    for row in collect(spool):
+    rows = [r for r in collect(spool)
+            if (not args.state or r["state"] in args.state)
+            and (not args.name or args.name.casefold() in (r.get("name") or "").casefold())]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
         print(f"{printable(row['id'])}\t{row['state']}\t{printable(row.get('name', ''))}")
     return 0
 
 
+def _state(text: str) -> str:
+    if text not in STATES:
+        import difflib
+
+        near = difflib.get_close_matches(text, STATES, 1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise argparse.ArgumentTypeError(f"unknown state {text!r}: {hint}one of {', '.join(STATES)}")
+    return text
+
+
 def register(sub) -> None:
-    p = sub.add_parser("status", help="show requests and their progress")
-    p.add_argument("request_id", nargs="?", metavar="REQUEST_ID")
+    p = sub.add_parser("status", help="show requests and their progress, or one request in detail",
+                       description="Without REQUEST: every request with its state, tickets and images, "
+                       "and whether a daemon runs. With REQUEST (an id, a unique id prefix or a unique "
+                       "name): its prompts, parameters, output folder and why tickets failed.")
+    p.add_argument("request_id", nargs="?", metavar="REQUEST", help="id, id prefix or name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("list", help="list request ids and states")
+    p = sub.add_parser("list", help="list request ids and states",
+                       description="One line per request: id, state, name (tab-separated).")
+    p.add_argument("--state", action="append", type=_state, metavar="STATE",
+                   help=f"only requests in this state (repeatable): {', '.join(STATES)}")
+    p.add_argument("--name", metavar="TEXT", help="only requests whose name contains TEXT (any case)")
+    p.add_argument("--json", action="store_true", help="a JSON list of the requests' status rows")
     p.set_defaults(func=cmd_list)
-
-

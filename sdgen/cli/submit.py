@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import socket
 import sys
@@ -62,12 +63,23 @@ def _as_option(message: str) -> str:
 def request_from_args(args: argparse.Namespace) -> Request:
     given = {key: getattr(args, key) for _, key, _ in OPTIONS if getattr(args, key, None) is not None}
     if getattr(args, "file", None):
-        if given:
-            raise RequestError("give a request FILE or options, not both")
         path = Path(args.file)
         if not path.exists():
             raise RequestError(f"{args.file} does not exist")
-        return read_request_file(path, check_name=False)
+        request = read_request_file(path, check_name=False)  # the file's own mistakes name it
+        if not given:
+            return request
+        # options override the file's values (`sdgen submit foxes.yaml --steps 3`); the
+        # merged mapping is validated as a whole
+        merged = {k: v for k, v in request.to_dict().items() if v is not None}
+        if given.get("prompt"):
+            merged.pop("prompt", None)
+            merged.pop("prompts", None)
+        given = {**merged, **given}
+        if isinstance(given.get("prompt"), str):
+            given["prompt"] = [given["prompt"]]
+        elif "prompts" in given:
+            given["prompt"] = list(given.pop("prompts"))
     if getattr(args, "from_png", None):
         meta = read_meta(Path(args.from_png))
         keys = ("negative_prompt", "steps", "guidance", "width", "height", "model", "weights",
@@ -110,7 +122,37 @@ def _daemon_seems_running(spool: Spool) -> bool:
     return host != socket.gethostname() or pid_alive(pid)
 
 
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    """The accepted request.yaml of an earlier request (cancelled, failed, done) queued
+    again as a new request: same seed, so the same images, unless --new-seed."""
+    from sdgen.cli.status import _existing_spool, resolve
+
+    spool = _existing_spool(args)
+    old_id = resolve(spool, args.request_id)
+    try:
+        request = spool.read_request(old_id)
+    except (CorruptRecord, FileNotFoundError) as e:
+        raise RequestError(f"cannot read the request {old_id} ({e}): submit it again with options") from None
+    if args.new_seed:
+        request = dataclasses.replace(request, seed=None)
+    request = request.with_seed()
+    request_id = spool.submit(request, time.time())
+    print(request_id)
+    print(f"sdgen resubmit: {request_id} is {old_id} again (seed {request.seed})", file=sys.stderr)
+    if not _daemon_seems_running(spool):
+        print(f"sdgen resubmit: note: no daemon runs on {spool.layout.root}: start "
+              f"`sdgen daemon --data {spool.layout.root}` to process it", file=sys.stderr)
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("submit", help="queue a request", description=__doc__)
     add_request_options(p)
     p.set_defaults(func=cmd_submit)
+    p = sub.add_parser("resubmit", help="queue an earlier request again as a new one (prints its id)",
+                       description="Submit the accepted request.yaml of REQUEST (a cancelled, failed "
+                       "or done one) again as a new request, with the same seed (so the same "
+                       "images) unless --new-seed.")
+    p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
+    p.add_argument("--new-seed", action="store_true", help="draw a new base seed (other images)")
+    p.set_defaults(func=cmd_resubmit)
