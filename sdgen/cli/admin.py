@@ -25,9 +25,22 @@ def _known(spool: Spool, request_id: str) -> str:
     raise UserError(f"unknown request id {request_id!r}: `sdgen list` shows the known ones")
 
 
+def _by_name(spool: Spool, text: str) -> str:
+    """A request's id from its name or a unique id prefix (as `sdgen status` takes them);
+    an id, or text that names nothing, is returned as given for `_known` to judge."""
+    if REQUEST_ID.match(text):
+        return text
+    from sdgen.cli.status import collect, find
+
+    rows = [r for r in collect(spool) if REQUEST_ID.match(r["id"])]
+    if not any(r.get("name") == text or r["id"].startswith(text) for r in rows if text):
+        return text
+    return find(rows, text)["id"]  # several matches: one line listing them
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
-    print(cancel_request(spool, args.request_id))
+    print(cancel_request(spool, _by_name(spool, args.request_id)))
     return 0
 
 
@@ -55,10 +68,11 @@ def cancel_request(spool: Spool, request_id: str) -> str:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     spool = Spool(data_root(args.data)).ensure()
+    args.request_id = _by_name(spool, args.request_id)
     if _known(spool, args.request_id) != "accepted":
         raise UserError(f"request {args.request_id} has not been accepted yet: nothing to retry")
     if spool.is_cancelled(args.request_id):
-        raise UserError(f"request {args.request_id} was cancelled: submit it again instead")
+        raise UserError(f"request {args.request_id} was cancelled: `sdgen resubmit {args.request_id}` queues it again as a new request")
     meta = spool.read_state(args.request_id) or {}
     counts = spool.ticket_counts().get(args.request_id, {})
     moved = 0
@@ -80,8 +94,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("cancel", help="cancel a request")
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
     p.set_defaults(func=cmd_cancel)
     p = sub.add_parser("retry", help="queue a request's failed and held tickets again")
-    p.add_argument("request_id", metavar="REQUEST_ID")
+    p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
     p.set_defaults(func=cmd_retry)

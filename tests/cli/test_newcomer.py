@@ -165,3 +165,17 @@ def test_resubmit_queues_a_cancelled_request_again(spool):
     other = sdgen(data, "resubmit", rid, "--new-seed", check=True).stdout.strip()
     assert parse_request((data / "spool" / "inbox" / f"{other}.yaml").read_text()).seed != 11
     one_line_error(sdgen(data, "resubmit", "20261199"), "unknown request")
+    one_line_error(sdgen(data, "retry", rid), f"`sdgen resubmit {rid}`")
+    # the copies keep the name: a name is then ambiguous, and says so
+    one_line_error(sdgen(data, "status", "foxes"), "3 requests named 'foxes'")
+
+
+def test_cancel_and_retry_take_a_name_or_an_id_prefix(spool):
+    fox, wolf = "20261126-000000-aaaaaa", "20261126-000001-bbbbbb"
+    accept(spool, fox, "prompt: a fox\nname: foxes\n")
+    accept(spool, wolf, "prompt: a wolf\nname: wolves\n")
+    data = spool.layout.root
+    one_line_error(sdgen(data, "cancel", "20261126-"), "2 requests", fox, wolf)
+    assert f"cancelled {wolf}" in sdgen(data, "cancel", "wolves", check=True).stdout
+    assert fox in sdgen(data, "retry", "20261126-000000", check=True).stdout
+    one_line_error(sdgen(data, "cancel", "not-an-id"), "is not a request id")
