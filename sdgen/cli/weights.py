@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sdgen.config import data_root
-from sdgen.engine.weights import FILES, WeightCache, cache_dir
+from sdgen.engine.weights import FILES, WeightCache, cache_dir, data_cache_dir
 from sdgen.exceptions import EngineError, UserError
 
 
@@ -27,7 +27,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    cache = WeightCache(cache_dir(data_root(args.data)))
+    root = data_root(args.data)
+    # --into data: jobs on hosts whose home is not this one's (ADSP, some clusters) find
+    # the weights in the shared data directory, which is then used before the user cache
+    cache = WeightCache(data_cache_dir(root) if args.into == "data" else cache_dir(root))
     for model in _models(args):
         try:
             cache.fetch(model, report=print)
@@ -49,4 +52,8 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_status)
     f = wsub.add_parser("fetch", help="download missing weights into the cache")
     f.add_argument("--model", choices=list(FILES))
+    f.add_argument("--into", choices=["default", "data"], default="default",
+                   help="default: $KERAS_HOME, else the data directory's cache if it has weights, "
+                        "else the per-user cache shared by every data directory; data: "
+                        "DATA/cache/keras/datasets, for jobs whose home is not shared (ADSP)")
     f.set_defaults(func=cmd_fetch)
