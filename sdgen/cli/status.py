@@ -318,7 +318,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if daemon["running"] and workers and any(r["state"] in ("pending", "running") for r in rows):
         print(f"workers ({printable(launcher.get('launcher', '?'))}): "
               + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items())))
-    if daemon["running"] and launcher.get("blocked"):
+    if launcher.get("blocked"):  # why the last daemon stopped launching: worth saying after it exits too
         print(f"launcher {printable(launcher.get('launcher', '?'))} stopped launching workers at "
               f"{_when(launcher.get('since'))}: {printable(launcher['blocked'])}")
     waiting = sum(r.get("tracking_backlog", 0) for r in rows)
