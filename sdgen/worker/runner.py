@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import socket
 import time
 import contextlib
@@ -95,7 +96,9 @@ def _publish_text(path, text: str) -> None:
     whatever is there is removed, not followed, and the temporary file is made new (O_EXCL)
     and never through a link (O_NOFOLLOW); two workers writing the same index at once
     both write the same bytes, and the rename makes either one whole copy."""
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.part")
+    # A token before host.pid (which _sweep_parts reads from the end): the tickets of a
+    # group run in threads of one process and may write the index at the same moment.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.{socket.gethostname()}.{os.getpid()}.part")
     try:
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -181,7 +184,10 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         out_dir.mkdir(parents=True, exist_ok=True)
         _sweep_parts(out_dir)
         if not (out_dir / INDEX_CSV).exists():
-            write_index(spool, ticket.request_id, out_dir)
+            try:
+                write_index(spool, ticket.request_id, out_dir)
+            except OSError as e:  # the index helps people; it must never cost a ticket
+                log.warning("no index written in outputs/%s: %s", printable(ticket.request_id), printable(e))
         todo = []
         for spec in ticket.images:
             path = out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)

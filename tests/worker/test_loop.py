@@ -22,7 +22,7 @@ def test_a_ticket_makes_its_images_and_a_marker(spool):
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "done" and outcome.images_made == 4
     out = spool.layout.output_dir(RID)
-    assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)] + ["index.csv", "index.json"]
     [name] = spool.ticket_names("done")
     marker = json.loads(spool.layout.ticket("done", name).read_text())
     r = marker["result"]
@@ -57,7 +57,7 @@ def test_cancel_stops_at_the_next_image_boundary(spool):
     outcome = run_ticket(claim, DryRunEngine(), should_stop, "w1")
     assert outcome.state == "cancelled" and outcome.images_made == 2
     assert spool.ticket_names("cancelled") == [claim.name]
-    assert len(list(spool.layout.output_dir(RID).iterdir())) == 2
+    assert len(list(spool.layout.output_dir(RID).glob("*.png"))) == 2
 
 
 def test_shutdown_hands_the_ticket_back_unchanged(spool):

@@ -27,7 +27,7 @@ def test_a_symlink_planted_at_the_part_name_redirects_nothing(spool, tmp_path):
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "done" and outcome.images_made == 2
     assert victim.read_text() == "precious" and not victim.is_symlink()
-    assert sorted(p.name for p in out.iterdir()) == ["0000-000000-10.png", "0000-000001-11.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000-000000-10.png", "0000-000001-11.png", "index.csv", "index.json"]
     [name] = spool.ticket_names("done")
     for o in json.loads(spool.layout.ticket("done", name).read_text())["result"]["outputs"]:
         path = spool.layout.root / o["file"]
