@@ -28,6 +28,7 @@ def run(data, out, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two real model builds on 2 CPU cores: ~4 min alone
 def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     data = tmp_path / "data"
     built = run(data, tmp_path / "built.npy", "build")
