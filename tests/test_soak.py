@@ -31,9 +31,8 @@ def test_soak_quick_keeps_every_promise(tmp_path):
     assert h["commands_failing_mid_run"] == {} and h["commands_failing_after"] == {}, h
     assert h["tick_steps_failing"] == [], h["tick_steps_failing"]
     assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) <= {"done", "moved to corrupt/"}, h  # both files damaged: moved whole
-    # damage that still breaks something, found by this trial (see docs/benchmarks.md): it
-    # stays in the corpus; a new one fails here, a fixed one only leaves this set
-    assert set(h["findings"]) <= {"spool_state/request_dir_is_a_file"}, h["findings"]
+    # damage that breaks something (a kind marked `known` in the corpus) fails here
+    assert h["findings"] == {}, h["findings"]
     accepted = sum(c.get("accepted", 0) for c in h["per_class"].values())
     assert accepted == h["accepted_hostile_requests"] and not any("vanished" in c for c in h["per_class"].values())
     assert h["outside_file_untouched"] and h["daemon_rss_mb_peak"] < h["daemon_rss_mb_before"] + 50
