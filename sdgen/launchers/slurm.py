@@ -42,7 +42,7 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZ
 # its tickets come back through their leases.
 ENDED_BY_WORKER = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "BOOT_FAIL"}
 ENDED_FROM_OUTSIDE = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
-PASSED_ON = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "KERAS_HOME"}
+PASSED_ON = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "KERAS_HOME", "XDG_CACHE_HOME"}
 INSTALL_HINT = ("sbatch not found: run the daemon on a Slurm login node (or install slurm-client "
                 "and point SLURM_CONF at the cluster's slurm.conf)")
 

@@ -57,7 +57,7 @@ class Worker:
         if claim is None:
             return None
         ticket = claim.ticket
-        log.info("ticket %s: %d image(s), attempt %d", printable(ticket.name), len(ticket.images), ticket.attempt + 1)
+        log.info("ticket %s: %d image(s), attempt %d", printable(ticket.name), len(ticket.images), ticket.attempt_number)
         try:
             engine = self.engine(ticket.engine)
         except EngineError as e:
@@ -97,7 +97,7 @@ class Worker:
             if extra is None:
                 break
             log.info("ticket %s: %d image(s), attempt %d, grouped with %s", extra.name, len(extra.ticket.images),
-                     extra.ticket.attempt + 1, claim.name)
+                     extra.ticket.attempt_number, claim.name)
             more.append(extra)
             images += len(extra.ticket.images)
         return more
