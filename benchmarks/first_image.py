@@ -15,7 +15,7 @@ import time
 T0 = time.perf_counter()
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sdgen.engine.base import get_engine  # noqa: E402
+from sdgen.engine.registry import get_engine  # noqa: E402
 from sdgen.spool.request import parse_request  # noqa: E402
 from sdgen.spool.split import split_request  # noqa: E402
 

@@ -15,7 +15,7 @@ from sdgen.cli.submit import add_request_options, request_from_args
 from sdgen.config import data_root
 from sdgen.daemon.service import Daemon, daemon_lock_free
 from sdgen.exceptions import DaemonRunning, UserError
-from sdgen.launchers.base import get_launcher
+from sdgen.launchers.registry import get_launcher
 from sdgen.spool.progress import summarize
 from sdgen.spool.store import Spool
 from sdgen.tracking.loop import EventDrain, TrackerThread

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from sdgen.engine import settings
 from sdgen.engine.base import Engine
-from sdgen.spool.ticket import ImageSpec, Ticket
+from sdgen.engine.base import ImageJob, Seeded
 
 
 def dry_run_image(prompt: str, seed: int, width: int, height: int) -> Image.Image:
@@ -33,20 +33,20 @@ class DryRunEngine(Engine):
     name = "dry-run"
 
     def __init__(self, delay: float | None = None):
-        # read here, so a bad value fails the ticket with its reason like any engine setting
+        # read here, so a bad value fails the job with its reason like any engine setting
         self.delay = settings.get("SDGEN_DRY_RUN_DELAY") if delay is None else delay
         self.group_images = settings.group_images(1)  # off unless asked: it has no batch to fill
 
-    def chunk_size(self, ticket: Ticket) -> int:
+    def chunk_size(self, job: ImageJob) -> int:
         return 1  # image by image, so cancel and shutdown act at every image boundary
 
-    def group_limit(self, ticket: Ticket) -> int:
+    def group_limit(self, job: ImageJob) -> int:
         return self.group_images
 
-    def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
+    def generate(self, job: ImageJob, images: Sequence[Seeded]) -> list[Image.Image]:
         out = []
         for spec in images:
             if self.delay > 0:
                 time.sleep(self.delay)
-            out.append(dry_run_image(ticket.prompt, spec.seed, ticket.width, ticket.height))
+            out.append(dry_run_image(job.prompt, spec.seed, job.width, job.height))
         return out

@@ -1,6 +1,6 @@
 """The keras-cv engine on JAX, run from model snapshots (snapshot.py).
 
-What a worker does for a ticket's (model, weights):
+What a worker does for a job's (model, weights):
 - a snapshot is on disk: load it (weights to the device, the programs from JAX's compile
   cache). keras and keras-cv are never imported.
 - none yet, or a damaged one (set aside by snapshot.load): the first worker of the node to
@@ -34,7 +34,7 @@ from sdgen.engine.batching import bucket, chunk_for, jax_memory_gib
 from sdgen.engine.diffusion import initial_noise, to_pixels
 from sdgen.engine.tokenizer import CONTEXT_LENGTH
 from sdgen.exceptions import EngineError
-from sdgen.spool.ticket import ImageSpec, Ticket
+from sdgen.engine.base import ImageJob, Seeded
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ExportedEngine(Engine):
         self._versions: dict | None = None
 
     def describe(self) -> dict:
-        if self._versions is None:  # package metadata lookups: once, not per ticket
+        if self._versions is None:  # package metadata lookups: once, not per job
             self._versions = snapshot.versions()
         ident = self._versions
         return {"engine": self.name, "backend": "jax", "precision": self.precision, "jit": True,
@@ -69,8 +69,8 @@ class ExportedEngine(Engine):
     def gpu_memory_gib(self) -> float | None:
         return jax_memory_gib() if self.device == "gpu" else None
 
-    def chunk_size(self, ticket: Ticket) -> int:
-        return chunk_for(len(ticket.images), ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
+    def chunk_size(self, job: ImageJob) -> int:
+        return chunk_for(len(job.images), job.height, job.width, self.gpu_memory_gib(), self.precision)
 
     # -- snapshots --------------------------------------------------------------------------
     def _builder(self):
@@ -80,8 +80,8 @@ class ExportedEngine(Engine):
             self.builder = KerasCVEngine(self.data_root, precision=self.precision, sampler="fused")
         return self.builder
 
-    def _snapshot(self, ticket: Ticket, timings: dict) -> snapshot.Snapshot | None:
-        key = (ticket.model, ticket.weights)
+    def _snapshot(self, job: ImageJob, timings: dict) -> snapshot.Snapshot | None:
+        key = (job.model, job.weights)
         if key in self.snapshots or key in self.fallback:
             return self.snapshots.get(key)
         ident = snapshot.identity(*key, self.precision, self.attention)
@@ -92,7 +92,7 @@ class ExportedEngine(Engine):
             t0 = time.perf_counter()
             # one worker of the node builds and writes; the others wait for it here
             try:
-                state = snapshot.ensure(folder, lambda: self._write_snapshot(ticket, ident))
+                state = snapshot.ensure(folder, lambda: self._write_snapshot(job, ident))
             except OSError as e:  # no cache folder or lock file possible (read-only, full): keras still works
                 log.warning("snapshot %s could not be written (%s); generating through keras-cv", folder.name, e)
                 self.fallback.add(key)
@@ -126,9 +126,9 @@ class ExportedEngine(Engine):
             self.fallback.add(key)
             return None
 
-    def _write_snapshot(self, ticket: Ticket, ident: dict) -> bool:
+    def _write_snapshot(self, job: ImageJob, ident: dict) -> bool:
         builder = self._builder()
-        key = builder._key(ticket)
+        key = builder._key(job)
         if key not in builder.models:
             builder.models[key] = builder.build(*key)
         sd = builder.models[key]
@@ -137,12 +137,12 @@ class ExportedEngine(Engine):
 
         models = {"text_encoder": sd._text_encoder, "unet": sd._diffusion_model, "decoder": sd._decoder}
         try:
-            snapshot.write(self.root, ident, models, builder.tokenizer_file(ticket.model, ticket.weights),
+            snapshot.write(self.root, ident, models, builder.tokenizer_file(job.model, job.weights),
                            _UNCONDITIONAL_TOKENS, ALPHAS_CUMPROD)
         except Exception as e:  # noqa: BLE001 - disk full, export refused: keras still works
             log.warning("snapshot %s could not be written (%s); generating through keras-cv",
                         snapshot.folder_for(self.root, ident).name, e)
-            self.fallback.add((ticket.model, ticket.weights))
+            self.fallback.add((job.model, job.weights))
             return False
         # kept to export this size's samplers (their weights are arguments, so these serve
         # as well as zero-weight ones): a worker that builds pays ~2 GB of device memory
@@ -150,43 +150,43 @@ class ExportedEngine(Engine):
         del builder.models[key]
         return True
 
-    def _sampler_ready(self, snap: snapshot.Snapshot, ticket: Ticket, size: int, timings: dict) -> None:
-        if snap.has_sampler(ticket.height, ticket.width, size):
+    def _sampler_ready(self, snap: snapshot.Snapshot, job: ImageJob, size: int, timings: dict) -> None:
+        if snap.has_sampler(job.height, job.width, size):
             return
         t0 = time.perf_counter()
-        key = (ticket.model, ticket.weights, ticket.height, ticket.width)
+        key = (job.model, job.weights, job.height, job.width)
         if key not in self.shapes:
             self.shapes[key] = self._builder().build(*key, shape_only=True)
         sd = self.shapes[key]
-        snapshot.write_sampler(snap.folder, sd._diffusion_model, sd._decoder, ticket.height, ticket.width, size,
+        snapshot.write_sampler(snap.folder, sd._diffusion_model, sd._decoder, job.height, job.width, size,
                                snap.unconditional)
         timings["export"] = round(time.perf_counter() - t0, 3)
 
     # -- generating -------------------------------------------------------------------------
-    def prepare(self, ticket: Ticket) -> dict[str, float]:
+    def prepare(self, job: ImageJob) -> dict[str, float]:
         timings: dict[str, float] = {}
-        snap = self._snapshot(ticket, timings)
+        snap = self._snapshot(job, timings)
         if snap is None:
-            return dict(timings, **self._builder().prepare(ticket))
-        size = bucket(self.chunk_size(ticket))
-        timings.update(self._warm(snap, ticket, size))
+            return dict(timings, **self._builder().prepare(job))
+        size = bucket(self.chunk_size(job))
+        timings.update(self._warm(snap, job, size))
         return timings
 
-    def _warm(self, snap: snapshot.Snapshot, ticket: Ticket, size: int) -> dict[str, float]:
+    def _warm(self, snap: snapshot.Snapshot, job: ImageJob, size: int) -> dict[str, float]:
         timings: dict[str, float] = {}
-        if (snap.name, ticket.height, ticket.width, size) not in self.warm:
-            self._sampler_ready(snap, ticket, size, timings)
+        if (snap.name, job.height, job.width, size) not in self.warm:
+            self._sampler_ready(snap, job, size, timings)
             t0 = time.perf_counter()
-            self._pixels(snap, ticket, [0] * size, steps=1)  # compiles, or loads from the cache
-            self.warm.add((snap.name, ticket.height, ticket.width, size))
+            self._pixels(snap, job, [0] * size, steps=1)  # compiles, or loads from the cache
+            self.warm.add((snap.name, job.height, job.width, size))
             timings["compile"] = round(time.perf_counter() - t0, 3)
         timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return timings
 
-    def _contexts(self, snap: snapshot.Snapshot, ticket: Ticket):
+    def _contexts(self, snap: snapshot.Snapshot, job: ImageJob):
         try:
-            context = snap.encode(ticket.prompt)
-            uncond = snap.encode(ticket.negative_prompt) if ticket.negative_prompt else snap.unconditional
+            context = snap.encode(job.prompt)
+            uncond = snap.encode(job.negative_prompt) if job.negative_prompt else snap.unconditional
         except ValueError as e:
             if "too long" in str(e):
                 raise EngineError(f"prompt is longer than {CONTEXT_LENGTH} CLIP tokens: shorten it",
@@ -194,32 +194,32 @@ class ExportedEngine(Engine):
             raise
         return context, uncond
 
-    def _pixels(self, snap: snapshot.Snapshot, ticket: Ticket, seeds: list[int], steps: int,
+    def _pixels(self, snap: snapshot.Snapshot, job: ImageJob, seeds: list[int], steps: int,
                 contexts=None) -> np.ndarray:
-        context, uncond = contexts or self._contexts(snap, ticket)
-        noise = initial_noise(seeds, ticket.height, ticket.width)
-        return to_pixels(snap.sample(noise, context, uncond, steps, ticket.guidance))
+        context, uncond = contexts or self._contexts(snap, job)
+        noise = initial_noise(seeds, job.height, job.width)
+        return to_pixels(snap.sample(noise, context, uncond, steps, job.guidance))
 
-    def generate(self, ticket: Ticket, images: Sequence[ImageSpec]) -> list[Image.Image]:
-        return self.generate_group([(ticket, images)])[0]
+    def generate(self, job: ImageJob, images: Sequence[Seeded]) -> list[Image.Image]:
+        return self.generate_group([(job, images)])[0]
 
-    def group_limit(self, ticket: Ticket) -> int:
+    def group_limit(self, job: ImageJob) -> int:
         """A GPU makes 2.5 images/s one at a time and 4.6 in batches of 16 (H100): small
-        tickets of one request are worth running together up to that, within memory."""
-        fit = chunk_for(64, ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
+        jobs of one request are worth running together up to that, within memory."""
+        fit = chunk_for(64, job.height, job.width, self.gpu_memory_gib(), self.precision)
         return min(fit, self.group_images)
 
     def generate_group(self, items) -> list[list[Image.Image]]:
         """All items' images as one batch (padded to a bucket): each image with its own
-        ticket's prompt and its own seed. Items are tickets of one request, so model, size,
+        job's prompt and its own seed. Items are jobs of one request, so model, size,
         steps, guidance and negative prompt are shared."""
         first = items[0][0]
         snap = self._snapshot(first, {})  # loaded by prepare() already, normally
         if snap is None:
-            return [self._builder().generate(ticket, specs) for ticket, specs in items]
+            return [self._builder().generate(job, specs) for job, specs in items]
         seeds, contexts, unconds = [], [], []
-        for ticket, specs in items:
-            context, uncond = self._contexts(snap, ticket)
+        for job, specs in items:
+            context, uncond = self._contexts(snap, job)
             seeds += [spec.seed for spec in specs]
             contexts += [context] * len(specs)
             unconds += [uncond] * len(specs)

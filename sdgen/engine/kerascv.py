@@ -50,7 +50,7 @@ from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402
 from sdgen.exceptions import EngineError  # noqa: E402
-from sdgen.spool.ticket import ImageSpec, Ticket  # noqa: E402
+from sdgen.engine.base import ImageJob, Seeded  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,12 @@ class KerasCVEngine(Engine):
     def gpu_memory_gib(self) -> float | None:
         return jax_memory_gib() if keras.backend.backend() == "jax" and self.device == "gpu" else None
 
-    def chunk_size(self, ticket: Ticket) -> int:
-        return chunk_for(len(ticket.images), ticket.height, ticket.width, self.gpu_memory_gib(), self.precision)
+    def chunk_size(self, job: ImageJob) -> int:
+        return chunk_for(len(job.images), job.height, job.width, self.gpu_memory_gib(), self.precision)
 
     # -- building ---------------------------------------------------------------------------
-    def _key(self, ticket: Ticket) -> tuple:
-        return (ticket.model, ticket.weights, ticket.height, ticket.width)
+    def _key(self, job: ImageJob) -> tuple:
+        return (job.model, job.weights, job.height, job.width)
 
     def tokenizer_file(self, model: str, weights: str) -> Path:
         if weights == "pretrained":
@@ -180,8 +180,8 @@ class KerasCVEngine(Engine):
             sd._tokenizer = SimpleTokenizer(bpe_path=str(self.tokenizer_file(model, weights)))
         return sd
 
-    def prepare(self, ticket: Ticket) -> dict[str, float]:
-        key = self._key(ticket)
+    def prepare(self, job: ImageJob) -> dict[str, float]:
+        key = self._key(job)
         timings = {}
         if key not in self.models:
             t0 = time.perf_counter()
@@ -189,47 +189,47 @@ class KerasCVEngine(Engine):
             sd = self.models[key]
             self.samplers[key] = FusedSampler(sd._diffusion_model, sd._decoder, self.jit)
             timings["model_build"] = round(time.perf_counter() - t0, 3)
-        return dict(timings, **self._warm(key, ticket, bucket(self.chunk_size(ticket))))
+        return dict(timings, **self._warm(key, job, bucket(self.chunk_size(job))))
 
-    def _warm(self, key: tuple, ticket: Ticket, size: int) -> dict[str, float]:
+    def _warm(self, key: tuple, job: ImageJob, size: int) -> dict[str, float]:
         timings = {}
         if key + (size,) not in self.warm:
             # One 1-step pass at this batch size traces/compiles everything it needs, so the
             # compile cost is reported apart from generation.
             t0 = time.perf_counter()
-            self._run(key, ticket, [0] * size, steps=1)
+            self._run(key, job, [0] * size, steps=1)
             self.warm.add(key + (size,))
             timings["compile"] = round(time.perf_counter() - t0, 3)
         timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return timings
 
     # -- generating -------------------------------------------------------------------------
-    def _run(self, key: tuple, ticket: Ticket, seeds: list[int], steps: int,
+    def _run(self, key: tuple, job: ImageJob, seeds: list[int], steps: int,
              sampler: str | None = None) -> np.ndarray:
         sd = self.models[key]
-        noise = initial_noise(seeds, ticket.height, ticket.width)
+        noise = initial_noise(seeds, job.height, job.width)
         try:
             with _quiet():
-                context = sd.encode_text(ticket.prompt)
+                context = sd.encode_text(job.prompt)
                 if (sampler or self.sampler) == "stock":
                     return sd.generate_image(
-                        context, negative_prompt=ticket.negative_prompt or None, batch_size=len(seeds),
-                        num_steps=steps, unconditional_guidance_scale=ticket.guidance,
+                        context, negative_prompt=job.negative_prompt or None, batch_size=len(seeds),
+                        num_steps=steps, unconditional_guidance_scale=job.guidance,
                         diffusion_noise=noise)
-                uncond = (sd.encode_text(ticket.negative_prompt) if ticket.negative_prompt
+                uncond = (sd.encode_text(job.negative_prompt) if job.negative_prompt
                           else sd._get_unconditional_context())
-                return self.samplers[key](noise, context, uncond, steps, ticket.guidance)
+                return self.samplers[key](noise, context, uncond, steps, job.guidance)
         except ValueError as e:
             if "too long" in str(e):
                 raise EngineError(f"prompt is longer than {MAX_PROMPT_LENGTH} CLIP tokens: shorten it",
                                   transient=False) from None
             raise
 
-    def generate(self, ticket: Ticket, images: Sequence[ImageSpec],
+    def generate(self, job: ImageJob, images: Sequence[Seeded],
                  sampler: str | None = None) -> list[Image.Image]:
-        self.prepare(ticket)
+        self.prepare(job)
         seeds = [spec.seed for spec in images]
-        self._warm(self._key(ticket), ticket, bucket(len(seeds)))  # a last, smaller chunk
+        self._warm(self._key(job), job, bucket(len(seeds)))  # a last, smaller chunk
         padded = seeds + [seeds[-1]] * (bucket(len(seeds)) - len(seeds))
-        pixels = self._run(self._key(ticket), ticket, padded, steps=ticket.steps, sampler=sampler)
+        pixels = self._run(self._key(job), job, padded, steps=job.steps, sampler=sampler)
         return [Image.fromarray(pixels[i]) for i in range(len(seeds))]

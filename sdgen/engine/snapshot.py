@@ -54,7 +54,7 @@ from filelock import FileLock, Timeout
 from sdgen import defaults, settings
 from sdgen.engine.diffusion import MAX_STEPS, schedule
 from sdgen.engine.tokenizer import CONTEXT_LENGTH, ClipTokenizer
-from sdgen.spool.publish import fsync_dir, publish
+from sdgen.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: i
     args = (_variables_of(unet), _variables_of(decoder),
             jax.ShapeDtypeStruct((batch, height // 8, width // 8, 4), np.float32),
             context, context, np.int32(1), f32, f32, f32, np.float32(7.5))
-    publish(path.parent, path, _export(pure_sampler(unet, decoder), *args))
+    atomic_write(path.parent, path, _export(pure_sampler(unet, decoder), *args))
     return path
 
 

@@ -1,5 +1,6 @@
-"""Where workers run: local processes now, ADSP and Slurm jobs later, behind one interface."""
+"""Where workers run: local processes, ADSP jobs and Slurm jobs, behind one interface."""
 
-from sdgen.launchers.base import ExitedWorker, Launcher, get_launcher
+from sdgen.launchers.base import ExitedWorker, Launcher
+from sdgen.launchers.registry import get_launcher
 
 __all__ = ["ExitedWorker", "Launcher", "get_launcher"]

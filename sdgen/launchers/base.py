@@ -1,4 +1,6 @@
-"""The launcher interface the daemon drives, and the registry of launchers by name."""
+"""The launcher interface the daemon drives, and what launchers share (the environment a
+worker gets, its command line, the saved job table). The registry by name is
+launchers/registry.py."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sdgen.exceptions import UserError
-from sdgen.spool.publish import publish
+from sdgen.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +142,5 @@ def load_jobs(state_file: Path, job_cls) -> dict:
 def save_jobs(state_file: Path, jobs: dict) -> None:
     """Saved before every submission, so a crash right after it cannot lose a job."""
     data = json.dumps({name: asdict(job) for name, job in jobs.items()}, indent=1).encode()
-    publish(state_file.parent / "tmp", state_file, data)
+    atomic_write(state_file.parent / "tmp", state_file, data)
 
-
-def get_launcher(name: str, **options) -> Launcher:
-    if name == "local":
-        from sdgen.launchers.local import LocalLauncher
-
-        return LocalLauncher(**options)
-    if name == "slurm":
-        from sdgen.launchers.slurm import SlurmLauncher
-
-        return SlurmLauncher(**options)
-    if name == "adsp":
-        from sdgen.launchers.adsp import AdspLauncher
-
-        return AdspLauncher(**options)
-    raise UserError(f"unknown launcher {name!r}: this sdgen has 'local', 'adsp' and 'slurm'")

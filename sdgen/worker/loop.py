@@ -11,13 +11,14 @@ import socket
 import time
 
 from sdgen import defaults, settings
-from sdgen.engine.base import Engine, get_engine
+from sdgen.engine.base import Engine
+from sdgen.engine.registry import get_engine
 from sdgen.exceptions import EngineError, SettingError
 from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
 from sdgen.worker.heartbeat import Heartbeat
-from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, run_group, run_ticket
+from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, image_job, run_group, run_ticket
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Worker:
         """More small tickets of the same request, up to the images the engine runs best
         together (engine.group_limit; 1 on the CPU and for the dry-run engine unless
         SDGEN_GROUP_IMAGES says otherwise)."""
-        limit = engine.group_limit(claim.ticket)
+        limit = engine.group_limit(image_job(claim.ticket))
         more, images = [], len(claim.ticket.images)
         if limit > images and not self._group_is_fair(claim, limit):
             limit = images

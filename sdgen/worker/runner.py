@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from sdgen.engine.base import Engine
+from sdgen.engine.base import Engine, ImageJob
 from sdgen.exceptions import EngineError, UserError
 from sdgen.spool.claim import Claim, pid_alive
 from sdgen.spool.layout import image_file_name
-from sdgen.spool.publish import fsync_dir
+from sdgen.fsutil import fsync_dir
 from sdgen.spool.records import CorruptRecord
 from sdgen.spool.split import image_seed
 from sdgen.spool.ticket import attempt_event
@@ -50,6 +50,14 @@ class Outcome:
     fatal_for_worker: bool = False  # e.g. out of memory: this process should exit
     pause: bool = False             # e.g. the disk is full: wait before claiming again
     others: list = field(default_factory=list)  # the other tickets' outcomes when run as a group
+
+
+def image_job(ticket) -> ImageJob:
+    """What the engine is given of a ticket: prompts, sizes, seeds (its image records pass
+    through, so the images come back in their order); never the ticket itself."""
+    return ImageJob(prompt=ticket.prompt, negative_prompt=ticket.negative_prompt, images=ticket.images,
+                    steps=ticket.steps, width=ticket.width, height=ticket.height, guidance=ticket.guidance,
+                    model=ticket.model, weights=ticket.weights)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -264,16 +272,16 @@ class Pregenerated(Engine):
     def describe(self) -> dict:
         return self.engine.describe()
 
-    def prepare(self, ticket) -> dict[str, float]:
-        missing = [s for s in ticket.images if (s.prompt_index, s.image_index) not in self.images]
-        return dict(self.timings, **(self.engine.prepare(ticket) if missing else {}))
+    def prepare(self, job: ImageJob) -> dict[str, float]:
+        missing = [s for s in job.images if (s.prompt_index, s.image_index) not in self.images]
+        return dict(self.timings, **(self.engine.prepare(job) if missing else {}))
 
-    def chunk_size(self, ticket) -> int:
-        return self.engine.chunk_size(ticket)
+    def chunk_size(self, job: ImageJob) -> int:
+        return self.engine.chunk_size(job)
 
-    def generate(self, ticket, images):
+    def generate(self, job: ImageJob, images):
         missing = [s for s in images if (s.prompt_index, s.image_index) not in self.images]
-        made = iter(self.engine.generate(ticket, missing) if missing else [])
+        made = iter(self.engine.generate(job, missing) if missing else [])
         return [self.images[key] if key in self.images else next(made)
                 for key in ((s.prompt_index, s.image_index) for s in images)]
 
@@ -292,13 +300,15 @@ def run_group(claims: list[Claim], engine: Engine, stops: list[Callable[[], str 
     seconds = 0.0
     if items:
         try:
-            timings.update(engine.prepare(replace(items[0][0], images=tuple(s for _, specs in items for s in specs))))
-            limit = max(1, engine.group_limit(items[0][0]))
+            jobs = {ticket.name: image_job(ticket) for ticket, _ in items}
+            first = jobs[items[0][0].name]
+            timings.update(engine.prepare(replace(first, images=tuple(s for _, specs in items for s in specs))))
+            limit = max(1, engine.group_limit(first))
             for chunk in _chunks(items, limit):
                 if any(stop() for stop in stops):
                     break
                 t0 = time.perf_counter()
-                made = engine.generate_group(chunk)
+                made = engine.generate_group([(jobs[ticket.name], specs) for ticket, specs in chunk])
                 seconds += time.perf_counter() - t0
                 for (ticket, specs), images in zip(chunk, made, strict=True):
                     ready[ticket.name].update(((s.prompt_index, s.image_index), im) for s, im in zip(specs, images))
@@ -344,19 +354,20 @@ def _chunks(items: list, limit: int) -> list[list]:
 def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tuple[int, str | None]:
     """Make the missing images: (how many, why it stopped early or None)."""
     made = 0
+    job = image_job(ticket)
     if todo:
-        timings.update(engine.prepare(ticket))
+        timings.update(engine.prepare(job))
     gen_seconds = getattr(engine, "generated_before", 0.0)
     write_seconds = 0.0
     described = engine.describe()
-    chunk = max(1, engine.chunk_size(ticket))
+    chunk = max(1, engine.chunk_size(job))
     for i in range(0, len(todo), chunk):
         reason = should_stop()
         if reason:
             return made, reason
         part = todo[i:i + chunk]
         t0 = time.perf_counter()
-        images = engine.generate(ticket, [spec for spec, _ in part])
+        images = engine.generate(job, [spec for spec, _ in part])
         gen_seconds += time.perf_counter() - t0
         # PNG encoding, hashing and fsync of a batch in threads (zlib releases the GIL): on
         # an H100 a 16-image batch took 0.9 s to write one by one beside 3.5 s of sampling

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from sdgen.engine.base import get_engine  # noqa: E402
+from sdgen.engine.registry import get_engine  # noqa: E402
 from sdgen.spool.request import parse_request  # noqa: E402
 from sdgen.spool.split import split_request  # noqa: E402
 
