@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 
 from sdgen.exceptions import UserError
 from sdgen.spool.ticket import ImageSpec, Ticket
-from sdgen.worker import pngmeta
+from sdgen import pngmeta
 
 # -- an A1111-style reader, written from the behaviour of A1111's parse_generation_parameters
 # (modules/infotext_utils.py): all lines but the last are the prompt until one starts with

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sdgen.textsafe import printable
-from sdgen.worker.pngmeta import read_meta
+from sdgen.pngmeta import read_meta
 
 
 def cmd_show(args: argparse.Namespace) -> int:

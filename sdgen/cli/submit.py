@@ -17,7 +17,7 @@ from sdgen.spool.intake import read_request_file
 from sdgen.spool.records import CorruptRecord, load_json_object
 from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
 from sdgen.spool.store import Spool
-from sdgen.worker.pngmeta import read_meta
+from sdgen.pngmeta import read_meta
 
 # option dest -> request key; several spellings (the original example's included) per key
 OPTIONS = [

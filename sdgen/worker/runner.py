@@ -32,7 +32,7 @@ from sdgen.spool.split import image_seed
 from sdgen.spool.ticket import attempt_event
 from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
-from sdgen.worker.pngmeta import png_info
+from sdgen.pngmeta import png_info
 from sdgen.worker.sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
