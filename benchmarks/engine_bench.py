@@ -3,8 +3,10 @@ side by side in one process, random weights (no downloads), images/s per batch s
 
     KERAS_BACKEND=jax python benchmarks/engine_bench.py --batches 1,4,8,16 --out bench.json
 
-On the lent GPU machine (no TensorFlow there) put ../shared/gpu/tfshim first on PYTHONPATH;
-the script then checks that keras-cv touched no fake TensorFlow after import.
+On a GPU machine without TensorFlow, put a TensorFlow import shim (a stand-in `tensorflow`
+package whose every name is an inert placeholder, recorded in `_tfshim.TOUCHED`) first on
+PYTHONPATH; the script then checks that keras-cv touched no fake TensorFlow after import
+(docs/benchmarks.md, "Without TensorFlow").
 Prints one line per (sampler, batch) and a summary with the card name and versions.
 """
 

@@ -1,6 +1,6 @@
 """ADSP (AE5) workers: each run-once job runs `sdgen worker` on the shared data directory.
 
-Built around ae5-tools' known bugs (../shared/research/ae5-tools.md): its job_create POST is
+Built around ae5-tools' known bugs (seen in ae5-tools 0.7.3): its job_create POST is
 retried on 502 and can create a job twice, so job names are deterministic and an existing
 job of that name is adopted before creating again; its wait loop can hang, so runs are
 polled here, one cheap `runs/{id}` request each, with a capped backoff and a start

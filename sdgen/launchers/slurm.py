@@ -1,7 +1,7 @@
 """Slurm workers: each batch job runs `sdgen worker` on the shared data directory, claims
 tickets until the spool has been idle a while, then exits (one job serves many tickets).
 
-Facts relied on (../shared/research/slurm.md, Slurm 22.05): `sbatch --parsable` prints the
+Facts relied on (checked on Slurm 22.05): `sbatch --parsable` prints the
 job id; `squeue -t all` lists jobs (final states included) until MinJobAge; `scontrol show
 job -o` gives JobState, ExitCode and RunTime; no accounting database is assumed (no sacct);
 `scancel` of an unknown id succeeds. Individual jobs, not an array: the daemon caps how
