@@ -18,6 +18,32 @@ from tests.servers import MlflowServer, wait_for  # noqa: F401  (tests import th
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A daemon that reacts within a fraction of a second: short rescans, lease timeout and idle exit.
+FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
+# A request that the dry-run engine makes in milliseconds.
+DRY = "engine: dry-run\nwidth: 128\nheight: 128\n"
+
+
+def accept(spool: Spool, text: str, request_id: str = "20261126-000000-aaaaaa"):
+    """Accept a request straight into the spool (what the daemon's intake does), whole."""
+    from sdgen.spool.request import parse_request
+
+    return spool.accept(request_id, parse_request(text), source="test", now=time.time())
+
+
+def submit(data: Path, *args) -> str:
+    """`sdgen submit` of a dry-run request at 128x128; returns the request id."""
+    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
+                 *args, check=True).stdout.strip()
+
+
+def worker_pids(data: Path) -> list[int]:
+    """Pids of the sdgen workers of this data directory (they run in sessions of their own)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])]
+
 
 @pytest.fixture
 def data(tmp_path) -> Path:

@@ -1,12 +1,9 @@
 """`sdgen cancel` agrees with what the daemon does: a cancel before acceptance holds, and a
 request whose tickets are all done is not cancelled, whatever state.json says yet."""
 
-import os
 
 from sdgen.spool.request import parse_request
-from tests.conftest import sdgen, status_json
-
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
+from tests.conftest import FAST, sdgen, status_json
 
 
 def test_a_cancel_while_in_the_inbox_holds_when_the_daemon_accepts(data, daemon):

@@ -1,7 +1,6 @@
 """Issue 15, "a newcomer's first hour": the paths around a first run (where it is started
 from, a busy UI port, progress in a pipe, Ctrl-C and SIGHUP) end cleanly and say what to do."""
 
-import os
 import signal
 import socket
 import subprocess
@@ -9,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import kill_workers, sdgen, sdgen_env, status_json, wait_for
+from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for
 
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
 REQUEST = ("--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128")
 # The installed console script, as a user runs it: unlike `python -m sdgen` it does not put
 # the working directory on sys.path itself, so only the workers' command is under test.

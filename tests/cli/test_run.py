@@ -6,9 +6,8 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import kill_workers, sdgen, sdgen_env, wait_for
+from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, wait_for
 
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
 REQUEST = ("--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128")
 
 

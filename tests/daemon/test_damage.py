@@ -11,9 +11,8 @@ import pytest
 from sdgen.daemon.scheduler import Scheduler
 from sdgen.spool.request import parse_request
 from sdgen.spool.store import Spool, StuckEntry
-from tests.conftest import sdgen, status_json, wait_for
+from tests.conftest import FAST, sdgen, status_json, wait_for
 
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
 GOOD = "prompt: a fox\nimages: 2\nengine: dry-run\nwidth: 128\nheight: 128\nseed: 1\n"
 RID = "20261126-000000-aaaaaa"
 

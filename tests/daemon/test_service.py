@@ -5,19 +5,24 @@ import os
 import signal
 import time
 
-import psutil
 import pytest
 
-from tests.conftest import DaemonProc, claims_in_worker_logs, kill_workers, sdgen, status_json, wait_for
+from tests.conftest import (
+    FAST,
+    DaemonProc,
+    claims_in_worker_logs,
+    kill_workers,
+    sdgen,
+    status_json,
+    submit,
+    wait_for,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.slow
 
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
 
 
-def submit(data, *args) -> str:
-    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                 *args, check=True).stdout.strip()
 
 
 def pngs(data, rid) -> list[str]:
@@ -29,9 +34,6 @@ def expected_pngs(seed: int, n: int, prompts: int = 1) -> list[str]:
     return sorted(f"{p:04d}-{i:06d}-{seed + i}.png" for p in range(prompts) for i in range(n))
 
 
-def worker_pids(data) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])]
 
 
 def assert_no_leftovers(data):

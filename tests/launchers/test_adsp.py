@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, sdgen, status_json, wait_for
+from tests.conftest import REPO, sdgen, status_json, submit, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +50,6 @@ def start(daemon, ae5, *args, **env):
     return daemon(*FAST, *args, **e)
 
 
-def submit(data, *args):
-    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", *args,
-                 check=True).stdout.strip()
 
 
 def flag(ae5, name, on=True):

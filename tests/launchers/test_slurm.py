@@ -9,10 +9,17 @@ import time
 
 import pytest
 
-from sdgen.launchers.slurm import (JobOptions, batch_script, check_env_names, final_outcome,
-                                   parse_job_record, parse_runtime, sbatch_args)
 from sdgen.exceptions import UserError
-from tests.conftest import sdgen, sdgen_env, status_json, wait_for
+from sdgen.launchers.slurm import (
+    JobOptions,
+    batch_script,
+    check_env_names,
+    final_outcome,
+    parse_job_record,
+    parse_runtime,
+    sbatch_args,
+)
+from tests.conftest import sdgen, sdgen_env, status_json, submit, wait_for
 
 SECRET = "s3cret-" + str(time.time_ns())
 FAST = ("--launcher", "slurm", "--rescan", "0.3", "--lease-timeout", "4")
@@ -85,9 +92,6 @@ def submitted_since(cluster, before: set[str]) -> dict[str, str]:
     return {i: s for i, s in jobs(cluster).items() if i not in before}
 
 
-def submit(data, *args) -> str:
-    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", *args,
-                 check=True).stdout.strip()
 
 
 def start(daemon, slurm, *args, **env):

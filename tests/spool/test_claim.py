@@ -6,10 +6,7 @@ import time
 from sdgen.spool.claim import Lease, claim_next
 from sdgen.spool.request import parse_request
 from sdgen.spool.store import Spool
-
-
-def accept(spool, text, request_id="20261126-000000-aaaaaa"):
-    return spool.accept(request_id, parse_request(text), source="test", now=time.time())
+from tests.conftest import accept
 
 
 def _claimer(root, worker_id, queue):

@@ -8,11 +8,10 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import sdgen, sdgen_env, status_json, wait_for, kill_workers  # noqa: F401
+from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-FAST = ("--rescan", "0.3", "--lease-timeout", "4", "--worker-idle-exit", "2")
 
 
 def tracked(server, **extra):
