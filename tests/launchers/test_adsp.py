@@ -76,9 +76,12 @@ def test_a_request_completes_through_adsp_jobs(data, daemon, ae5):
     assert status_json(data)[0]["state"] == "done"
     assert 1 <= jobs_created(ae5["dir"]) <= 2
     state = fake_state(ae5["dir"])
-    variables = next(iter(json.loads((ae5["dir"] / "state.json").read_text())["runs"].values()), {})
     assert state["jobs"] == {} and state["runs"] == {}  # finished jobs and runs deleted
-    assert variables == {} or "SDGEN_WORKER_ID" in variables.get("variables", {})
+    given = [json.loads(p.read_text()) for p in ae5["dir"].glob("*/variables.json")]
+    assert len(given) == jobs_created(ae5["dir"]) >= 1
+    for variables in given:  # every run knew its worker id and data directory, and no secret
+        assert variables["SDGEN_WORKER_ID"] and variables["SDGEN_DATA"] == str(data)
+        assert not [k for k in variables if k.startswith(("AE5_", "MLFLOW"))]
     no_secret_anywhere(data, ae5, d.output())
 
 

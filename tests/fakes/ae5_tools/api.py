@@ -94,6 +94,9 @@ class AEUserSession:
         rid = "a2-" + secrets.token_hex(16)
         rdir = _dir() / rid
         rdir.mkdir()
+        # For tests only (AE5 keeps no such file): what the run was given, kept after the
+        # run and job records are deleted, so a test can check every run's variables.
+        (rdir / "variables.json").write_text(json.dumps(job["variables"]))
         # The job's process sees the platform's environment plus the job's variables only:
         # nothing of the session that created it (its AE5 credentials included).
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AE5_", "FAKE_AE5", "MLFLOW_"))}
