@@ -80,3 +80,68 @@ SNAPSHOT_WAIT_SECONDS = 120.0
 # used entries first (each model size and batch bucket compiles to some 10-100 MB).
 CACHE_UNUSED_SECONDS = 30 * 86400.0
 JAX_CACHE_MAX_BYTES = 10 * 10**9
+
+# -- waits and limits of the workers ---------------------------------------------------------
+# A full disk is not a failure: the ticket is deferred this long (no attempt counted) and its
+# worker pauses as long before claiming again, so freed space is used within seconds without
+# a worker spinning on ENOSPC.
+DISK_FULL_WAIT_SECONDS = 10.0
+
+# An idle worker looks for a pending ticket this often: a new ticket starts within a fifth of
+# a second, and an idle scan of tickets/pending costs one listdir. Also the slice a worker's
+# pauses are cut into, so a signal ends a pause this fast.
+WORKER_POLL_SECONDS = 0.2
+
+# System metrics (SDGEN_SYSTEM_METRICS): one sample a second, at most this many per ticket
+# (10 minutes' worth), so a long ticket's MLflow run stays small.
+SYSMETRICS_INTERVAL_SECONDS = 1.0
+SYSMETRICS_MAX_SAMPLES = 600
+
+# -- the engine ------------------------------------------------------------------------------
+# A snapshot's temporary folder untouched this long was left by a writer that died (writing
+# one takes well under a minute); it is swept, and `sdgen cache status` calls it so.
+SNAPSHOT_STALE_TMP_SECONDS = 3600
+
+# One weight file's download gives up when the server sends nothing for this long (a stalled
+# connection otherwise hangs `sdgen weights fetch` for ever).
+WEIGHTS_DOWNLOAD_TIMEOUT_SECONDS = 60
+
+# -- launchers -------------------------------------------------------------------------------
+# A running job the daemon has too many of is stopped only after holding no ticket this long:
+# between two tickets a busy worker holds none for a moment, and must not be cut then.
+JOB_TRIM_AFTER_SECONDS = 10.0
+
+# While a launcher waits for its jobs to end (end_all, stop_all), it looks this often.
+JOB_END_POLL_SECONDS = 1.0
+# Slurm: squeue is cheap, so look twice as often; scancel again this often in case
+# slurmctld missed one (a busy controller can drop requests).
+SLURM_END_POLL_SECONDS = 0.5
+SLURM_CANCEL_AGAIN_SECONDS = 5.0
+
+# Slurm: one `squeue` for all jobs this often (the daemon's tick is about a second; slurmctld
+# must not be flooded by a daemon that watches hundreds of jobs).
+SLURM_POLL_SECONDS = 2.0
+# A Slurm command that has not answered in this long reads as failed (exit 124): a hung
+# slurmctld must not hang the daemon's tick.
+SLURM_COMMAND_TIMEOUT_SECONDS = 30
+
+# ADSP: each run is polled with one request, first after POLL_MIN, backing off to POLL_MAX
+# (AE5's API is slow and shared by everyone on the cluster); a run still starting after
+# START_DEADLINE (image pulls and scheduling take minutes, not this long) is stopped and
+# counted failed.
+ADSP_POLL_MIN_SECONDS = 2.0
+ADSP_POLL_MAX_SECONDS = 30.0
+ADSP_START_DEADLINE_SECONDS = 20 * 60.0
+
+# Local workers: `nvidia-smi -L` (counting GPUs) answers in well under a second; a driver that
+# hangs it must not hang the daemon's start.
+NVIDIA_SMI_TIMEOUT_SECONDS = 10
+# While stopping a local worker that is not our child (adopted from an earlier daemon), check
+# this often whether it has gone.
+LOCAL_STOP_POLL_SECONDS = 0.1
+
+# -- the CLI ---------------------------------------------------------------------------------
+# `sdgen run`'s progress on a pipe or in a log: at most one line this often (a terminal's bar
+# is redrawn at every change); following another daemon's run, look this often.
+PROGRESS_PLAIN_EVERY_SECONDS = 5.0
+PROGRESS_FOLLOW_SECONDS = 1.0

@@ -130,7 +130,7 @@ def snapshots(data: Path) -> list[Item]:
         if snapshot.DAMAGED in entry.name:
             item.note = "damaged, set aside"
         elif entry.name.startswith("tmp-"):
-            item.note = "left by a writer that died" if now - (newest or 0) > snapshot._STALE_TMP_S else "being written"
+            item.note = "left by a writer that died" if now - (newest or 0) > defaults.SNAPSHOT_STALE_TMP_SECONDS else "being written"
         else:
             stamp = entry / snapshot.LAST_USED
             item.last_use = stamp.stat().st_mtime if stamp.exists() else newest

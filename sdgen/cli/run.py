@@ -143,7 +143,7 @@ class _Progress:
     redrawn in place; elsewhere (a pipe, a log file) whole lines: one per change, at most one
     every PLAIN_EVERY seconds, and always the final one."""
 
-    PLAIN_EVERY = 5.0
+    PLAIN_EVERY = defaults.PROGRESS_PLAIN_EVERY_SECONDS
 
     def __init__(self, spool: Spool, request_id: str, stream=sys.stderr):
         self.spool, self.request_id, self.stream = spool, request_id, stream
@@ -355,7 +355,7 @@ def _follow(spool: Spool, progress: _Progress) -> bool:
         if daemon_lock_free(spool):
             progress.update()  # it may have finished the request on its way out
             return progress.finished()
-        time.sleep(1)
+        time.sleep(defaults.PROGRESS_FOLLOW_SECONDS)
 
 
 def register(sub) -> None:

@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 PARTS = ("text_encoder", "unet", "decoder")
 _ALIGN = 64
-_STALE_TMP_S = 3600
 # The snapshot is only read on the node and software that wrote it (the folder name says
 # so), so the custom calls JAX will not promise to keep stable across versions (cuDNN's
 # fused attention) are fine to serialize.
@@ -251,7 +250,7 @@ def _clean_stale(root: Path) -> None:
     """Temporary folders of workers that died while writing."""
     for tmp in root.glob("tmp-*"):
         try:
-            if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
+            if time.time() - tmp.stat().st_mtime > defaults.SNAPSHOT_STALE_TMP_SECONDS:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             pass

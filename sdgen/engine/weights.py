@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sdgen import defaults
 from sdgen.exceptions import EngineError
 
 
@@ -168,7 +169,7 @@ class WeightCache:
                 report(f"{wf.name}: present")
                 continue
             part = self.dir / f"{wf.name}.part"
-            with urllib.request.urlopen(wf.url, timeout=60) as response, open(part, "wb") as out:
+            with urllib.request.urlopen(wf.url, timeout=defaults.WEIGHTS_DOWNLOAD_TIMEOUT_SECONDS) as response, open(part, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or wf.size or 0
                 done = last = 0
                 while chunk := response.read(8 << 20):

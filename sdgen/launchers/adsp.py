@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 TERMINAL = {"completed", "failed", "stopped", "error"}
 KNOWN = TERMINAL | {"initial", "running"}
-POLL_MIN, POLL_MAX = 2.0, 30.0
-START_DEADLINE = 20 * 60.0  # a run still "initial" after this is stopped and counted failed
 INSTALL_HINT = ("ae5-tools is not installed: `conda install -c ae5-admin ae5-tools` (it is not on "
                 "PyPI; anaconda-project.yml lists it)")
 
@@ -79,7 +77,7 @@ def worker_variables(data_root: Path, worker_id: str, idle_exit: float, heartbea
 class Job(jobs.Job):
     run_id: str = ""
     next_poll: float = 0.0
-    poll_every: float = POLL_MIN
+    poll_every: float = defaults.ADSP_POLL_MIN_SECONDS
 
 
 class AdspLauncher(jobs.JobLauncher):
@@ -150,28 +148,29 @@ class AdspLauncher(jobs.JobLauncher):
                         continue
                     self._create(job, now)
                     if not job.run_id:
-                        job.next_poll = now + POLL_MIN
+                        job.next_poll = now + defaults.ADSP_POLL_MIN_SECONDS
                         continue
                 info = self.session.api("get", f"runs/{job.run_id}")
                 self._ae5_ok(now)
             except Exception as e:  # noqa: BLE001 - AE5 unreachable: keep the job, poll later
                 self._ae5_failed(f"polling {job.name}", e, now)
                 job.next_poll = now + job.poll_every
-                job.poll_every = min(POLL_MAX, job.poll_every * 2)
+                job.poll_every = min(defaults.ADSP_POLL_MAX_SECONDS, job.poll_every * 2)
                 continue
             state = str(info.get("state", "unknown"))
             if state not in KNOWN:
                 self.warn.fail((job.name, state), now, "ADSP run %s of job %s is in unknown state %r: "
                                "still polling it", job.run_id, job.name, state)
-            if state == "initial" and now - job.created > START_DEADLINE:
-                log.error("ADSP job %s did not start within %.0f min: stopping it", job.name, START_DEADLINE / 60)
+            if state == "initial" and now - job.created > defaults.ADSP_START_DEADLINE_SECONDS:
+                log.error("ADSP job %s did not start within %.0f min: stopping it", job.name,
+                          defaults.ADSP_START_DEADLINE_SECONDS / 60)
                 self._quietly(lambda: self.session.run_stop(job.run_id))
                 state = "failed"
             job.state = state
             if state in TERMINAL:
                 exited.append(self._finish(job, now))
             else:
-                job.poll_every = min(POLL_MAX, job.poll_every * 1.5)
+                job.poll_every = min(defaults.ADSP_POLL_MAX_SECONDS, job.poll_every * 1.5)
                 job.next_poll = now + job.poll_every
         return exited
 

@@ -15,11 +15,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sdgen import defaults
 from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
 
 log = logging.getLogger(__name__)
 
-TRIM_AFTER = 10.0  # seconds a surplus running job must hold no ticket before it is stopped
 
 
 class WarnOnce:
@@ -71,7 +71,7 @@ class JobLauncher(Launcher):
     initial_state = ""
     wait_on_stop = True            # stop_all waits up to `grace` for jobs to leave by themselves
     cancel_again_every: float | None = None  # end_all repeats cancel() this often (None: once)
-    end_poll_every = 1.0           # seconds between polls while end_all waits
+    end_poll_every = defaults.JOB_END_POLL_SECONDS  # seconds between polls while end_all waits
 
     def __init__(self, data_root: Path):
         self.data_root = Path(data_root)
@@ -114,7 +114,7 @@ class JobLauncher(Launcher):
 
     def idle_state(self, job: Job) -> str | None:
         """For trimming: "now" (holds nothing: cancel at once), "after" (may hold a ticket:
-        cancel once idle TRIM_AFTER seconds) or None (leave it)."""
+        cancel once idle defaults.JOB_TRIM_AFTER_SECONDS) or None (leave it)."""
         return None
 
     def poll_soon(self) -> None:
@@ -194,7 +194,7 @@ class JobLauncher(Launcher):
 
     def trim(self, now: float, busy: set[str], wanted: int) -> None:
         """Cancel jobs beyond what the queue needs (e.g. after a cancel): those that hold
-        nothing at once, the others once they have held no ticket for TRIM_AFTER seconds
+        nothing at once, the others once they have held no ticket for defaults.JOB_TRIM_AFTER_SECONDS
         (a listing races with claims, and stopping a job that just claimed a ticket would
         cost that ticket an attempt). Pending ones first, then the newest."""
         self.attach()
@@ -205,7 +205,7 @@ class JobLauncher(Launcher):
             if surplus <= 0 or job.name in busy or job.name in self._stopped or kind is None:
                 self._idle_since.pop(job.name, None)
                 continue
-            if kind == "after" and now - self._idle_since.setdefault(job.name, now) < TRIM_AFTER:
+            if kind == "after" and now - self._idle_since.setdefault(job.name, now) < defaults.JOB_TRIM_AFTER_SECONDS:
                 continue
             self._idle_since.pop(job.name, None)
             if self.cancel(job, now, "no work left for it"):
@@ -224,7 +224,7 @@ class JobLauncher(Launcher):
             exited.extend(self.reap(time.time()))
             if not self.jobs or time.monotonic() >= deadline:
                 break
-            time.sleep(1.0)
+            time.sleep(defaults.JOB_END_POLL_SECONDS)
         if self.jobs:
             log.info("leaving %d %s job(s) for the next daemon to re-adopt", len(self.jobs), self.label)
         self._save()

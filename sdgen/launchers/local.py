@@ -31,7 +31,8 @@ def visible_gpus() -> list[str]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                             timeout=defaults.NVIDIA_SMI_TIMEOUT_SECONDS).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
@@ -178,7 +179,7 @@ class LocalLauncher(jobs.JobLauncher):
                     pass
             else:
                 while same_process(job) and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                    time.sleep(defaults.LOCAL_STOP_POLL_SECONDS)
                 if not same_process(job):
                     continue
             log.warning("worker %s did not stop within %.0fs: killing it", worker_id, grace)

@@ -33,7 +33,6 @@ from sdgen.launchers.base import ENV_NAME, SECRET_NAME, ExitedWorker, plain_name
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 2.0
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING",
           "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 # Final states and what they mean for the daemon. A worker that failed by itself gets its
@@ -138,11 +137,12 @@ class SlurmLauncher(jobs.JobLauncher):
     missed it, until Slurm lists none of them as active."""
 
     name, label, job_cls, initial_state = "slurm", "Slurm", Job, "SUBMITTING"
-    wait_on_stop, cancel_again_every, end_poll_every = False, 5.0, 0.5
+    wait_on_stop = False
+    cancel_again_every, end_poll_every = defaults.SLURM_CANCEL_AGAIN_SECONDS, defaults.SLURM_END_POLL_SECONDS
 
     def __init__(self, data_root: Path, max_workers: int | None = None, job_options: JobOptions | None = None,
                  idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-                 heartbeat: float = defaults.HEARTBEAT_SECONDS, poll: float = POLL_SECONDS, **_ignored):
+                 heartbeat: float = defaults.HEARTBEAT_SECONDS, poll: float = defaults.SLURM_POLL_SECONDS, **_ignored):
         if not shutil.which("sbatch"):
             raise UserError(INSTALL_HINT)
         super().__init__(data_root)
@@ -154,7 +154,7 @@ class SlurmLauncher(jobs.JobLauncher):
         self._next_poll = 0.0
 
     # -- Slurm commands ---------------------------------------------------------------------
-    def _slurm(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    def _slurm(self, *cmd: str, timeout: float = defaults.SLURM_COMMAND_TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
         """A Slurm command; a hung slurmctld reads as a failed call (exit 124), never as an
         exception out of the daemon's tick."""
         try:

@@ -18,7 +18,7 @@ from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
 from sdgen.worker.heartbeat import Heartbeat
-from sdgen.worker.runner import DISK_FULL_WAIT, Outcome, image_job, run_group, run_ticket
+from sdgen.worker.runner import Outcome, image_job, run_group, run_ticket
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Worker:
         return should_stop
 
     def work(self, idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-             max_tickets: int | None = None, poll: float = 0.2) -> int:
+             max_tickets: int | None = None, poll: float = defaults.WORKER_POLL_SECONDS) -> int:
         """Run tickets until idle for `idle_exit` seconds, `max_tickets` ran, or a signal."""
         self._install_signals()
         idle_since = time.monotonic()
@@ -137,11 +137,11 @@ class Worker:
             try:
                 outcome = self.step()
             except OSError as e:  # e.g. no space even for a lease: wait, then try again
-                log.error("cannot claim (%s): waiting %.0fs", e, DISK_FULL_WAIT)
-                self._sleep(DISK_FULL_WAIT)
+                log.error("cannot claim (%s): waiting %.0fs", e, defaults.DISK_FULL_WAIT_SECONDS)
+                self._sleep(defaults.DISK_FULL_WAIT_SECONDS)
                 continue
             if outcome is not None and any(o.pause for o in [outcome, *outcome.others]):
-                self._sleep(DISK_FULL_WAIT)
+                self._sleep(defaults.DISK_FULL_WAIT_SECONDS)
             if outcome is None:
                 if time.monotonic() - idle_since >= idle_exit:
                     log.info("idle for %.0fs: exiting", idle_exit)
@@ -158,7 +158,7 @@ class Worker:
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(defaults.WORKER_POLL_SECONDS)
 
     def _install_signals(self) -> None:
         def on_signal(signum, frame):

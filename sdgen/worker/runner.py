@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from sdgen import defaults
 from sdgen.engine.base import Engine, ImageJob
 from sdgen.exceptions import EngineError, UserError
 from sdgen.spool.claim import Claim, pid_alive
@@ -37,7 +38,6 @@ from sdgen.worker.sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
-DISK_FULL_WAIT = 10.0  # seconds a ticket (and its worker) wait after the disk was full
 
 
 @dataclass
@@ -234,7 +234,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
             log.error("ticket %s: disk full (%s); deferred without counting an attempt", ticket.name, e)
             try:
                 state = claim.pause(f"{e.strerror} ({spool.layout.root}): free some space", now(),
-                                    DISK_FULL_WAIT)
+                                    defaults.DISK_FULL_WAIT_SECONDS)
             except OSError:
                 state = "lost"
             return Outcome(state, 0, skipped, timings, f"OSError: {e}", pause=True)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import os
 import time
 
-from sdgen import settings
+from sdgen import defaults, settings
 from sdgen.worker.background import Background
-
-MAX_SAMPLES = 600
 
 
 def enabled() -> bool:
@@ -42,7 +40,7 @@ class SystemSampler(Background):
 
     thread_name = "system-metrics"
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = defaults.SYSMETRICS_INTERVAL_SECONDS):
         super().__init__()
         self.interval = interval
         self.samples: list[dict] = []
@@ -57,7 +55,7 @@ class SystemSampler(Background):
         while True:
             sample = {"t": time.time(), "cpu_percent": proc.cpu_percent(None),
                       "rss_mb": proc.memory_info().rss / 2**20, **gpu.sample()}
-            if len(self.samples) < MAX_SAMPLES:
+            if len(self.samples) < defaults.SYSMETRICS_MAX_SAMPLES:
                 self.samples.append(sample)
             if self.stopping.wait(self.interval):
                 return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from sdgen import defaults
 from sdgen.launchers import jobs
 from sdgen.launchers.base import ExitedWorker
 
@@ -139,9 +140,9 @@ def test_trim_cancels_pending_jobs_at_once_and_idle_running_ones_after_a_while(r
     # wanted 1 of 4: the pending one goes at once, then the newest idle running ones
     launcher.trim(10.0, busy={names[2]}, wanted=1)
     assert launcher.cancels == [names[3]]
-    launcher.trim(10.0 + jobs.TRIM_AFTER - 1, busy={names[2]}, wanted=1)
+    launcher.trim(10.0 + defaults.JOB_TRIM_AFTER_SECONDS - 1, busy={names[2]}, wanted=1)
     assert launcher.cancels == [names[3]]  # not idle long enough, and not cancelled twice
-    launcher.trim(10.0 + jobs.TRIM_AFTER, busy={names[2]}, wanted=1)
+    launcher.trim(10.0 + defaults.JOB_TRIM_AFTER_SECONDS, busy={names[2]}, wanted=1)
     assert launcher.cancels == [names[3], names[1], names[0]]  # the busy one stays
     exited = launcher.reap(30.0)
     assert {w.worker_id for w in exited} == set(names) - {names[2]}
@@ -159,9 +160,9 @@ def test_a_job_that_claims_a_ticket_is_idle_again_from_zero(root):
     launcher.reap(0.0)
     launcher.trim(1.0, busy=set(), wanted=0)
     launcher.trim(5.0, busy={name}, wanted=0)  # it claimed a ticket
-    launcher.trim(1.0 + jobs.TRIM_AFTER, busy=set(), wanted=0)
+    launcher.trim(1.0 + defaults.JOB_TRIM_AFTER_SECONDS, busy=set(), wanted=0)
     assert launcher.cancels == []
-    launcher.trim(1.0 + 2 * jobs.TRIM_AFTER, busy=set(), wanted=0)
+    launcher.trim(1.0 + 2 * defaults.JOB_TRIM_AFTER_SECONDS, busy=set(), wanted=0)
     assert launcher.cancels == [name]
 
 
