@@ -9,6 +9,7 @@ from sdgen.config import data_root
 from sdgen.exceptions import UserError
 from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import request_state
+from sdgen.spool.states import REQUEST_TERMINAL, TicketState
 from sdgen.spool.store import Spool
 from sdgen.spool.ticket import after_retry
 
@@ -56,13 +57,11 @@ def cancel_request(spool: Spool, request_id: str) -> str:
         counts = spool.ticket_counts().get(request_id, {})
         total = meta.get("tickets_total") or sum(len(v) for v in counts.values())
         state = request_state(counts, total, spool.is_cancelled(request_id))
-        if state in ("done", "failed", "cancelled"):
+        if state in REQUEST_TERMINAL:
             return f"request {request_id} is already {state}; nothing to cancel"
-    if where == "inbox":
-        # Not accepted yet: the marker waits in the request folder and the daemon
-        # cancels every ticket the moment it accepts the request.
-        spool.layout.request_dir(request_id).mkdir(parents=True, exist_ok=True)
-    spool.cancel(request_id, time.time())
+    # Not accepted yet (in the inbox): the marker waits in the request folder and the
+    # daemon cancels every ticket the moment it accepts the request.
+    spool.cancel(request_id, time.time(), before_acceptance=where == "inbox")
     return f"cancelled {request_id}: pending tickets will not run, running ones stop at the next image"
 
 
@@ -77,15 +76,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
     counts = spool.ticket_counts().get(args.request_id, {})
     moved = 0
     now = time.time()
-    for state in ("failed", "held", "deferred"):
+    for state in (TicketState.FAILED, TicketState.HELD, TicketState.DEFERRED):
         for index in counts.get(state, []):
             name = ticket_name(meta.get("priority", 0), index, args.request_id)
             try:
                 ticket = spool.read_ticket(state, name)
             except FileNotFoundError:
                 continue
-            if spool.move_ticket(name, state, "pending", after_retry(ticket, now)):
-                (spool.layout.tickets(state) / f"{name}.reason").unlink(missing_ok=True)
+            if spool.retry(name, state, after_retry(ticket, now)):
                 moved += 1
     print(f"{moved} ticket(s) of {args.request_id} queued again" if moved
           else f"request {args.request_id} has no failed or held tickets")

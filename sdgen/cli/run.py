@@ -17,6 +17,7 @@ from sdgen.daemon.service import Daemon, daemon_lock_free
 from sdgen.exceptions import DaemonRunning, UserError
 from sdgen.launchers.registry import get_launcher
 from sdgen.spool.progress import summarize
+from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
 from sdgen.spool.store import Spool
 from sdgen.tracking.loop import EventDrain, TrackerThread
 from sdgen.worker.loop import Worker
@@ -161,9 +162,9 @@ class _Progress:
 
     def _phase(self, row: dict, counts: dict) -> str:
         """Before the first image: what the spool says is going on."""
-        if row["images_done"] or row["state"] in ("done", "failed", "cancelled"):
+        if row["images_done"] or row["state"] in REQUEST_TERMINAL:
             return ""
-        if counts.get("running"):
+        if counts.get(TicketState.RUNNING):
             # a worker claimed a ticket: it builds (or loads) the model, compiles, then
             # makes the first image; on a GPU that takes a minute or so
             return "building the model, compiling, first image"
@@ -186,7 +187,7 @@ class _Progress:
             r = (done - self.first_done[1]) / (now - self.first_done[0])
             rate = f" {r:.2f} img/s"
             eta = f" ETA {max(0, total - done) / r:.0f}s"
-        final = row["state"] in ("done", "failed", "cancelled")
+        final = row["state"] in REQUEST_TERMINAL
         phase = self._phase(row, counts)
         what = f"({row['state']}{': ' + phase if phase else ''}, {now - self.started:.0f}s)" if phase \
             else f"({row['state']})"
@@ -225,7 +226,7 @@ class _Progress:
         return True
 
     def finished(self, *_) -> bool:
-        return bool(self.row) and self.row["state"] in ("done", "failed", "cancelled")
+        return bool(self.row) and self.row["state"] in REQUEST_TERMINAL
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -276,7 +277,7 @@ def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Sto
     progress.update()
     row = progress.row or {}
     state = row.get("state", "unknown")
-    if state == "done":
+    if state == RequestState.DONE:
         print(spool.layout.output_dir(request_id))
         return 0
     meta = spool.read_state(request_id) or {}

@@ -14,6 +14,7 @@ from sdgen.spool.intake import is_candidate, is_stray, read_request_file
 from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import summarize
 from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes
+from sdgen.spool.states import RequestState, TicketState
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
 
@@ -36,14 +37,14 @@ def collect(spool: Spool) -> list[dict]:
         try:
             meta = spool.read_state(request_id)
         except CorruptRecord as e:
-            rows.append(_problem_row(request_id, "corrupt", f"{e}: the daemon moves it to spool/corrupt/ "
+            rows.append(_problem_row(request_id, RequestState.CORRUPT, f"{e}: the daemon moves it to spool/corrupt/ "
                                      "and rebuilds it from request.yaml"))
             continue
         if meta is None:
             continue  # being accepted right now
         row = summarize(meta, counts.get(request_id, {}), spool.is_cancelled(request_id))
         row["output_dir"] = str(layout.output_dir(request_id))
-        if row["state"] == "failed":
+        if row["state"] == RequestState.FAILED:
             row["reason"] = meta.get("reason", "tickets failed or held")
         row["tracking_backlog"] = backlog.get(request_id, 0)
         failure = _request_tracking_failure(tracking, request_id)
@@ -54,7 +55,7 @@ def collect(spool: Spool) -> list[dict]:
             # this request's logging fails on its own (the others go on): say why
             row["tracking_error"] = (f"MLflow logging failed since {_when(failure.get('since'))} "
                                      f"({failure.get('attempts', 1)} tries, retrying): {failure.get('error', '?')}")
-        if blocked and row["state"] in ("pending", "running"):
+        if blocked and row["state"] in (RequestState.PENDING, RequestState.RUNNING):
             row["launcher_error"] = blocked
         rows.append(row)
     for folder in (layout.inbox, layout.incoming):
@@ -63,7 +64,7 @@ def collect(spool: Spool) -> list[dict]:
                 continue
             stem = entry.rsplit(".", 1)[0]
             row = {"id": stem if REQUEST_ID.match(stem) else f"inbox/{entry}", "name": "",
-                   "state": "pending", "priority": 0, "images_total": 0, "images_done": 0,
+                   "state": RequestState.PENDING, "priority": 0, "images_total": 0, "images_done": 0,
                    "tickets_total": 0}
             try:
                 request = read_request_file(folder / entry, check_name=folder == layout.inbox)
@@ -72,13 +73,13 @@ def collect(spool: Spool) -> list[dict]:
             except RequestError:
                 pass  # the daemon will reject it with the reason
             if entry in stuck and folder == layout.inbox:
-                row.update(state="stuck", reason=str(stuck[entry]))
+                row.update(state=RequestState.STUCK, reason=str(stuck[entry]))
             rows.append(row)
         for entry in sorted(os.listdir(folder)) if folder == layout.inbox and folder.exists() else []:
             if is_stray(entry):
-                rows.append(_problem_row(f"inbox/{entry}", "ignored", "not a request file name: the "
+                rows.append(_problem_row(f"inbox/{entry}", RequestState.IGNORED, "not a request file name: the "
                                          "daemon takes only *.yaml and *.yml (rename it to end in .yaml)"))
-    for folder, state in ((layout.rejected, "rejected"), (layout.corrupt, "corrupt")):
+    for folder, state in ((layout.rejected, RequestState.REJECTED), (layout.corrupt, RequestState.CORRUPT)):
         for entry in sorted(os.listdir(folder)) if folder.exists() else []:
             if entry.endswith(".reason"):
                 continue
@@ -152,7 +153,7 @@ def resolve(spool: Spool, request_id: str) -> str:
     return rid
 
 
-_TICKET_PROBLEMS = ("failed", "held", "deferred")
+_TICKET_PROBLEMS = (TicketState.FAILED, TicketState.HELD, TicketState.DEFERRED)
 
 
 def detail(spool: Spool, row: dict) -> dict:
@@ -229,18 +230,25 @@ def _detail_text(d: dict) -> str:
     return "\n".join(lines)
 
 
+# Rows whose reason the table prints under them.
+_WITH_REASON = (RequestState.FAILED, RequestState.REJECTED, RequestState.CORRUPT, RequestState.STUCK,
+                RequestState.IGNORED)
+
+
 def _table(rows: list[dict]) -> str:
     head = f"{'ID':<24} {'STATE':<9} {'PRI':>4} {'TICKETS p/r/d/f':>16} {'IMAGES':>13}  NAME"
     lines = [head]
     for r in rows:
-        t = "/".join(str(r.get(f"tickets_{s}", 0) + (r.get("tickets_deferred", 0) if s == "pending" else 0)
-                         + (r.get("tickets_held", 0) if s == "failed" else 0))
-                     for s in ("pending", "running", "done", "failed"))
+        # p/r/d/f: deferred tickets count as pending, held ones as failed
+        t = "/".join(str(r.get(f"tickets_{s.value}", 0)
+                         + (r.get(f"tickets_{TicketState.DEFERRED.value}", 0) if s == TicketState.PENDING else 0)
+                         + (r.get(f"tickets_{TicketState.HELD.value}", 0) if s == TicketState.FAILED else 0))
+                     for s in (TicketState.PENDING, TicketState.RUNNING, TicketState.DONE, TicketState.FAILED))
         images = f"{r['images_done']}/{r['images_total']}"
         # Names, ids of rejected files and reasons come from users: inert before printing.
         lines.append(f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
                      f"{printable(r.get('name', ''))}")
-        if r.get("reason") and r["state"] in ("failed", "rejected", "corrupt", "stuck", "ignored"):
+        if r.get("reason") and r["state"] in _WITH_REASON:
             lines.append(f"{'':<24} reason: {printable(r['reason'])}")
         if r.get("tracking_error") and not r.get("tracking_outage"):
             # an outage is said once below the table; this request's own failure is said here
@@ -315,7 +323,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     launcher = _read_json(spool.layout.launcher_status) or {}
     workers = launcher.get("workers") or {}
     # launcher.json is the daemon's last word: once it is gone the counts are stale
-    if daemon["running"] and workers and any(r["state"] in ("pending", "running") for r in rows):
+    if daemon["running"] and workers and any(r["state"] in (RequestState.PENDING, RequestState.RUNNING) for r in rows):
         print(f"workers ({printable(launcher.get('launcher', '?'))}): "
               + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items())))
     if launcher.get("blocked"):  # why the last daemon stopped launching: worth saying after it exits too
@@ -329,7 +337,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-STATES = ("pending", "running", "done", "failed", "cancelled", "rejected", "corrupt", "stuck", "ignored")
+# The words `sdgen list --state` takes: every RequestState (status-only rows included).
+STATES = tuple(state.value for state in RequestState)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

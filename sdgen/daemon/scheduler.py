@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import request_state
 from sdgen.spool.records import CorruptRecord, one_line, read_bytes
+from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
 from sdgen.spool.request import Request
 from sdgen.spool.store import Spool, StuckEntry
 from sdgen.spool.ticket import after_death, attempt_event, due_at
@@ -34,7 +34,7 @@ def printable_lines(text: str) -> str:
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = REQUEST_TERMINAL
 
 # Errors that concern the whole spool (the disk), not one file: the tick stops and the
 # service retries it; any other error stays inside the step that met it.
@@ -239,7 +239,7 @@ class Scheduler:
         `sdgen status` (written when the set changes)."""
         stuck = {name: reason for name, (reason, _) in self._stuck.items()}
         if stuck != self._stuck_written:
-            self.spool.write(self.spool.layout.intake_status, json.dumps({"stuck": stuck}).encode())
+            self.spool.write_intake_status(stuck)
             self._stuck_written = stuck
 
     def _accept(self, path, request_id: str, now: float, report: TickReport, deadline: float) -> None:
@@ -273,7 +273,7 @@ class Scheduler:
         changed for `lease_timeout` seconds of our own monotonic clock."""
         mono = time.monotonic() if mono is None else mono
         layout = self.spool.layout
-        running = self.spool.ticket_names("running")
+        running = self.spool.ticket_names(TicketState.RUNNING)
         report.running = len(running)
         self.busy_workers: set[str] = set()
         for name in list(self._leases):
@@ -313,22 +313,17 @@ class Scheduler:
         layout = self.spool.layout
         self._leases.pop(name, None)
         try:
-            ticket = self.spool.read_ticket("running", name)
+            ticket = self.spool.read_ticket(TicketState.RUNNING, name)
         except FileNotFoundError:
             return  # finished or handed back meanwhile
         except CorruptRecord as e:
-            layout.lease(name).unlink(missing_ok=True)
-            self.spool.quarantine(layout.ticket("running", name), e.reason, now)
+            self.spool.release_lease(name)
+            self.spool.quarantine(layout.ticket(TicketState.RUNNING, name), e.reason, now)
             return
         lease = Lease.read(layout.lease(name))
-        # The lease goes before the ticket leaves running/: once pending, another worker may
-        # claim it at once, and its new lease must survive.
-        layout.lease(name).unlink(missing_ok=True)
-        if layout.ticket("done", name).exists():
-            layout.ticket("running", name).unlink(missing_ok=True)
-        else:
-            state, updated = after_death(ticket, detail, worker, now)
-            self.spool.move_ticket(name, "running", state, updated)
+        state, updated = after_death(ticket, detail, worker, now)
+        # Spool.reclaim removes the lease before the ticket leaves running/ (the rule lives there).
+        if self.spool.reclaim(name, state, updated):
             log.warning("ticket %s: %s; now %s", name, printable(detail), state)
             self.spool.record_event(attempt_event(
                 ticket, "KILLED", worker, lease.host if lease else "", lease.claimed_at if lease else now,
@@ -337,22 +332,21 @@ class Scheduler:
         report.running = max(0, report.running - 1)
 
     def release_deferred(self, now: float, report: TickReport) -> None:
-        for name in self.spool.ticket_names("deferred"):
+        for name in self.spool.ticket_names(TicketState.DEFERRED):
             try:
-                ticket = self.spool.read_ticket("deferred", name)
+                ticket = self.spool.read_ticket(TicketState.DEFERRED, name)
             except FileNotFoundError:
                 continue
             except CorruptRecord as e:
-                self.spool.quarantine(self.spool.layout.ticket("deferred", name), e.reason, now)
+                self.spool.quarantine(self.spool.layout.ticket(TicketState.DEFERRED, name), e.reason, now)
                 continue
             due = due_at(ticket, now)
             if due <= now:
-                self.spool.move_ticket(name, "deferred", "pending")
+                self.spool.undefer(name)
                 continue
             if not ticket.not_before:
                 # only the daemon writes deferred tickets once they are there
-                self.spool.write(self.spool.layout.ticket("deferred", name),
-                                 replace(ticket, not_before=due).to_json())
+                self.spool.stamp_due(name, replace(ticket, not_before=due))
             report.deferred += 1
             report.wake_in = due - now if report.wake_in is None else min(report.wake_in, due - now)
 
@@ -370,16 +364,16 @@ class Scheduler:
 
     def apply_cancels(self, counts: dict, now: float) -> None:
         for request_id, tickets in counts.items():
-            if not (tickets.get("pending") or tickets.get("deferred")):
+            if not (tickets.get(TicketState.PENDING) or tickets.get(TicketState.DEFERRED)):
                 continue
             if not self.spool.is_cancelled(request_id):
                 continue
             meta = self._meta_of(request_id) or {}
-            for state in ("pending", "deferred"):
+            for state in (TicketState.PENDING, TicketState.DEFERRED):
                 for index in tickets.get(state, []):
                     name = ticket_name(meta.get("priority", 0), index, request_id)
-                    if self.spool.move_ticket(name, state, "cancelled"):
-                        tickets.setdefault("cancelled", []).append(index)
+                    if self.spool.cancel_ticket(name, state):
+                        tickets.setdefault(TicketState.CANCELLED, []).append(index)
                 tickets[state] = []
 
     def update_requests(self, counts: dict, now: float) -> int:
@@ -411,7 +405,7 @@ class Scheduler:
         if meta is None:
             return 0
         cancelled = self.spool.is_cancelled(request_id)
-        if meta.get("state") in TERMINAL and not (meta["state"] == "failed" or cancelled):
+        if meta.get("state") in TERMINAL and not (meta["state"] == RequestState.FAILED or cancelled):
             return 0
         tickets = counts.get(request_id, {})
         state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
@@ -421,7 +415,7 @@ class Scheduler:
         meta = dict(meta, state=state)
         if state in TERMINAL:
             meta["finished_at"] = now
-        if state == "failed":
+        if state == RequestState.FAILED:
             meta["reason"] = self._failure_reason(request_id, meta, tickets)
         else:
             meta.pop("reason", None)
@@ -431,14 +425,14 @@ class Scheduler:
         return still_open
 
     def _failure_reason(self, request_id: str, meta: dict, tickets: dict) -> str:
-        for state in ("failed", "held"):
+        for state in (TicketState.FAILED, TicketState.HELD):
             for index in tickets.get(state, []):
                 name = ticket_name(meta.get("priority", 0), index, request_id)
                 try:
                     reason = self.spool.read_ticket(state, name).reason
                 except (OSError, CorruptRecord):
                     continue
-                n = len(tickets.get("failed", [])) + len(tickets.get("held", []))
+                n = len(tickets.get(TicketState.FAILED, [])) + len(tickets.get(TicketState.HELD, []))
                 return f"{n} ticket(s) failed or held; first: {reason}"
         return "tickets failed"
 
@@ -466,7 +460,7 @@ class Scheduler:
         """A worker that failed at start-up held no ticket, so no attempt records it: tell the
         tracker, once per request it was launched for, so its output reaches MLflow."""
         for request_id, meta in self._meta.items():
-            if meta.get("state") in ("pending", "running"):
+            if meta.get("state") in (RequestState.PENDING, RequestState.RUNNING):
                 self.spool.record_event({"kind": "worker-failed", "request_id": request_id,
                                          "worker": w.worker_id, "error": f"{how} after {w.ran_seconds:.0f}s",
                                          "ended_at": now})
@@ -476,12 +470,12 @@ class Scheduler:
         the workers are doing (written when that changes)."""
         name = self.launcher.name if self.launcher else ""
         self._summary_written = self.launcher.summary() if self.launcher else None
-        self.spool.write(self.spool.layout.launcher_status, json.dumps(
+        self.spool.write_launcher_status(
             {"launcher": name, "blocked": self.blocked, "since": self.startup.blocked_since or now,
-             "workers": self._summary_written}).encode())
+             "workers": self._summary_written})
 
     def launch(self, now: float, report: TickReport) -> None:
-        report.pending = len(self.spool.ticket_names("pending"))
+        report.pending = len(self.spool.ticket_names(TicketState.PENDING))
         if not (self.launcher and self.launching) or not self.startup.may_launch(now):
             return
         wanted = workers_wanted(self.launcher.max_workers, report.pending, report.running)

@@ -45,8 +45,7 @@ def acquire_daemon_lock(spool: Spool) -> FileLock:
             f"another sdgen daemon{who} already runs on {layout.root}: stop it first, "
             "or give this one another --data directory"
         ) from None
-    spool.write(layout.daemon_info, json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+    spool.write_daemon_info({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
     return lock
 
 
@@ -62,15 +61,7 @@ def daemon_lock_free(spool: Spool) -> bool:
 
 
 def sweep_tmp(spool: Spool, now: float, older_than: float = defaults.TMP_SWEEP_SECONDS) -> int:
-    swept = 0
-    for entry in os.scandir(spool.layout.tmp):
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
-                os.unlink(entry.path)
-                swept += 1
-        except FileNotFoundError:
-            pass
-    return swept
+    return spool.sweep_tmp(now, older_than)
 
 
 class Daemon:

@@ -12,7 +12,6 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sdgen.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +138,11 @@ def load_jobs(state_file: Path, job_cls) -> dict:
         return {}
 
 
-def save_jobs(state_file: Path, jobs: dict) -> None:
-    """Saved before every submission, so a crash right after it cannot lose a job."""
+def save_jobs(data_root: Path, launcher: str, jobs: dict) -> None:
+    """Saved before every submission, so a crash right after it cannot lose a job
+    (spool/<launcher>-jobs.json, written by `Spool.save_jobs`)."""
+    from sdgen.spool.store import Spool
+
     data = json.dumps({name: asdict(job) for name, job in jobs.items()}, indent=1).encode()
-    atomic_write(state_file.parent / "tmp", state_file, data)
+    Spool(data_root).save_jobs(launcher, data)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sdgen import defaults
 from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
+from sdgen.spool.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class JobLauncher(Launcher):
 
     def __init__(self, data_root: Path):
         self.data_root = Path(data_root)
-        self.state_file = self.data_root / "spool" / f"{self.name}-jobs.json"
+        self.state_file = Layout(self.data_root).jobs_file(self.name)
         self.jobs: dict[str, Job] = {}
         self.warn = WarnOnce(logging.getLogger(type(self).__module__))
         self.ending = False            # end_all runs: never submit again
@@ -145,7 +146,7 @@ class JobLauncher(Launcher):
     def _save(self) -> None:
         data = json.dumps({n: asdict(j) for n, j in self.jobs.items()}, sort_keys=True).encode()
         if data != self._saved:  # nothing changed: no rewrite on every tick
-            save_jobs(self.state_file, self.jobs)
+            save_jobs(self.data_root, self.name, self.jobs)
             self._saved = data
 
     def new_name(self, now: float) -> str:

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from filelock import FileLock, Timeout
 
 from sdgen import defaults
-from sdgen.spool.publish import link_new
 from sdgen.spool.records import CorruptRecord, read_bytes
+from sdgen.spool.states import TicketState
 from sdgen.spool.store import Spool
 from sdgen.spool.ticket import Ticket, after_failure, after_pause
 
@@ -97,7 +97,7 @@ class Claim:
             return False
         current = Lease.read(self._lease_path())
         mine = (current is not None and current.worker == self.lease.worker
-                and self.spool.layout.ticket("running", self.name).exists())
+                and self.spool.layout.ticket(TicketState.RUNNING, self.name).exists())
         self._lost = not mine
         return mine
 
@@ -105,12 +105,12 @@ class Claim:
         if not self.still_mine():
             return False
         self.lease.beat += 1
-        self.spool.write(self._lease_path(), self.lease.to_json())
+        self.spool.renew_lease(self.name, self.lease.to_json())
         return True
 
     def _release(self) -> None:
         if self.still_mine():
-            self._lease_path().unlink(missing_ok=True)
+            self.spool.release_lease(self.name)
 
     def finish(self, result: dict) -> bool:
         """Publish the done-marker (ticket + result). False if the ticket was taken back (a
@@ -121,50 +121,46 @@ class Claim:
             return False
         marker = json.loads(self.ticket.to_json())
         marker["result"] = result
-        won = link_new(self.spool.layout.tmp, self.spool.layout.ticket("done", self.name),
-                       json.dumps(marker, indent=1).encode())
+        won = self.spool.finish(self.name, json.dumps(marker, indent=1).encode())
         if self.still_mine():
-            self.spool.layout.ticket("running", self.name).unlink(missing_ok=True)
-            self._lease_path().unlink(missing_ok=True)
+            self.spool.retire(self.name)
         if not won:
             log.warning("ticket %s was already done by another attempt; kept the first marker", self.name)
         return won
 
-    def fail(self, error: str, transient: bool, now: float) -> str | None:
+    def fail(self, error: str, transient: bool, now: float) -> TicketState | None:
         """Record a failed attempt; returns the new state (None if the ticket was not ours)."""
         if not self.still_mine():
             return None
         state, updated = after_failure(self.ticket, error, transient, self.lease.worker, now)
-        self._drop_lease()
-        self.spool.move_ticket(self.name, "running", state, updated)
+        self._leave(state, updated)
         return state
 
     def pause(self, reason: str, now: float, wait: float) -> str:
         """Defer without counting an attempt (disk full). If even that small write fails,
-        hand the ticket back by rename, which needs no new space."""
+        hand the ticket back by rename, which needs no new space. Returns the new state, or
+        "lost" (not a state: the ticket was no longer ours)."""
         if not self.still_mine():
             return "lost"
         state, updated = after_pause(self.ticket, reason, self.lease.worker, now, wait)
-        self._drop_lease()
         try:
-            self.spool.move_ticket(self.name, "running", state, updated)
+            self._leave(state, updated)
         except OSError:
-            self.spool.move_ticket(self.name, "running", "pending")
-            state = "pending"
+            self.spool.leave_running(self.name, TicketState.PENDING)  # a rename: no new space
+            state = TicketState.PENDING
         return state
 
-    def hand_back(self, to_state: str = "pending") -> bool:
+    def hand_back(self, to_state: TicketState = TicketState.PENDING) -> bool:
         """Give the ticket back unchanged (shutdown, cancel): not a failed attempt."""
         if not self.still_mine():
             return False
-        self._drop_lease()
-        return self.spool.move_ticket(self.name, "running", to_state)
+        return self._leave(to_state)
 
-    def _drop_lease(self) -> None:
-        """Before the ticket leaves running/: once it is pending again another worker may
-        claim it at once and write its own lease, which must not then be deleted."""
-        self._lease_path().unlink(missing_ok=True)
+    def _leave(self, state: TicketState, updated: Ticket | None = None) -> bool:
+        """The ticket leaves running/ through `Spool.leave_running` (lease first); from then
+        on this claim holds nothing."""
         self._lost = True
+        return self.spool.leave_running(self.name, state, updated)
 
 
 class PendingView:
@@ -183,7 +179,7 @@ class PendingView:
         return time.monotonic() - self.listed_at < self.refresh
 
     def relist(self) -> None:
-        self.names, self.pos, self.listed_at = self.spool.ticket_names("pending"), 0, time.monotonic()
+        self.names, self.pos, self.listed_at = self.spool.ticket_names(TicketState.PENDING), 0, time.monotonic()
 
     def count_ahead(self, request_id: str, look_ahead: int) -> int:
         """Names of `request_id` among the next `look_ahead` of the listing."""
@@ -268,30 +264,18 @@ def claim_more(spool: Spool, worker_id: str, request_id: str, view: PendingView,
 def _take(spool: Spool, worker_id: str, name: str, now: float) -> Claim | None:
     """Rename one pending ticket to running/ and lease it; None if another worker won it,
     it was done meanwhile or it cannot be read."""
-    layout = spool.layout
-    try:
-        os.rename(layout.ticket("pending", name), layout.ticket("running", name))
-    except FileNotFoundError:
-        return None  # another worker won this one
-    if layout.ticket("done", name).exists():
-        # A late writer finished it after it was handed back: nothing to redo.
-        layout.ticket("running", name).unlink(missing_ok=True)
-        return None
     lease = Lease(worker=worker_id, host=socket.gethostname(), pid=os.getpid(), claimed_at=now)
+    # No lease, no claim: Spool.claim gives the ticket back by rename if the lease fails.
+    if not spool.claim(name, lease.to_json()):
+        return None
     try:
-        spool.write(layout.lease(name), lease.to_json())
-    except OSError:
-        # No lease, no claim: give the ticket back by rename (needs no space).
-        os.rename(layout.ticket("running", name), layout.ticket("pending", name))
-        raise
-    try:
-        ticket = spool.read_ticket("running", name)
+        ticket = spool.read_ticket(TicketState.RUNNING, name)
     except FileNotFoundError:
-        layout.lease(name).unlink(missing_ok=True)
+        spool.release_lease(name)
         return None
     except CorruptRecord as e:
         # Moved aside with its reason (spool/corrupt/), never run, never deleted.
-        layout.lease(name).unlink(missing_ok=True)
-        spool.quarantine(layout.ticket("running", name), e.reason, now)
+        spool.release_lease(name)
+        spool.quarantine(spool.layout.ticket(TicketState.RUNNING, name), e.reason, now)
         return None
     return Claim(spool, ticket, lease)

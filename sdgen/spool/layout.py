@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Ticket folders under spool/tickets/, one per state: a state change is a rename.
-TICKET_STATES = ("pending", "deferred", "running", "done", "failed", "held", "cancelled")
+from sdgen.spool.states import TICKET_STATES, TicketState, ticket_state  # noqa: F401 (re-exported)
 
 REQUEST_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 TICKET_NAME = re.compile(r"^(\d{4})\.(\d{6})\.(\d{8}-\d{6}-[0-9a-f]{6})$")
@@ -102,12 +102,24 @@ class Layout:
     def claim_lock(self) -> Path:
         return self.spool / "claim.lock"
 
-    def tickets(self, state: str) -> Path:
-        assert state in TICKET_STATES, state
-        return self.spool / "tickets" / state
+    def tickets(self, state: TicketState) -> Path:
+        """The folder of one ticket state. ValueError for anything that is not one (a real
+        check: a typo must never make or read a folder outside the protocol)."""
+        return self.spool / "tickets" / ticket_state(state).value
 
-    def ticket(self, state: str, name: str) -> Path:
+    def ticket(self, state: TicketState, name: str) -> Path:
         return self.tickets(state) / f"{name}.json"
+
+    def ticket_reason(self, state: TicketState, name: str) -> Path:
+        """A `.reason` file next to a ticket (left by hand or by older versions; retry removes it)."""
+        return self.tickets(state) / f"{name}.reason"
+
+    def event(self, name: str) -> Path:
+        return self.events / name
+
+    def jobs_file(self, launcher: str) -> Path:
+        """spool/<launcher>-jobs.json: the workers a launcher started and has not reaped."""
+        return self.spool / f"{launcher}-jobs.json"
 
     def lease(self, name: str) -> Path:
         return self.leases / f"{name}.json"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from sdgen.spool.states import TICKET_STATES, RequestState, TicketState
+
 
 def ticket_size(index: int, images: int, batch_size: int) -> int:
     """Images in ticket `index` (tickets are numbered across prompts, per prompt in order)."""
@@ -15,25 +17,25 @@ def ticket_size(index: int, images: int, batch_size: int) -> int:
     return min(batch_size, images - chunk * batch_size)
 
 
-def request_state(tickets: dict[str, list[int]], tickets_total: int, cancelled: bool) -> str:
+def request_state(tickets: dict[str, list[int]], tickets_total: int, cancelled: bool) -> RequestState:
     n = {state: len(idx) for state, idx in tickets.items()}
     if cancelled:
-        return "cancelled"
-    if tickets_total and n.get("done", 0) >= tickets_total:
-        return "done"
-    active = n.get("pending", 0) + n.get("deferred", 0) + n.get("running", 0)
+        return RequestState.CANCELLED
+    if tickets_total and n.get(TicketState.DONE, 0) >= tickets_total:
+        return RequestState.DONE
+    active = n.get(TicketState.PENDING, 0) + n.get(TicketState.DEFERRED, 0) + n.get(TicketState.RUNNING, 0)
     unsettled = tickets_total - sum(n.values())  # not published yet: still being accepted
-    if active == 0 and unsettled <= 0 and (n.get("failed", 0) + n.get("held", 0)):
-        return "failed"
-    if n.get("running") or n.get("done") or n.get("failed") or n.get("held"):
-        return "running"
-    return "pending"
+    if active == 0 and unsettled <= 0 and (n.get(TicketState.FAILED, 0) + n.get(TicketState.HELD, 0)):
+        return RequestState.FAILED
+    if n.get(TicketState.RUNNING) or n.get(TicketState.DONE) or n.get(TicketState.FAILED) or n.get(TicketState.HELD):
+        return RequestState.RUNNING
+    return RequestState.PENDING
 
 
 def summarize(meta: dict, tickets: dict[str, list[int]], cancelled: bool) -> dict:
     """One request's line of `sdgen status --json`."""
     images, batch = meta["images"], meta["batch_size"]
-    done_images = sum(ticket_size(i, images, batch) for i in tickets.get("done", ()))
+    done_images = sum(ticket_size(i, images, batch) for i in tickets.get(TicketState.DONE, ()))
     total = meta.get("tickets_total") or sum(len(v) for v in tickets.values())
     out = {
         "id": meta["id"], "name": meta.get("name", ""),
@@ -42,6 +44,6 @@ def summarize(meta: dict, tickets: dict[str, list[int]], cancelled: bool) -> dic
         "images_total": meta["images_total"], "images_done": done_images,
         "tickets_total": total,
     }
-    for state in ("pending", "deferred", "running", "done", "failed", "held", "cancelled"):
-        out[f"tickets_{state}"] = len(tickets.get(state, ()))
+    for state in TICKET_STATES:
+        out[f"tickets_{state.value}"] = len(tickets.get(state, ()))
     return out

@@ -1,8 +1,11 @@
-"""The spool on disk: every write to spool/ goes through `Spool` (docs/spool.md).
+"""The spool on disk: every create, rename, rewrite and unlink under spool/ goes through a
+`Spool` method named for its protocol step, with every path from `Layout` (docs/spool.md,
+"Protocol steps"; tests/spool/test_one_writer.py keeps it so).
 
-Ticket state changes are renames between the folders of spool/tickets/; a changed ticket
-is published at its new place first and removed from the old one second, so a crash leaves
-at worst two copies, which `reconcile` resolves by state precedence.
+Ticket state changes are renames between the folders of spool/tickets/. A changed ticket
+gets its new contents in place first (an atomic replace) and then moves with one rename, so
+two copies never exist at once; two copies left by hand edits or older versions are
+resolved by `reconcile`, by state precedence.
 """
 
 from __future__ import annotations
@@ -20,20 +23,17 @@ import yaml
 
 from sdgen import defaults
 from sdgen.exceptions import RequestError, SdgenError
-from sdgen.spool.layout import REQUEST_ID, TICKET_STATES, Layout, parse_ticket_name
+from sdgen.spool.layout import REQUEST_ID, Layout, parse_ticket_name
 from sdgen.spool.publish import link_new, publish
 from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes, require
 from sdgen.spool.request import Request, parse_request
+from sdgen.spool.states import (PRECEDENCE, REQUEST_STATES, TICKET_STATES, RequestState,  # noqa: F401
+                                TicketState, ticket_state)
 from sdgen.spool.split import ticket_at, ticket_count
 from sdgen.spool.ticket import Ticket
 from sdgen.textsafe import printable
 
 log = logging.getLogger(__name__)
-
-# When a crash leaves one ticket in two folders, the first state here wins.
-PRECEDENCE = ("done", "cancelled", "failed", "held", "pending", "deferred", "running")
-
-REQUEST_STATES = ("pending", "running", "done", "failed", "cancelled", "rejected")
 
 # Tickets written per step of a split before the deadline is looked at again.
 SPLIT_SLICE = 200
@@ -137,7 +137,7 @@ class Spool:
     @staticmethod
     def initial_state(request_id: str, request: Request, source: str, now: float) -> dict:
         return {
-            "id": request_id, "state": "pending", "source": source, "accepted_at": now,
+            "id": request_id, "state": RequestState.PENDING, "source": source, "accepted_at": now,
             "name": request.name, "priority": request.priority, "seed": request.seed,
             "prompts": len(request.prompts), "images": request.images,
             "batch_size": request.batch_size, "images_total": request.images_total,
@@ -166,7 +166,7 @@ class Spool:
                 ticket = ticket_at(request_id, request, index)
                 if index < upto and self.find_ticket(ticket.name, twice=True):
                     continue
-                self.write(self.layout.ticket("pending", ticket.name), ticket.to_json())
+                self.write(self.layout.ticket(TicketState.PENDING, ticket.name), ticket.to_json())
             start = stop
             if time.monotonic() >= deadline and start < total:
                 self.write(cursor_path, json.dumps({"next": start, "upto": max(upto, start)}).encode())
@@ -227,7 +227,7 @@ class Spool:
         return folder / f"{stamp}-{secrets.token_hex(2)}-{safe}"
 
     # -- tickets ----------------------------------------------------------------------------
-    def ticket_names(self, state: str) -> list[str]:
+    def ticket_names(self, state: TicketState) -> list[str]:
         """Ticket names in a state, in claim order."""
         try:
             entries = os.listdir(self.layout.tickets(state))
@@ -235,7 +235,7 @@ class Spool:
             return []
         return sorted(e[:-5] for e in entries if e.endswith(".json"))
 
-    def read_ticket(self, state: str, name: str) -> Ticket:
+    def read_ticket(self, state: TicketState, name: str) -> Ticket:
         """FileNotFoundError if it moved on, CorruptRecord if it cannot be a ticket."""
         path = self.layout.ticket(state, name)
         record = load_json_object(path)
@@ -256,7 +256,7 @@ class Spool:
             found = [s for s in reversed(TICKET_STATES) if self.layout.ticket(s, name).exists()]
         return found
 
-    def move_ticket(self, name: str, src: str, dst: str, ticket: Ticket | None = None) -> bool:
+    def move_ticket(self, name: str, src: TicketState, dst: TicketState, ticket: Ticket | None = None) -> bool:
         """Move a ticket between states, optionally with new contents. False if it was no
         longer in `src` (someone else moved it first)."""
         source = self.layout.ticket(src, name)
@@ -277,6 +277,86 @@ class Spool:
             os.rename(source, target)
         except FileNotFoundError:
             return False
+        return True
+
+    # -- protocol steps on tickets (docs/spool.md, "Protocol steps") -----------------------
+    def claim(self, name: str, lease: bytes) -> bool:
+        """Worker: take pending/<name> (the rename decides between claimers on any host) and
+        publish its lease. False if another worker won it, or it was done meanwhile (a late
+        writer finished it after a hand-back: the running copy is dropped). A lease that
+        cannot be written gives the ticket back by rename (needs no space) and raises."""
+        running = self.layout.ticket(TicketState.RUNNING, name)
+        try:
+            os.rename(self.layout.ticket(TicketState.PENDING, name), running)
+        except FileNotFoundError:
+            return False  # another worker won this one
+        if self.layout.ticket(TicketState.DONE, name).exists():
+            running.unlink(missing_ok=True)
+            return False
+        try:
+            self.write(self.layout.lease(name), lease)
+        except OSError:
+            os.rename(running, self.layout.ticket(TicketState.PENDING, name))
+            raise
+        return True
+
+    def renew_lease(self, name: str, lease: bytes) -> None:
+        """Worker heartbeat: the lease republished with a higher beat."""
+        self.write(self.layout.lease(name), lease)
+
+    def release_lease(self, name: str) -> None:
+        """Remove a lease (its holder is done with the ticket, or the ticket was set aside)."""
+        self.layout.lease(name).unlink(missing_ok=True)
+
+    def finish(self, name: str, marker: bytes) -> bool:
+        """Worker: publish the done-marker with link(2): at most one per ticket, ever. True
+        if this call won. The running copy and the lease stay until `retire`."""
+        return link_new(self.layout.tmp, self.layout.ticket(TicketState.DONE, name), marker)
+
+    def retire(self, name: str) -> None:
+        """Worker, after its marker is out and the ticket is still its own: remove the
+        running copy, then the lease."""
+        self.layout.ticket(TicketState.RUNNING, name).unlink(missing_ok=True)
+        self.release_lease(name)
+
+    def leave_running(self, name: str, to: TicketState, ticket: Ticket | None = None) -> bool:
+        """Move a running ticket out of running/ (failed, deferred, held, handed back,
+        cancelled, reclaimed), optionally with new contents. THE safety rule lives here:
+        the lease goes before the ticket leaves running/, because once it is pending another
+        worker may claim it at once and write its own lease, which must then survive."""
+        self.release_lease(name)
+        return self.move_ticket(name, TicketState.RUNNING, ticket_state(to), ticket)
+
+    def reclaim(self, name: str, to: TicketState, ticket: Ticket) -> bool:
+        """Daemon: take back the ticket of a worker that died, lease first (`leave_running`).
+        True when it was taken back (or moved on by itself meanwhile); False when its
+        done-marker exists: then only the lease and the running copy go."""
+        if self.layout.ticket(TicketState.DONE, name).exists():
+            self.release_lease(name)
+            self.layout.ticket(TicketState.RUNNING, name).unlink(missing_ok=True)
+            return False
+        self.leave_running(name, to, ticket)
+        return True
+
+    def stamp_due(self, name: str, ticket: Ticket) -> None:
+        """Daemon, first sight of a deferred ticket: its `not_before` stamped in place (only
+        the daemon writes deferred tickets once they are there)."""
+        self.write(self.layout.ticket(TicketState.DEFERRED, name), ticket.to_json())
+
+    def undefer(self, name: str) -> bool:
+        """Daemon: a deferred ticket whose `not_before` passed goes back to pending."""
+        return self.move_ticket(name, TicketState.DEFERRED, TicketState.PENDING)
+
+    def cancel_ticket(self, name: str, state: TicketState) -> bool:
+        """Daemon: a pending or deferred ticket of a cancelled request."""
+        return self.move_ticket(name, ticket_state(state), TicketState.CANCELLED)
+
+    def retry(self, name: str, state: TicketState, ticket: Ticket) -> bool:
+        """`sdgen retry`: a failed, held or deferred ticket queued again with its counters
+        reset; a `.reason` file a person or an older version left next to it goes too."""
+        if not self.move_ticket(name, ticket_state(state), TicketState.PENDING, ticket):
+            return False
+        self.layout.ticket_reason(state, name).unlink(missing_ok=True)
         return True
 
     def reconcile(self) -> list[str]:
@@ -355,8 +435,16 @@ class Spool:
     def is_cancelled(self, request_id: str) -> bool:
         return self.layout.cancel_marker(request_id).exists()
 
-    def cancel(self, request_id: str, now: float) -> None:
+    def cancel(self, request_id: str, now: float, before_acceptance: bool = False) -> None:
+        """`sdgen cancel`: the cancel marker. Before acceptance the request folder is made
+        for it: the marker waits there and the daemon honours it when it accepts the request."""
+        if before_acceptance:
+            self.layout.request_dir(request_id).mkdir(parents=True, exist_ok=True)
         self.write(self.layout.cancel_marker(request_id), json.dumps({"at": now}).encode())
+
+    def write_mlflow_record(self, request_id: str, record: dict) -> None:
+        """The tracker's record of a request's parent run (requests/<id>/mlflow.json)."""
+        self.write(self.layout.mlflow_record(request_id), json.dumps(record).encode())
 
     # -- events (what happened to each attempt, for tracking) ----------------------------------
     def worker_count(self) -> int:
@@ -371,7 +459,68 @@ class Spool:
     def record_event(self, event: dict) -> None:
         """Publish one attempt's outcome for the tracker; it deletes the file once logged."""
         name = f"{time.time_ns():020d}-{event['request_id']}-{secrets.token_hex(3)}.json"
-        self.write(self.layout.events / name, json.dumps(event).encode())
+        self.write(self.layout.event(name), json.dumps(event).encode())
+
+    publish_event = record_event
+
+    def rewrite_event(self, name: str, event: dict) -> None:
+        """The tracker writes a child run's id back into its event before logging into it."""
+        self.write(self.layout.event(name), json.dumps(event).encode())
+
+    def remove_event(self, name: str) -> bool:
+        """An event logged (or drained with tracking off) is deleted. unlink never follows a
+        symlink; a folder named like an event is left to a person (False)."""
+        try:
+            os.unlink(self.layout.event(name))
+        except FileNotFoundError:
+            return False
+        except IsADirectoryError:
+            return False
+        return True
+
+    def set_aside_event(self, name: str) -> None:
+        """An event that can never be logged, renamed to <name>.corrupt (when there is no
+        quarantine to move it to)."""
+        path = self.layout.event(name)
+        try:
+            os.rename(path, path.with_name(path.name[:-len(".json")] + ".corrupt"))
+        except FileNotFoundError:
+            pass
+
+    # -- status and bookkeeping files ---------------------------------------------------------
+    def write_tracking_status(self, status: dict) -> None:
+        """spool/tracking.json: the tracker's health (daemon)."""
+        self.write(self.layout.tracking_status, json.dumps(status).encode())
+
+    def write_intake_status(self, stuck: dict) -> None:
+        """spool/intake.json: inbox entries that can be neither accepted nor rejected."""
+        self.write(self.layout.intake_status, json.dumps({"stuck": stuck}).encode())
+
+    def write_launcher_status(self, status: dict) -> None:
+        """spool/launcher.json: workers by state, and why launching stopped (daemon)."""
+        self.write(self.layout.launcher_status, json.dumps(status).encode())
+
+    def write_daemon_info(self, info: dict) -> None:
+        """spool/daemon.json: who holds daemon.lock (written once the lock is taken)."""
+        self.write(self.layout.daemon_info, json.dumps(info).encode())
+
+    def save_jobs(self, launcher: str, data: bytes) -> None:
+        """spool/<launcher>-jobs.json: the workers a launcher started and has not reaped,
+        saved before each submission (a crash right after it cannot lose a job)."""
+        self.write(self.layout.jobs_file(launcher), data)
+
+    def sweep_tmp(self, now: float, older_than: float) -> int:
+        """Remove staging files in spool/tmp/ older than `older_than` seconds (left by writers
+        that died mid-write). Returns how many."""
+        swept = 0
+        for entry in os.scandir(self.layout.tmp):
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > older_than:
+                    os.unlink(entry.path)
+                    swept += 1
+            except FileNotFoundError:
+                pass
+        return swept
 
     def event_names(self) -> list[str]:
         try:

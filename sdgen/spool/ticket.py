@@ -8,6 +8,7 @@ from dataclasses import asdict, astuple, dataclass, field, fields, replace
 
 from sdgen import defaults
 from sdgen.spool.layout import ticket_name
+from sdgen.spool.states import TicketState
 
 
 @dataclass(frozen=True)
@@ -111,28 +112,28 @@ def due_at(ticket: Ticket, now: float) -> float:
 
 
 def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now: float,
-                  max_attempts: int = defaults.MAX_ATTEMPTS) -> tuple[str, Ticket]:
+                  max_attempts: int = defaults.MAX_ATTEMPTS) -> tuple[TicketState, Ticket]:
     """Where a ticket goes when its attempt raised: (state, updated ticket)."""
     attempt = ticket.attempt + 1
     history = _record(ticket, "failed" if not transient else "error", error, worker, now)
     if not transient:
-        return "failed", replace(ticket, attempt=attempt, reason=error, history=history)
+        return TicketState.FAILED, replace(ticket, attempt=attempt, reason=error, history=history)
     if attempt >= max_attempts:
         reason = f"gave up after {attempt} attempts; last error: {error}"
-        return "held", replace(ticket, attempt=attempt, reason=reason, history=history)
-    return "deferred", replace(ticket, attempt=attempt, reason=error, history=history,
+        return TicketState.HELD, replace(ticket, attempt=attempt, reason=reason, history=history)
+    return TicketState.DEFERRED, replace(ticket, attempt=attempt, reason=error, history=history,
                                wait_s=backoff_seconds(attempt), not_before=0.0)
 
 
-def after_pause(ticket: Ticket, reason: str, worker: str, now: float, wait: float) -> tuple[str, Ticket]:
+def after_pause(ticket: Ticket, reason: str, worker: str, now: float, wait: float) -> tuple[TicketState, Ticket]:
     """An environmental stop (the disk is full): deferred, but not a failed attempt, so a
     long outage can never hold or poison a ticket."""
-    return "deferred", replace(ticket, wait_s=wait, not_before=0.0, reason=f"waiting: {reason}",
+    return TicketState.DEFERRED, replace(ticket, wait_s=wait, not_before=0.0, reason=f"waiting: {reason}",
                                history=_record(ticket, "paused", reason, worker, now))
 
 
 def after_death(ticket: Ticket, detail: str, worker: str, now: float,
-                max_deaths: int = defaults.MAX_WORKER_DEATHS) -> tuple[str, Ticket]:
+                max_deaths: int = defaults.MAX_WORKER_DEATHS) -> tuple[TicketState, Ticket]:
     """Where a ticket goes when its worker died or its lease expired."""
     deaths = ticket.deaths + 1
     history = _record(ticket, "worker-lost", detail, worker, now)
@@ -140,8 +141,8 @@ def after_death(ticket: Ticket, detail: str, worker: str, now: float,
                       reason=detail)
     if deaths >= max_deaths:
         reason = f"poison ticket: its worker died {deaths} times without a result ({detail})"
-        return "held", replace(updated, reason=reason)
-    return "pending", updated
+        return TicketState.HELD, replace(updated, reason=reason)
+    return TicketState.PENDING, updated
 
 
 def after_retry(ticket: Ticket, now: float) -> Ticket:

@@ -4,7 +4,6 @@ never delays scheduling; backs off while it is down."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -66,16 +65,7 @@ class TrackerThread:
 def drain_events(spool: Spool) -> int:
     """Delete the events in spool/events: with tracking off nothing will ever log them, and
     workers write one per attempt, so without this they pile up forever. Returns how many."""
-    removed = 0
-    for name in spool.event_names():
-        try:
-            os.unlink(spool.layout.events / name)  # unlink never follows a symlink
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            continue  # not an event a worker wrote: leave it to a person
-    return removed
+    return sum(spool.remove_event(name) for name in spool.event_names())
 
 
 class EventDrain:

@@ -32,13 +32,14 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from sdgen.spool.layout import REQUEST_ID  # noqa: E402
 from sdgen.spool.progress import summarize  # noqa: E402
+from sdgen.spool.states import RequestState, TicketState  # noqa: E402
 from sdgen.spool.store import Spool  # noqa: E402
 from sdgen.textsafe import printable  # noqa: E402
 from sdgen.tracking.contact_sheet import contact_sheet  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-FINAL_STATUS = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+FINAL_STATUS = {RequestState.DONE: "FINISHED", RequestState.FAILED: "FAILED", RequestState.CANCELLED: "KILLED"}
 IMAGE_MODES = ("all", "sample", "none")
 SAMPLE_IMAGES = 4
 LOG_TAIL_LINES = 60
@@ -315,7 +316,7 @@ class Tracker:
         status = {"uri": redact(self.uri), "ok": self.down_since is None,
                   "down_since": self.down_since, "error": self.last_error if self.down_since else "",
                   "updated": now, "requests": self.failures}
-        self.spool.write(self.spool.layout.tracking_status, json.dumps(status).encode())
+        self.spool.write_tracking_status(status)
 
     # -- experiments and parent runs ------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -353,7 +354,7 @@ class Tracker:
             }, run_name=request.name or request_id)
             # Remember the run before logging into it: an outage now must not make a twin.
             record = {"experiment_id": exp_id, "run_id": run.info.run_id, "finalized": False, "ready": False}
-            self.spool.write(path, json.dumps(record).encode())
+            self.spool.write_mlflow_record(request_id, record)
         fields = request.to_dict()
         fields["prompts"] = " | ".join(request.prompts)
         fields.pop("prompt", None)
@@ -361,7 +362,7 @@ class Tracker:
         self.client.log_batch(record["run_id"], params=[Param(k, _param(v)) for k, v in fields.items()])
         self.client.log_artifact(record["run_id"], str(self.spool.layout.request_file(request_id)))
         record["ready"] = True
-        self.spool.write(path, json.dumps(record).encode())
+        self.spool.write_mlflow_record(request_id, record)
         return record
 
     def _progress_and_finish(self, request_id: str, record: dict, tickets: dict, now: float) -> None:
@@ -376,7 +377,7 @@ class Tracker:
             self.client.log_batch(record["run_id"], metrics=metrics)
             self._progress[request_id] = (done, now)
         state = row["state"]
-        if state not in FINAL_STATUS or tickets.get("running"):
+        if state not in FINAL_STATUS or tickets.get(TicketState.RUNNING):
             return
         if any(f"-{request_id}-" in e for e in self.spool.event_names()):
             return  # log the last attempts first, so the parent ends after its children
@@ -385,9 +386,9 @@ class Tracker:
     def _finish_parent(self, request_id: str, record: dict, meta: dict, state: str, now: float) -> None:
         run_id = record["run_id"]
         images = []
-        for name in self.spool.ticket_names("done"):
+        for name in self.spool.ticket_names(TicketState.DONE):
             if name.endswith(request_id):
-                marker = json.loads(self.spool.layout.ticket("done", name).read_text())
+                marker = json.loads(self.spool.layout.ticket(TicketState.DONE, name).read_text())
                 result = marker.get("result") if isinstance(marker, dict) else None
                 outputs = result.get("outputs") if isinstance(result, dict) else None
                 # a marker is spool data: only well-formed entries go into the manifest
@@ -408,20 +409,20 @@ class Tracker:
             self.client.set_tag(run_id, "sdgen.reason", _param(meta["reason"]))
         self.client.set_terminated(run_id, FINAL_STATUS[state], end_time=_ms(meta.get("finished_at") or now))
         record = dict(record, finalized=True, status=FINAL_STATUS[state])
-        if state == "failed":
+        if state == RequestState.FAILED:
             self._failed.add(request_id)
-        self.spool.write(self.spool.layout.mlflow_record(request_id), json.dumps(record).encode())
+        self.spool.write_mlflow_record(request_id, record)
         self._finalized.add(request_id)
         log.info("MLflow: request %s logged as %s (%d images)", request_id, FINAL_STATUS[state], len(images))
 
     def _reopen_if_retried(self, request_id: str, tickets: dict) -> None:
         meta = self.spool.read_state(request_id)
-        if meta is None or summarize(meta, tickets, False)["state"] == "failed":
+        if meta is None or summarize(meta, tickets, False)["state"] == RequestState.FAILED:
             return
         record = json.loads(self.spool.layout.mlflow_record(request_id).read_text())
         self.client.update_run(record["run_id"], status="RUNNING")
         record.update(finalized=False, status="RUNNING")
-        self.spool.write(self.spool.layout.mlflow_record(request_id), json.dumps(record).encode())
+        self.spool.write_mlflow_record(request_id, record)
         self._finalized.discard(request_id)
         self._failed.discard(request_id)
 
@@ -429,19 +430,18 @@ class Tracker:
     def _set_aside(self, name: str, reason: str, now: float) -> None:
         """Move an event that can never be logged out of spool/events, with its reason, so it
         neither stops the tracker nor is retried forever."""
-        path = self.spool.layout.events / name
+        path = self.spool.layout.event(name)
         quarantine = getattr(self.spool, "quarantine", None)
         if quarantine is not None:
             quarantine(path, f"a tracking event that cannot be logged: {reason}", now)
             return
         log.error("tracking event %s cannot be logged (%s): set aside as .corrupt",
                   printable(name), printable(reason))
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(path, path.with_name(path.name[:-len(".json")] + ".corrupt"))
+        self.spool.set_aside_event(name)
 
     def _read_event(self, name: str, now: float) -> dict | None:
         """The event, checked; None if it is gone or was set aside."""
-        path = self.spool.layout.events / name
+        path = self.spool.layout.event(name)
         try:
             with open(path, "rb") as f:
                 raw = f.read(16 * 1024 * 1024 + 1)
@@ -476,7 +476,6 @@ class Tracker:
 
     def _log_event(self, name: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        path = self.spool.layout.events / name
         event = self._read_event(name, now)
         if event is None:
             return
@@ -485,7 +484,7 @@ class Tracker:
             return
         if event.get("kind") == "worker-failed":
             self._log_worker_failure(record, event)
-            path.unlink(missing_ok=True)
+            self.spool.remove_event(name)
             return
         if record.get("finalized"):
             # A late attempt of a finished request (a fenced late writer): log it anyway.
@@ -500,10 +499,10 @@ class Tracker:
             }, run_name=f"ticket {t['index']} attempt {event['attempt']}")
             event["run_id"] = run.info.run_id
             # Remember the run before logging into it: a crash now cannot create a twin.
-            self.spool.write(path, json.dumps(event).encode())
+            self.spool.rewrite_event(name, event)
         self._fill_child(event)
         self.client.set_terminated(event["run_id"], event["status"], end_time=_ms(event["ended_at"]))
-        path.unlink(missing_ok=True)
+        self.spool.remove_event(name)
 
     def _log_worker_failure(self, record: dict, event: dict) -> None:
         """A worker that failed before holding any ticket has no child run: its output goes

@@ -15,6 +15,7 @@ from sdgen.engine.base import Engine
 from sdgen.engine.registry import get_engine
 from sdgen.exceptions import EngineError, SettingError
 from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
+from sdgen.spool.states import TicketState
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
 from sdgen.worker.heartbeat import Heartbeat
@@ -121,7 +122,7 @@ class Worker:
             if beat.lost.is_set() or not claim.still_mine():  # at every image, not every beat
                 return "lost"
             if self.spool.is_cancelled(claim.ticket.request_id):
-                return "cancelled"
+                return TicketState.CANCELLED  # the stop reason is the state the ticket goes to
             return None
 
         return should_stop

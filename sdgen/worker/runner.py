@@ -30,6 +30,7 @@ from sdgen.spool.layout import image_file_name
 from sdgen.fsutil import fsync_dir
 from sdgen.spool.records import CorruptRecord
 from sdgen.spool.split import image_seed
+from sdgen.spool.states import TicketState
 from sdgen.spool.ticket import attempt_event
 from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    state: str                 # done, cancelled, handed-back, lost, deferred, failed, held
+    state: str                 # a TicketState (done, cancelled, deferred, failed, held), or handed-back, lost
     images_made: int = 0
     images_skipped: int = 0
     seconds: dict = field(default_factory=dict)
@@ -228,7 +229,7 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         if not claim.finish(result):
             return Outcome("lost", made, skipped, timings, "another attempt finished this ticket first")
         _event(claim, "FINISHED", engine, now(), result=result)
-        return Outcome("done", made, skipped, timings)
+        return Outcome(TicketState.DONE, made, skipped, timings)
     except Exception as e:  # noqa: BLE001 - every failure becomes a recorded outcome
         if is_disk_full(e):
             log.error("ticket %s: disk full (%s); deferred without counting an attempt", ticket.name, e)
@@ -398,11 +399,11 @@ def _event(claim: Claim, status: str, engine: Engine, ended_at: float, error: st
 
 
 def _stop(claim: Claim, reason: str, made: int, skipped: int, engine: Engine | None = None) -> Outcome:
-    if reason == "cancelled":
-        if claim.hand_back("cancelled") and engine is not None:
+    if reason == TicketState.CANCELLED:
+        if claim.hand_back(TicketState.CANCELLED) and engine is not None:
             _event(claim, "KILLED", engine, time.time(), error="request cancelled")
-        return Outcome("cancelled", made, skipped)
+        return Outcome(TicketState.CANCELLED, made, skipped)
     if reason == "lost":
         return Outcome("lost", made, skipped)
-    claim.hand_back("pending")
+    claim.hand_back(TicketState.PENDING)
     return Outcome("handed-back", made, skipped)
