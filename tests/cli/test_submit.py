@@ -1,5 +1,6 @@
-"""`sdgen submit` as users run it: real processes, one-line errors, concurrent submits."""
+"""`sdgen submit` as users run it: one-line errors, concurrent submits, and the CLI as a process."""
 
+import json
 import multiprocessing as mp
 
 import yaml
@@ -65,3 +66,13 @@ def test_concurrent_submits_lose_nothing(data):
     on_disk = {p.stem: parse_request(p.read_text()).prompts[0] for p in inbox.glob("*.yaml")}
     assert on_disk == submitted  # every request there, none mixed up
     assert list((data / "spool" / "tmp").iterdir()) == []
+
+
+def test_the_cli_as_its_own_process_smoke(data):
+    """Most CLI tests call main(argv) in-process (tests/conftest.py); this one runs the
+    installed entry point as a process, as a user does."""
+    rid = sdgen(data, "submit", "--prompt", "a fox", "--engine", "dry-run", subprocess=True, check=True).stdout.strip()
+    out = sdgen(data, "status", "--json", subprocess=True, check=True)
+    assert [r["id"] for r in json.loads(out.stdout)] == [rid]
+    bad = sdgen(data, "submit", "--prompt", "a", "--steps", "0", subprocess=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
