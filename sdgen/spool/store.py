@@ -163,13 +163,21 @@ class Spool:
             stop = min(total, start + SPLIT_SLICE)
             self.write(cursor_path, json.dumps({"next": start, "upto": max(upto, stop)}).encode())
             for index in range(start, stop):
+                # The deadline is looked at every ticket: on a busy disk one fsync can take
+                # tens of milliseconds, and a slice must not hold the loop for seconds.
+                if index > start and time.monotonic() >= deadline:
+                    stop = index
+                    break
                 ticket = ticket_at(request_id, request, index)
                 if index < upto and self.find_ticket(ticket.name, twice=True):
                     continue
                 self.write(self.layout.ticket(TicketState.PENDING, ticket.name), ticket.to_json())
+            upto = max(upto, stop)
             start = stop
             if time.monotonic() >= deadline and start < total:
-                self.write(cursor_path, json.dumps({"next": start, "upto": max(upto, start)}).encode())
+                # `upto` still names the slice as planned: tickets of it not written yet are
+                # looked for first next time (none found: written then), which is exact.
+                self.write(cursor_path, json.dumps({"next": start, "upto": upto}).encode())
                 return False
         (self.layout.incoming / f"{request_id}.yaml").unlink(missing_ok=True)
         cursor_path.unlink(missing_ok=True)

