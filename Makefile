@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run PROMPT="a lighthouse at dawn"   install everything, generate images locally
-#   make test                                install what the tests need, run them all
+#   make test                                install what the tests need, lint, run them all (CI)
+# and for everyday work:
+#   make check                               lint + the fast tests on 2 processes (about 2 min)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ PROMPT ?= a watercolor painting of a lighthouse at dawn
 IMAGES ?= 4
 ARGS ?=
 
-.PHONY: run test clean
+.PHONY: run test check lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +41,17 @@ run: $(VENV)/.installed-ml
 	  fi ;; esac
 	$(BIN)/sdgen run --prompt "$$SDGEN_MAKE_PROMPT" --images $(IMAGES) $(ARGS)
 
-test: $(VENV)/.installed-test
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check sdgen tests benchmarks
+	$(BIN)/ruff format --check sdgen tests benchmarks
+
+test: lint
 	scripts/system-packages.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The fast lane: no `slow` marks (no real model, MLflow server, Slurm or kill -9 trials).
+check: lint
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -30,8 +30,12 @@ def main() -> int:
     p.add_argument("--stock-batches", default="1,8", help="stock keras-cv loop (slow): fewer sizes")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="engine_bench.json")
-    p.add_argument("--engine", choices=("keras", "snapshot"), default="keras",
-                   help="snapshot: the JAX worker's engine (exported.py), fused loop only")
+    p.add_argument(
+        "--engine",
+        choices=("keras", "snapshot"),
+        default="keras",
+        help="snapshot: the JAX worker's engine (exported.py), fused loop only",
+    )
     a = p.parse_args()
 
     t0 = time.perf_counter()
@@ -64,9 +68,11 @@ def main() -> int:
     print(f"env {json.dumps(info)} gpu={gpu} import={time.perf_counter() - t0:.1f}s", flush=True)
 
     def ticket(batch: int):
-        text = (f"prompt: a photograph of an astronaut riding a horse\nimages: {batch}\n"
-                f"batch_size: {batch}\nsteps: {a.steps}\nwidth: {a.size}\nheight: {a.size}\n"
-                "weights: random\nseed: 1\n")
+        text = (
+            f"prompt: a photograph of an astronaut riding a horse\nimages: {batch}\n"
+            f"batch_size: {batch}\nsteps: {a.steps}\nwidth: {a.size}\nheight: {a.size}\n"
+            "weights: random\nseed: 1\n"
+        )
         return split_request("20261126-000000-aaaaaa", parse_request(text))[0]
 
     def peak_gib():
@@ -78,6 +84,7 @@ def main() -> int:
             return None
 
     results = []
+
     def generate(t, sampler):
         if a.engine == "snapshot":
             return engine.generate(t, t.images)
@@ -96,9 +103,15 @@ def main() -> int:
                 generate(t, sampler)
                 times.append(time.perf_counter() - t1)
             best = min(times)
-            row = {"sampler": sampler, "batch": batch, "images_per_s": round(batch / best, 3),
-                   "s_per_call": round(best, 3), "warmup_s": round(warm_s, 1), "prepare": prep,
-                   "peak_gpu_gib": peak_gib()}
+            row = {
+                "sampler": sampler,
+                "batch": batch,
+                "images_per_s": round(batch / best, 3),
+                "s_per_call": round(best, 3),
+                "warmup_s": round(warm_s, 1),
+                "prepare": prep,
+                "peak_gpu_gib": peak_gib(),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
 
@@ -108,8 +121,15 @@ def main() -> int:
             fused = next((r for r in results if r["sampler"] == "fused" and r["batch"] == row["batch"]), None)
             if fused:
                 ratios[row["batch"]] = round(fused["images_per_s"] / row["images_per_s"], 2)
-    summary = {"gpu": gpu, "engine": a.engine, "env": info, "size": a.size, "steps": a.steps, "results": results,
-               "fused_over_stock": ratios}
+    summary = {
+        "gpu": gpu,
+        "engine": a.engine,
+        "env": info,
+        "size": a.size,
+        "steps": a.steps,
+        "results": results,
+        "fused_over_stock": ratios,
+    }
     if touched_at_import is not None:
         import _tfshim
 

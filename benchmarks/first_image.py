@@ -21,12 +21,23 @@ from sdgen.spool.split import split_request  # noqa: E402
 
 engine = get_engine("keras-cv", sys.argv[1])
 imported = time.perf_counter() - T0
-t = split_request("20261126-000000-aaaaaa", parse_request(
-    "prompt: a lighthouse\nimages: 1\nsteps: 50\nweights: random\nseed: 1\n"))[0]
+t = split_request(
+    "20261126-000000-aaaaaa", parse_request("prompt: a lighthouse\nimages: 1\nsteps: 50\nweights: random\nseed: 1\n")
+)[0]
 prep = engine.prepare(t)
 t1 = time.perf_counter()
 engine.generate(t, t.images)
-print(json.dumps({"engine": type(engine).__name__, "import_and_init_s": round(imported, 1), **prep,
-                  "image_s": round(time.perf_counter() - t1, 2),
-                  "first_image_s": round(time.perf_counter() - T0, 1),
-                  "keras_imported": "keras" in sys.modules, "compile_cache": engine.compile_cache}), flush=True)
+print(
+    json.dumps(
+        {
+            "engine": type(engine).__name__,
+            "import_and_init_s": round(imported, 1),
+            **prep,
+            "image_s": round(time.perf_counter() - t1, 2),
+            "first_image_s": round(time.perf_counter() - T0, 1),
+            "keras_imported": "keras" in sys.modules,
+            "compile_cache": engine.compile_cache,
+        }
+    ),
+    flush=True,
+)

@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import random
-import signal
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,16 +50,22 @@ def env_for(data: Path, **extra) -> dict:
 
 
 def sdgen(data: Path, *args, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sdgen", *args], env=env_for(data, **extra),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sdgen", *args], env=env_for(data, **extra), capture_output=True, text=True, timeout=600
+    )
 
 
 def start_daemon(data: Path, *args, **extra) -> subprocess.Popen:
     """Start a daemon and wait until it holds the data directory (a signal sent during its
     imports would only test Python's default handler)."""
     log = open(data.parent / "daemon.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "sdgen", "daemon", *args], env=env_for(data, **extra),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdgen", "daemon", *args],
+        env=env_for(data, **extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     info = data / "spool" / "daemon.json"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -84,9 +90,24 @@ def workers_of(data: Path) -> list[psutil.Process]:
 def submit_many(data: Path, requests: int, images: int, batch: int) -> dict[str, int]:
     expected = {}
     for i in range(requests):
-        rid = sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                    "--prompt", f"soak {i}", "--images", str(images), "--batch-size", str(batch),
-                    "--seed", str(1000 * i)).stdout.strip()
+        rid = sdgen(
+            data,
+            "submit",
+            "--engine",
+            "dry-run",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--prompt",
+            f"soak {i}",
+            "--images",
+            str(images),
+            "--batch-size",
+            str(batch),
+            "--seed",
+            str(1000 * i),
+        ).stdout.strip()
         expected[rid] = images
     return expected
 
@@ -96,7 +117,9 @@ def audit(data: Path, expected: dict[str, int]) -> dict:
     spool = Spool(data)
     produced = lost = duplicated = 0
     for rid, n in expected.items():
-        files = sorted(p.name for p in (data / "outputs" / rid).glob("*.png")) if (data / "outputs" / rid).exists() else []
+        files = (
+            sorted(p.name for p in (data / "outputs" / rid).glob("*.png")) if (data / "outputs" / rid).exists() else []
+        )
         names = set(files)
         request = spool.read_request(rid)
         want = {f"0000-{i:06d}-{(request.seed + i) % 2**32}.png" for i in range(n)}
@@ -123,10 +146,16 @@ def audit(data: Path, expected: dict[str, int]) -> dict:
             f = data / o["file"]
             if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != o["sha256"]:
                 mismatched += 1
-    return {"expected": sum(expected.values()), "produced": produced, "lost": lost,
-            "duplicated": duplicated + double_markers, "held_without_reason": held_without_reason,
-            "tickets_rerun_after_a_fault": rework, "images_not_as_their_marker_says": mismatched,
-            "stray_part_files": len(list((data / "outputs").rglob("*.part")))}
+    return {
+        "expected": sum(expected.values()),
+        "produced": produced,
+        "lost": lost,
+        "duplicated": duplicated + double_markers,
+        "held_without_reason": held_without_reason,
+        "tickets_rerun_after_a_fault": rework,
+        "images_not_as_their_marker_says": mismatched,
+        "stray_part_files": len(list((data / "outputs").rglob("*.part"))),
+    }
 
 
 def wait_idle(proc: subprocess.Popen, timeout: float) -> int:
@@ -181,8 +210,13 @@ def faults(trials: int, requests: int, images: int, quick: bool) -> dict:
     wait_idle(daemon, 60)
     final = start_daemon(data, "--workers", "3", "--exit-when-idle", *FAST)
     code = wait_idle(final, 600)
-    result = {"trials": trials, **kills, "final_exit": code,
-              "daemon_died_unasked": daemon_deaths_unexplained, **audit(data, expected)}
+    result = {
+        "trials": trials,
+        **kills,
+        "final_exit": code,
+        "daemon_died_unasked": daemon_deaths_unexplained,
+        **audit(data, expected),
+    }
     return result
 
 
@@ -280,19 +314,31 @@ def content_kinds() -> list[Kind]:
     # aliases and anchors
     add("aliases", "simple_alias", lambda m: "prompt: &p a\nnegative_prompt: *p\n")
     add("aliases", "anchor_only", lambda m: good(m).replace("prompt: ", "prompt: &p ", 1), A + R)
-    add("aliases", "billion_laughs", lambda m: "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")))
+    add(
+        "aliases",
+        "billion_laughs",
+        lambda m: (
+            "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n"
+            + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        ),
+    )
     add("aliases", "merge_alias", lambda m: "base: &b {images: 1}\n<<: *b\nprompt: a\n")
     add("aliases", "self_alias", lambda m: "a: &a [*a]\n")
     add("aliases", "undefined_alias", lambda m: "prompt: *nothing\n")
     # object tags
-    for name, body in [("python_object", "!!python/object:os.system {}"),
-                       ("python_apply", "!!python/object/apply:os.system ['echo pwned']"),
-                       ("python_name", "!!python/name:os.system"),
-                       ("python_module", "!!python/module:os"),
-                       ("binary", "!!binary aGVsbG8="), ("set", "!!set {a, b}"), ("omap", "!!omap [a: 1]"),
-                       ("custom", "!mytag x"), ("verbatim", "!<tag:example.com,2000:x> y"),
-                       ("str_on_images", None), ("timestamp_seed", None)]:
+    for name, body in [
+        ("python_object", "!!python/object:os.system {}"),
+        ("python_apply", "!!python/object/apply:os.system ['echo pwned']"),
+        ("python_name", "!!python/name:os.system"),
+        ("python_module", "!!python/module:os"),
+        ("binary", "!!binary aGVsbG8="),
+        ("set", "!!set {a, b}"),
+        ("omap", "!!omap [a: 1]"),
+        ("custom", "!mytag x"),
+        ("verbatim", "!<tag:example.com,2000:x> y"),
+        ("str_on_images", None),
+        ("timestamp_seed", None),
+    ]:
         if body is None:
             continue
         add("tags", name, lambda m, body=body: f"prompt: {body}\n" + good_fields())
@@ -331,48 +377,110 @@ def content_kinds() -> list[Kind]:
     add("top_level", "bool", lambda m: "true\n")
     add("top_level", "empty_document", lambda m: "---\n...\n")
     # every schema field wrong
-    schema = [("prompt", "5"), ("prompt", '""'), ("prompt", "[]"), ("prompts", "[]"), ("prompts", "[1, 2]"),
-              ("prompts", "[" + ", ".join(["a"] * 1001) + "]"), ("prompt", "x" * 2001),
-              ("negative_prompt", "[a]"), ("images", "0"), ("images", "-5"), ("images", "1000000"),
-              ("images", "many"), ("images", "1.5"), ("images", "true"), ("batch_size", "0"),
-              ("batch_size", "[2]"), ("steps", "0"), ("steps", '"10"'), ("steps", "100000"),
-              ("width", "333"), ("width", "4096"), ("height", "abc"), ("guidance", "fast"),
-              ("guidance", "-1"), ("seed", "-1"), ("seed", "4294967296"), ("seed", "1.5"),
-              ("model", "sd-v9"), ("engine", "magic"), ("weights", "stolen"), ("priority", "high"),
-              ("priority", "100000"), ("name", "[a]"), ("name", "n" * 201), ("experiment", "{a: 1}"),
-              ("version", "2"), ("negative", "x"), ("imgaes", "1"), ("Prompt", "a"), ("Images", "1")]
+    schema = [
+        ("prompt", "5"),
+        ("prompt", '""'),
+        ("prompt", "[]"),
+        ("prompts", "[]"),
+        ("prompts", "[1, 2]"),
+        ("prompts", "[" + ", ".join(["a"] * 1001) + "]"),
+        ("prompt", "x" * 2001),
+        ("negative_prompt", "[a]"),
+        ("images", "0"),
+        ("images", "-5"),
+        ("images", "1000000"),
+        ("images", "many"),
+        ("images", "1.5"),
+        ("images", "true"),
+        ("batch_size", "0"),
+        ("batch_size", "[2]"),
+        ("steps", "0"),
+        ("steps", '"10"'),
+        ("steps", "100000"),
+        ("width", "333"),
+        ("width", "4096"),
+        ("height", "abc"),
+        ("guidance", "fast"),
+        ("guidance", "-1"),
+        ("seed", "-1"),
+        ("seed", "4294967296"),
+        ("seed", "1.5"),
+        ("model", "sd-v9"),
+        ("engine", "magic"),
+        ("weights", "stolen"),
+        ("priority", "high"),
+        ("priority", "100000"),
+        ("name", "[a]"),
+        ("name", "n" * 201),
+        ("experiment", "{a: 1}"),
+        ("version", "2"),
+        ("negative", "x"),
+        ("imgaes", "1"),
+        ("Prompt", "a"),
+        ("Images", "1"),
+    ]
     for k, (field_, value) in enumerate(schema):
-        add("schema", f"{field_.strip() or 'blank'}_{k}",
-            lambda m, f=field_, v=value: (f"{f}: {v}\n" + good_fields()) if f.startswith(("prompt", "Prompt"))
-            else good(m, **{f: v}))
+        add(
+            "schema",
+            f"{field_.strip() or 'blank'}_{k}",
+            lambda m, f=field_, v=value: (
+                (f"{f}: {v}\n" + good_fields()) if f.startswith(("prompt", "Prompt")) else good(m, **{f: v})
+            ),
+        )
     # control characters
-    for name, field_, value in [("esc_in_name", "name", '"\\e[2J\\e]0;pwned\\a"'),
-                                ("osc_in_experiment", "experiment", '"\\e]8;;http://x\\e\\\\link"'),
-                                ("bidi_in_prompt", "prompt", '"abc \\u202e gnp.exe"'),
-                                ("c1_csi_in_name", "name", '"\\x9b31m red"'),
-                                ("c1_nel_in_experiment", "experiment", '"a\\x85b"'),
-                                ("bell_in_prompt", "prompt", '"ring \\a"'),
-                                ("del_in_name", "name", '"a\\x7fb"'),
-                                ("newline_in_name", "name", '"a\\nb"'),
-                                ("backspace_in_negative", "negative_prompt", '"ok\\b\\b\\bno"')]:
-        add("control_chars", name, lambda m, f=field_, v=value: good(m) + f"{f}: {v}\n"
-            if f != "prompt" else f"prompt: {v}\n" + good_fields())
+    for name, field_, value in [
+        ("esc_in_name", "name", '"\\e[2J\\e]0;pwned\\a"'),
+        ("osc_in_experiment", "experiment", '"\\e]8;;http://x\\e\\\\link"'),
+        ("bidi_in_prompt", "prompt", '"abc \\u202e gnp.exe"'),
+        ("c1_csi_in_name", "name", '"\\x9b31m red"'),
+        ("c1_nel_in_experiment", "experiment", '"a\\x85b"'),
+        ("bell_in_prompt", "prompt", '"ring \\a"'),
+        ("del_in_name", "name", '"a\\x7fb"'),
+        ("newline_in_name", "name", '"a\\nb"'),
+        ("backspace_in_negative", "negative_prompt", '"ok\\b\\b\\bno"'),
+    ]:
+        add(
+            "control_chars",
+            name,
+            lambda m, f=field_, v=value: good(m) + f"{f}: {v}\n" if f != "prompt" else f"prompt: {v}\n" + good_fields(),
+        )
     # huge strings
     add("huge_strings", "prompt_100k", lambda m: "prompt: " + "x" * 100_000 + "\n" + good_fields())
     add("huge_strings", "negative_100k", lambda m: good(m) + "negative_prompt: " + "y" * 100_000 + "\n")
     add("huge_strings", "name_100k", lambda m: good(m) + "name: " + "n" * 100_000 + "\n")
     add("huge_strings", "key_100k", lambda m: good(m) + "k" * 100_000 + ": 1\n")
-    add("huge_strings", "prompts_500_of_2001_chars", lambda m: "prompts:\n" + "".join(
-        f"- {'p' * 2001}\n" for _ in range(500)) + good_fields())
+    add(
+        "huge_strings",
+        "prompts_500_of_2001_chars",
+        lambda m: "prompts:\n" + "".join(f"- {'p' * 2001}\n" for _ in range(500)) + good_fields(),
+    )
     # numbers
-    for field_, value in [("images", "1e999"), ("guidance", ".nan"), ("guidance", ".inf"), ("width", ".inf"),
-                          ("seed", "-.inf"), ("seed", "1e309"), ("steps", "0x7fffffffffffffffffff"),
-                          ("priority", "1_0_0_0_0_0_0"), ("guidance", "1e-400")]:
-        add("numbers", f"{field_}_{value.strip('.-').replace('_', '')[:12]}",
+    for field_, value in [
+        ("images", "1e999"),
+        ("guidance", ".nan"),
+        ("guidance", ".inf"),
+        ("width", ".inf"),
+        ("seed", "-.inf"),
+        ("seed", "1e309"),
+        ("steps", "0x7fffffffffffffffffff"),
+        ("priority", "1_0_0_0_0_0_0"),
+        ("guidance", "1e-400"),
+    ]:
+        add(
+            "numbers",
+            f"{field_}_{value.strip('.-').replace('_', '')[:12]}",
             lambda m, f=field_, v=value: good(m, **{f: v}),
-            A + R if value == "1e-400" else R)
-    return [Kind(cls, name, lambda inbox, base, body=body, name=name: _write(inbox, f"{base}-{name}.yaml", body, base),
-                 expect) for cls, name, body, expect in t]
+            A + R if value == "1e-400" else R,
+        )
+    return [
+        Kind(
+            cls,
+            name,
+            lambda inbox, base, body=body, name=name: _write(inbox, f"{base}-{name}.yaml", body, base),
+            expect,
+        )
+        for cls, name, body, expect in t
+    ]
 
 
 def _write(inbox: Path, entry: str, body, marker: str) -> list[tuple[str, str | None]]:
@@ -390,6 +498,7 @@ def name_kinds() -> list[Kind]:
             entry = entry_of(base)
             (inbox / entry).write_text(body(base))
             return [(entry, base)]
+
         out.append(Kind(cls, name, make, expect))
 
     A, R = ("accepted",), ("rejected",)
@@ -410,7 +519,12 @@ def name_kinds() -> list[Kind]:
     named("file_names", "bidi", lambda b: f"{b}-\u202elmay.yaml", R)
     named("file_names", "backslash", lambda b: f"{b}\\x.yaml", R)
     named("file_names", "shell_chars", lambda b: f"{b};$(id)`x`.yaml", R)
-    named("file_names", "request_id_name", lambda b: f"20991231-235959-{int(b[1:4]) * 1000 + int(b.split('-')[1]):06x}.yaml", A)
+    named(
+        "file_names",
+        "request_id_name",
+        lambda b: f"20991231-235959-{int(b[1:4]) * 1000 + int(b.split('-')[1]):06x}.yaml",
+        A,
+    )
     named("non_yaml", "txt", lambda b: f"{b}.txt", ("ignored",))
     named("non_yaml", "json", lambda b: f"{b}.json", ("ignored",))
     named("non_yaml", "no_suffix", lambda b: b, ("ignored",))
@@ -425,6 +539,7 @@ def name_kinds() -> list[Kind]:
     def fifo_hidden(inbox, base):  # a reader would block forever: proof that it is never opened
         os.mkfifo(inbox / f"{base}.yaml.part")
         return [(f"{base}.yaml.part", None)]
+
     out.append(Kind("hidden", "fifo_part", fifo_hidden, ("unread",)))
     return out
 
@@ -438,6 +553,7 @@ def entry_kinds(root: Path) -> list[Kind]:
         def deco(fn):
             out.append(Kind("entry_types", name, fn, expect))
             return fn
+
         return deco
 
     @k("fifo")
@@ -502,6 +618,7 @@ def entry_kinds(root: Path) -> list[Kind]:
     @k("unix_socket")
     def _(inbox, base):
         import socket
+
         s = socket.socket(socket.AF_UNIX)
         cwd = os.getcwd()
         os.chdir(inbox)  # a socket path is limited to 108 bytes
@@ -543,14 +660,25 @@ def entry_kinds(root: Path) -> list[Kind]:
     def _(inbox, base):
         """An in-place writer, open all along, a line every 0.25 s for 3 s; `images: 2` last.
         Taken early it would be a 1-image request (the default is 9: `images: 1` first)."""
+
         def write():
             with open(inbox / f"{base}.yaml", "w") as f:
-                lines = [f"prompt: hostile {base}\n", "engine: dry-run\n", "width: 128\n", "height: 128\n",
-                         "batch_size: 1\n"] + [f"# line {i}\n" for i in range(6)] + ["seed: 5\n", "images: 2\n"]
+                lines = (
+                    [
+                        f"prompt: hostile {base}\n",
+                        "engine: dry-run\n",
+                        "width: 128\n",
+                        "height: 128\n",
+                        "batch_size: 1\n",
+                    ]
+                    + [f"# line {i}\n" for i in range(6)]
+                    + ["seed: 5\n", "images: 2\n"]
+                )
                 for line in lines:
                     f.write(line)
                     f.flush()
                     time.sleep(3.0 / len(lines))
+
         thread = threading.Thread(target=write, daemon=True)
         thread.start()
         GROWERS.append((thread, base, 2))
@@ -564,9 +692,21 @@ GROWERS: list[tuple[threading.Thread, str, int]] = []
 
 
 # -- damaged spool files (class 3) --
-TICKET = {"request_id": "", "index": 0, "priority": 0, "prompt": "x", "negative_prompt": "",
-          "images": [{"prompt_index": 0, "image_index": 0, "seed": 1}], "steps": 1, "width": 128,
-          "height": 128, "guidance": 7.5, "model": "sd-v1", "engine": "dry-run", "weights": "pretrained"}
+TICKET = {
+    "request_id": "",
+    "index": 0,
+    "priority": 0,
+    "prompt": "x",
+    "negative_prompt": "",
+    "images": [{"prompt_index": 0, "image_index": 0, "seed": 1}],
+    "steps": 1,
+    "width": 128,
+    "height": 128,
+    "guidance": 7.5,
+    "model": "sd-v1",
+    "engine": "dry-run",
+    "weights": "pretrained",
+}
 
 
 def spool_kinds() -> list[Kind]:
@@ -591,25 +731,77 @@ def spool_kinds() -> list[Kind]:
     junk = lambda: random.Random(5).randbytes(300)  # noqa: E731
     deep = b"[" * 100_000
     # request state and request.yaml (of victim requests that must still end done)
-    for name, data in [("not_json", b"{not json"), ("wrong_types", b'{"id": 5, "state": [], "images": "x"}'),
-                       ("a_list", b"[1, 2, 3]"), ("deeply_nested", deep), ("empty", b""),
-                       ("junk_bytes", None), ("fifo", "FIFO"), ("directory", "DIR")]:
-        out.append(Kind("spool_state", f"state_json_{name}", lambda ctx, base, d=data: [
-            plant(ctx, f"requests/{ctx.victim()}/state.json", junk() if d is None else d)], ("corrupt", "rewritten")))
-    for name, data in [("junk", None), ("empty", b""), ("wrong_schema", b"prompt: 5\nimages: many\n"),
-                       ("fifo", "FIFO")]:
-        out.append(Kind("spool_state", f"request_yaml_{name}", lambda ctx, base, d=data: [
-            plant(ctx, f"requests/{ctx.victim()}/request.yaml", junk() if d is None else d)], ("corrupt", "left")))
-    out.append(Kind("spool_state", "request_yaml_and_state_json", lambda ctx, base: (lambda rid: [
-        plant(ctx, f"requests/{rid}/request.yaml", b"\xff"), plant(ctx, f"requests/{rid}/state.json", b"{")])(
-        ctx.victim()), ("corrupt", "left", "rewritten")))  # a done request's request.yaml is not read again
-    out.append(Kind("spool_state", "request_dir_is_a_file", lambda ctx, base: [
-        plant(ctx, f"requests/{ctx.fake_id()}", b"junk")], ("corrupt",)))
+    for name, data in [
+        ("not_json", b"{not json"),
+        ("wrong_types", b'{"id": 5, "state": [], "images": "x"}'),
+        ("a_list", b"[1, 2, 3]"),
+        ("deeply_nested", deep),
+        ("empty", b""),
+        ("junk_bytes", None),
+        ("fifo", "FIFO"),
+        ("directory", "DIR"),
+    ]:
+        out.append(
+            Kind(
+                "spool_state",
+                f"state_json_{name}",
+                lambda ctx, base, d=data: [
+                    plant(ctx, f"requests/{ctx.victim()}/state.json", junk() if d is None else d)
+                ],
+                ("corrupt", "rewritten"),
+            )
+        )
+    for name, data in [
+        ("junk", None),
+        ("empty", b""),
+        ("wrong_schema", b"prompt: 5\nimages: many\n"),
+        ("fifo", "FIFO"),
+    ]:
+        out.append(
+            Kind(
+                "spool_state",
+                f"request_yaml_{name}",
+                lambda ctx, base, d=data: [
+                    plant(ctx, f"requests/{ctx.victim()}/request.yaml", junk() if d is None else d)
+                ],
+                ("corrupt", "left"),
+            )
+        )
+    out.append(
+        Kind(
+            "spool_state",
+            "request_yaml_and_state_json",
+            lambda ctx, base: (
+                lambda rid: [
+                    plant(ctx, f"requests/{rid}/request.yaml", b"\xff"),
+                    plant(ctx, f"requests/{rid}/state.json", b"{"),
+                ]
+            )(ctx.victim()),
+            ("corrupt", "left", "rewritten"),
+        )
+    )  # a done request's request.yaml is not read again
+    out.append(
+        Kind(
+            "spool_state",
+            "request_dir_is_a_file",
+            lambda ctx, base: [plant(ctx, f"requests/{ctx.fake_id()}", b"junk")],
+            ("corrupt",),
+        )
+    )
     # tickets
     for state in ("pending", "running", "deferred", "failed", "held"):
-        for name, data in [("junk_bytes", None), ("json_list", b"[]"), ("wrong_shape", b'{"request_id": 5}'),
-                           ("steps_string", "steps"), ("images_empty", "images"), ("deeply_nested", deep),
-                           ("fifo", "FIFO"), ("directory", "DIR"), ("valid_orphan", "orphan")]:
+        for name, data in [
+            ("junk_bytes", None),
+            ("json_list", b"[]"),
+            ("wrong_shape", b'{"request_id": 5}'),
+            ("steps_string", "steps"),
+            ("images_empty", "images"),
+            ("deeply_nested", deep),
+            ("fifo", "FIFO"),
+            ("directory", "DIR"),
+            ("valid_orphan", "orphan"),
+        ]:
+
             def make(ctx, base, state=state, d=data):
                 rid = ctx.fake_id()
                 if d in ("steps", "images", "orphan"):
@@ -620,38 +812,100 @@ def spool_kinds() -> list[Kind]:
                         t["images"] = []
                     d = json.dumps(t).encode()
                 return [plant(ctx, f"tickets/{state}/1000.000000.{rid}.json", junk() if d is None else d)]
-            out.append(Kind(f"spool_tickets", f"{state}_{name}", make,
-                            ("corrupt", "moved", "left") if name == "valid_orphan" else ("corrupt", "left", "moved")))
-        out.append(Kind("spool_tickets", f"{state}_not_a_ticket_name", lambda ctx, base, s=state: [
-            plant(ctx, f"tickets/{s}/{base}-not-a-ticket.json", b"{}")], ("corrupt", "left")))
+
+            out.append(
+                Kind(
+                    "spool_tickets",
+                    f"{state}_{name}",
+                    make,
+                    ("corrupt", "moved", "left") if name == "valid_orphan" else ("corrupt", "left", "moved"),
+                )
+            )
+        out.append(
+            Kind(
+                "spool_tickets",
+                f"{state}_not_a_ticket_name",
+                lambda ctx, base, s=state: [plant(ctx, f"tickets/{s}/{base}-not-a-ticket.json", b"{}")],
+                ("corrupt", "left"),
+            )
+        )
     # leases (read for tickets in running/: each with a junk running ticket beside it)
-    for name, data in [("junk", None), ("deeply_nested", deep), ("wrong_types", b'{"worker": 1, "pid": "x"}'),
-                       ("a_list", b"[]"), ("fifo", "FIFO")]:
+    for name, data in [
+        ("junk", None),
+        ("deeply_nested", deep),
+        ("wrong_types", b'{"worker": 1, "pid": "x"}'),
+        ("a_list", b"[]"),
+        ("fifo", "FIFO"),
+    ]:
+
         def make(ctx, base, d=data):
             tname = f"1000.000000.{ctx.fake_id()}"
-            return [plant(ctx, f"tickets/running/{tname}.json", b"\x00junk"),
-                    plant(ctx, f"leases/{tname}.json", junk() if d is None else d)]
+            return [
+                plant(ctx, f"tickets/running/{tname}.json", b"\x00junk"),
+                plant(ctx, f"leases/{tname}.json", junk() if d is None else d),
+            ]
+
         out.append(Kind("spool_leases", f"lease_{name}", make, ("corrupt",)))
-    out.append(Kind("spool_leases", "lease_without_ticket", lambda ctx, base: [
-        plant(ctx, f"leases/1000.000000.{ctx.fake_id()}.json", b"junk")], ("corrupt", "left")))
+    out.append(
+        Kind(
+            "spool_leases",
+            "lease_without_ticket",
+            lambda ctx, base: [plant(ctx, f"leases/1000.000000.{ctx.fake_id()}.json", b"junk")],
+            ("corrupt", "left"),
+        )
+    )
     # daemon-owned status files: rewritten or left; readers must cope
     for fname in ("launcher.json", "tracking.json", "intake.json", "daemon.json"):
         for name, data in [("junk", None), ("wrong_type", b'"a string"'), ("deep", deep)]:
-            out.append(Kind("spool_status_files", f"{fname.split('.')[0]}_{name}",
-                            lambda ctx, base, f=fname, d=data: [plant(ctx, f, junk() if d is None else d)],
-                            ("rewritten", "left", "corrupt")))
+            out.append(
+                Kind(
+                    "spool_status_files",
+                    f"{fname.split('.')[0]}_{name}",
+                    lambda ctx, base, f=fname, d=data: [plant(ctx, f, junk() if d is None else d)],
+                    ("rewritten", "left", "corrupt"),
+                )
+            )
     # events, incoming
-    out.append(Kind("spool_other", "event_junk", lambda ctx, base: [
-        plant(ctx, f"events/{time.time_ns():020d}-{ctx.fake_id()}-{base[-6:]}.json", junk())],
-        ("corrupt", "removed", "left")))
-    out.append(Kind("spool_other", "event_fifo", lambda ctx, base: [
-        plant(ctx, f"events/{time.time_ns():020d}-{ctx.fake_id()}-f.json", "FIFO")], ("corrupt", "removed", "left")))
-    out.append(Kind("spool_other", "incoming_junk_name", lambda ctx, base: [
-        plant(ctx, f"incoming/{base}.txt", b"junk")], ("corrupt",)))
-    out.append(Kind("spool_other", "incoming_bad_request", lambda ctx, base: [
-        plant(ctx, f"incoming/{ctx.fake_id()}.yaml", b"prompt: [")], ("rejected",)))
-    out.append(Kind("spool_other", "incoming_fifo", lambda ctx, base: [
-        plant(ctx, f"incoming/{ctx.fake_id()}.yaml", "FIFO")], ("rejected",)))
+    out.append(
+        Kind(
+            "spool_other",
+            "event_junk",
+            lambda ctx, base: [plant(ctx, f"events/{time.time_ns():020d}-{ctx.fake_id()}-{base[-6:]}.json", junk())],
+            ("corrupt", "removed", "left"),
+        )
+    )
+    out.append(
+        Kind(
+            "spool_other",
+            "event_fifo",
+            lambda ctx, base: [plant(ctx, f"events/{time.time_ns():020d}-{ctx.fake_id()}-f.json", "FIFO")],
+            ("corrupt", "removed", "left"),
+        )
+    )
+    out.append(
+        Kind(
+            "spool_other",
+            "incoming_junk_name",
+            lambda ctx, base: [plant(ctx, f"incoming/{base}.txt", b"junk")],
+            ("corrupt",),
+        )
+    )
+    out.append(
+        Kind(
+            "spool_other",
+            "incoming_bad_request",
+            lambda ctx, base: [plant(ctx, f"incoming/{ctx.fake_id()}.yaml", b"prompt: [")],
+            ("rejected",),
+        )
+    )
+    out.append(
+        Kind(
+            "spool_other",
+            "incoming_fifo",
+            lambda ctx, base: [plant(ctx, f"incoming/{ctx.fake_id()}.yaml", "FIFO")],
+            ("rejected",),
+        )
+    )
     return out
 
 
@@ -775,13 +1029,15 @@ def _hostile(root: Path, data: Path, files: int, quick: bool) -> dict:
     code = wait_idle(last, 120 if quick else 300)
     end_commands = check_commands(data)
     status_rows = json.loads(sdgen(data, "status", "--json").stdout or "[]")
-    ignored_shown = {r["id"][len("inbox/"):] for r in status_rows if r.get("state") == "ignored"}
+    ignored_shown = {r["id"][len("inbox/") :] for r in status_rows if r.get("state") == "ignored"}
 
     # -- how each thing thrown ended --
     layout = spool.layout
     rejected = aside_index(layout.rejected)
     corrupt = aside_index(layout.corrupt)
-    stuck = (json.loads(layout.intake_status.read_text() or "{}") if layout.intake_status.exists() else {}).get("stuck", {})
+    stuck = (json.loads(layout.intake_status.read_text() or "{}") if layout.intake_status.exists() else {}).get(
+        "stuck", {}
+    )
     left_in_inbox = set(os.listdir(inbox))
     markers: dict[str, list[str]] = {}
     accepted_ids = [r for r in spool.request_ids() if r not in expected and r not in victims]
@@ -881,28 +1137,44 @@ def _hostile(root: Path, data: Path, files: int, quick: bool) -> dict:
             p.unlink() if not p.is_dir() or p.is_symlink() else shutil.rmtree(p)
         tail = (root / "daemon.log").read_text(errors="replace")[before:]
         findings[f"{kind.cls}/{kind.name}"] = {
-            "known": kind.known, "planted": rels, "daemon_alive": alive, "sigterm_exit": stop_exit,
+            "known": kind.known,
+            "planted": rels,
+            "daemon_alive": alive,
+            "sigterm_exit": stop_exit,
             "tick_steps_failing": sorted(set(re.findall(r"tick step '([^']+)' failed", tail))),
-            "commands_failing": failing}
+            "commands_failing": failing,
+        }
         c = per_class.setdefault(kind.cls, {"kinds": 0, "files": 0})
         c["kinds"] += 1
         c["files"] += len(rels)
         c["finding"] = c.get("finding", 0) + len(rels)
     all_kinds = len(inbox_kinds) + len(damage_kinds)
     files_thrown = len(thrown) + len(planted)
-    result = {"kinds": all_kinds, "files_thrown": files_thrown, "reps": reps, "per_class": per_class,
-              "unexpected_outcomes": unexpected, "without_reason": reasonless, "findings": findings,
-              "tick_steps_failing": tick_steps_failing,
-              "growing_files_taken_whole": f"{grown_whole}/{len(GROWERS)}",
-              "accepted_hostile_requests": len(extra_expected), "victim_requests": victim_states,
-              "daemon_deaths": deaths, "daemon_alive_after_inbox": alive_after_inbox,
-              "sigterm_exit": first_exit, "commands_failing_mid_run": mid_commands,
-              "commands_failing_after": end_commands,
-              "outside_file_untouched": (root / "outside.yaml").read_text() == "prompt: untouched\n",
-              "inbox_seconds": inbox_wait,
-              "daemon_rss_mb_before": round(rss_before / 2**20, 1), "daemon_rss_mb_peak": round(rss_peak / 2**20, 1),
-              "final_exit": code, **audit(data, {**expected, **extra_expected}),
-              "wall_s": round(time.time() - t0, 1)}
+    result = {
+        "kinds": all_kinds,
+        "files_thrown": files_thrown,
+        "reps": reps,
+        "per_class": per_class,
+        "unexpected_outcomes": unexpected,
+        "without_reason": reasonless,
+        "findings": findings,
+        "tick_steps_failing": tick_steps_failing,
+        "growing_files_taken_whole": f"{grown_whole}/{len(GROWERS)}",
+        "accepted_hostile_requests": len(extra_expected),
+        "victim_requests": victim_states,
+        "daemon_deaths": deaths,
+        "daemon_alive_after_inbox": alive_after_inbox,
+        "sigterm_exit": first_exit,
+        "commands_failing_mid_run": mid_commands,
+        "commands_failing_after": end_commands,
+        "outside_file_untouched": (root / "outside.yaml").read_text() == "prompt: untouched\n",
+        "inbox_seconds": inbox_wait,
+        "daemon_rss_mb_before": round(rss_before / 2**20, 1),
+        "daemon_rss_mb_peak": round(rss_peak / 2**20, 1),
+        "final_exit": code,
+        **audit(data, {**expected, **extra_expected}),
+        "wall_s": round(time.time() - t0, 1),
+    }
     return result
 
 
@@ -915,9 +1187,15 @@ def claim_throughput(workers: int, tickets: int) -> float:
     for i in range(tickets // per):
         spool.accept(f"20261126-000000-{i:06x}", r, "bench", 0.0)
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "sdgen", "--data", str(spool.layout.root), "worker",
-                               "--idle-exit", "0.5"], env=env_for(spool.layout.root),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sdgen", "--data", str(spool.layout.root), "worker", "--idle-exit", "0.5"],
+            env=env_for(spool.layout.root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
     for p in procs:
         p.wait()
     elapsed = time.perf_counter() - t0 - 0.5  # minus the final idle wait
@@ -935,13 +1213,17 @@ def inbox_latency(poll: bool) -> float:
     samples = []
     inbox = data / "spool" / "inbox"
     for i in range(5):
-        (inbox / f".r{i}.part").write_text(f"prompt: a\nimages: 1\nengine: dry-run\nwidth: 128\nheight: 128\nseed: {i}\n")
+        (inbox / f".r{i}.part").write_text(
+            f"prompt: a\nimages: 1\nengine: dry-run\nwidth: 128\nheight: 128\nseed: {i}\n"
+        )
         t0 = time.perf_counter()
         os.rename(inbox / f".r{i}.part", inbox / f"r{i}.yaml")
         while True:
             spool = Spool(data)
-            if any(spool.ticket_names(s) for s in ("running", "done")) and \
-                    len(spool.ticket_names("running")) + len(spool.ticket_names("done")) > i:
+            if (
+                any(spool.ticket_names(s) for s in ("running", "done"))
+                and len(spool.ticket_names("running")) + len(spool.ticket_names("done")) > i
+            ):
                 break
             time.sleep(0.005)
         samples.append(time.perf_counter() - t0)
@@ -962,12 +1244,15 @@ def queue_scale(requests: int, per_request: int) -> dict:
     for i in range(requests):
         spool.accept(f"20261126-{i // 1000000:06d}-{i % 16**6:06x}", r, "bench", 0.0)
     fill = time.perf_counter() - t0
-    code = ("import time,sys,resource; sys.path.insert(0, sys.argv[2]); t=time.perf_counter();"
-            "from sdgen.spool.store import Spool; from sdgen.daemon.scheduler import Scheduler;"
-            "s=Spool(sys.argv[1]); s.reconcile(); Scheduler(s, None).tick(time.time());"
-            "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)")
-    out = subprocess.run([sys.executable, "-c", code, str(spool.layout.root), str(REPO)],
-                         capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import time,sys,resource; sys.path.insert(0, sys.argv[2]); t=time.perf_counter();"
+        "from sdgen.spool.store import Spool; from sdgen.daemon.scheduler import Scheduler;"
+        "s=Spool(sys.argv[1]); s.reconcile(); Scheduler(s, None).tick(time.time());"
+        "print(time.perf_counter()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(spool.layout.root), str(REPO)], capture_output=True, text=True, check=True
+    ).stdout.split()
     start_s, rss_mb = float(out[0]), float(out[1])
     t1 = time.perf_counter()
     sdgen(spool.layout.root, "status", "--json")
@@ -987,10 +1272,17 @@ def queue_scale(requests: int, per_request: int) -> dict:
     for _ in range(5):
         claim_next(spool, "bench")
     relisting = (time.perf_counter() - t4) / 5
-    return {"requests": requests, "tickets": requests * per_request, "fill_s": round(fill, 1),
-            "daemon_start_s": round(start_s, 2), "daemon_start_rss_mb": round(rss_mb, 1),
-            "status_json_s": round(status_s, 2), "steady_tick_s": round(tick_s, 3),
-            "claim_ms_reusing_listing": round(with_view * 1000, 2), "claim_ms_relisting": round(relisting * 1000, 2)}
+    return {
+        "requests": requests,
+        "tickets": requests * per_request,
+        "fill_s": round(fill, 1),
+        "daemon_start_s": round(start_s, 2),
+        "daemon_start_rss_mb": round(rss_mb, 1),
+        "status_json_s": round(status_s, 2),
+        "steady_tick_s": round(tick_s, 3),
+        "claim_ms_reusing_listing": round(with_view * 1000, 2),
+        "claim_ms_relisting": round(relisting * 1000, 2),
+    }
 
 
 def overhead() -> dict:
@@ -1009,10 +1301,13 @@ def overhead() -> dict:
         gen += res["generate"]
         total += res["total"]
     n = len(spool.ticket_names("done"))
-    return {"tickets": n, "engine_s_per_ticket": round(gen / n, 3),
-            "worker_overhead_s_per_ticket": round((total - gen) / n, 4),
-            "end_to_end_s_per_ticket": round(wall / n, 3),
-            "overhead_fraction_in_worker": round((total - gen) / total, 4)}
+    return {
+        "tickets": n,
+        "engine_s_per_ticket": round(gen / n, 3),
+        "worker_overhead_s_per_ticket": round((total - gen) / n, 4),
+        "end_to_end_s_per_ticket": round(wall / n, 3),
+        "overhead_fraction_in_worker": round((total - gen) / total, 4),
+    }
 
 
 def scale(max_tickets: int, quick: bool) -> dict:

@@ -35,10 +35,17 @@ def two_daemons(trials: int) -> dict:
     rng = random.Random(3)
     messages = set()
     for _ in range(trials):
-        procs = [subprocess.Popen([sys.executable, "-m", "sdgen", "daemon", "--workers", "2", *FAST],
-                                  env=env_for(data, SDGEN_DRY_RUN_DELAY=0.05), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "sdgen", "daemon", "--workers", "2", *FAST],
+                env=env_for(data, SDGEN_DRY_RUN_DELAY=0.05),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            for _ in range(2)
+        ]
         time.sleep(rng.uniform(2.0, 3.0))
         alive = [p for p in procs if p.poll() is None]
         dead = [p for p in procs if p.poll() is not None]
@@ -57,9 +64,16 @@ def two_daemons(trials: int) -> dict:
     psutil_wait(data)
     final = start_daemon(data, "--workers", "2", "--exit-when-idle", *FAST)
     code = wait_idle(final, 600)
-    return {"trials": trials, "one_held": held, "other_refused_in_one_line": refused_with_message,
-            "both_ran": both_ran, "neither_ran": neither_ran, "refusal": sorted(messages),
-            "final_exit": code, **audit(data, expected)}
+    return {
+        "trials": trials,
+        "one_held": held,
+        "other_refused_in_one_line": refused_with_message,
+        "both_ran": both_ran,
+        "neither_ran": neither_ran,
+        "refusal": sorted(messages),
+        "final_exit": code,
+        **audit(data, expected),
+    }
 
 
 def psutil_wait(data: Path) -> None:
@@ -81,17 +95,47 @@ def clock_skew(stops: int) -> dict:
     data = root / "data"
     expected = submit_many(data, 6, 12 * stops, 4)  # enough work to outlast every freeze
     delay = 0.5
-    daemon = start_daemon(data, "--workers", "1", "--rescan", "0.3", "--lease-timeout", "3",
-                          "--worker-idle-exit", "3", SDGEN_DRY_RUN_DELAY=delay)
+    daemon = start_daemon(
+        data,
+        "--workers",
+        "1",
+        "--rescan",
+        "0.3",
+        "--lease-timeout",
+        "3",
+        "--worker-idle-exit",
+        "3",
+        SDGEN_DRY_RUN_DELAY=delay,
+    )
     workers = {}
-    for wid, skew in (("ahead-steady", "+60s"), ("behind-steady", "-60s"),
-                      ("ahead-frozen", "+60s"), ("behind-frozen", "-60s")):
+    for wid, skew in (
+        ("ahead-steady", "+60s"),
+        ("behind-steady", "-60s"),
+        ("ahead-frozen", "+60s"),
+        ("behind-frozen", "-60s"),
+    ):
         log = open(root / f"{wid}.log", "wb")
         workers[wid] = subprocess.Popen(
-            [faketime, "-f", skew, sys.executable, "-m", "sdgen", "worker", "--worker-id", wid,
-             "--heartbeat", "0.5", "--idle-exit", "3"],
-            env=env_for(data, SDGEN_DRY_RUN_DELAY=delay), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                faketime,
+                "-f",
+                skew,
+                sys.executable,
+                "-m",
+                "sdgen",
+                "worker",
+                "--worker-id",
+                wid,
+                "--heartbeat",
+                "0.5",
+                "--idle-exit",
+                "3",
+            ],
+            env=env_for(data, SDGEN_DRY_RUN_DELAY=delay),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     rng = random.Random(11)
     frozen_while_holding = 0
     spool = Spool(data)
@@ -106,8 +150,9 @@ def clock_skew(stops: int) -> dict:
         while not holding and time.monotonic() < deadline:  # freeze it while it holds a ticket
             # ...one that never lost a worker: a second loss would hold it as a poison ticket,
             # which is the rule working, not a fault of the clocks
-            holding = any(_lease_worker(p) == wid and _deaths(spool, p.stem) == 0
-                          for p in spool.layout.leases.glob("*.json"))
+            holding = any(
+                _lease_worker(p) == wid and _deaths(spool, p.stem) == 0 for p in spool.layout.leases.glob("*.json")
+            )
             time.sleep(0.05)
         os.killpg(w.pid, signal.SIGSTOP)
         time.sleep(4.0)  # past the 3 s lease timeout of the daemon's clock
@@ -123,10 +168,17 @@ def clock_skew(stops: int) -> dict:
     expiries = {wid: dlog.count(f"lease of {wid} expired") for wid in workers}
     fenced = {wid: (root / f"{wid}.log").read_text().count(": lost,") for wid in workers}
     worked = {wid: (root / f"{wid}.log").read_text().count(": done,") for wid in workers}
-    return {"skew_s": [60, -60], "freezes": stops, "freezes_while_holding_a_ticket": frozen_while_holding,
-            "lease_expiries": expiries, "late_writers_fenced": fenced, "tickets_done_by": worked,
-            "wrongful_expiries": expiries["ahead-steady"] + expiries["behind-steady"],
-            "final_exit": code, **audit(data, expected)}
+    return {
+        "skew_s": [60, -60],
+        "freezes": stops,
+        "freezes_while_holding_a_ticket": frozen_while_holding,
+        "lease_expiries": expiries,
+        "late_writers_fenced": fenced,
+        "tickets_done_by": worked,
+        "wrongful_expiries": expiries["ahead-steady"] + expiries["behind-steady"],
+        "final_exit": code,
+        **audit(data, expected),
+    }
 
 
 def _lease_worker(path: Path) -> str | None:
@@ -150,17 +202,36 @@ def disk_full(trials: int) -> dict:
     if os.geteuid() != 0:
         return {"skipped": "mounting a tmpfs needs root"}
     mnt = Path(tempfile.mkdtemp(prefix="sdgen-full-"))
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
-                      capture_output=True, check=False).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         return {"skipped": "mount -t tmpfs failed"}
     started: list[subprocess.Popen] = []
     try:
         data = mnt / "data"
         expected = {}
         for i in range(3):  # 1024x1024 dry-run PNGs of ~80 kB
-            rid = sdgen(data, "submit", "--engine", "dry-run", "--width", "1024", "--height", "1024",
-                        "--prompt", f"full {i}", "--images", "20", "--batch-size", "2",
-                        "--seed", str(100 * i)).stdout.strip()
+            rid = sdgen(
+                data,
+                "submit",
+                "--engine",
+                "dry-run",
+                "--width",
+                "1024",
+                "--height",
+                "1024",
+                "--prompt",
+                f"full {i}",
+                "--images",
+                "20",
+                "--batch-size",
+                "2",
+                "--seed",
+                str(100 * i),
+            ).stdout.strip()
             expected[rid] = 20
         daemon = start_daemon(data, "--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY=0.1)
         started.append(daemon)
@@ -198,9 +269,15 @@ def disk_full(trials: int) -> dict:
         final = start_daemon(data, "--workers", "2", "--exit-when-idle", *FAST)
         started.append(final)
         code = wait_idle(final, 600)
-        return {"trials": trials, "trials_with_a_deferral": deferrals_seen, "deferral_reasons": sorted(reasons),
-                "held_while_full": held_seen, "daemon_died": daemon_died, "final_exit": code,
-                **audit(data, expected)}
+        return {
+            "trials": trials,
+            "trials_with_a_deferral": deferrals_seen,
+            "deferral_reasons": sorted(reasons),
+            "held_while_full": held_seen,
+            "daemon_died": daemon_died,
+            "final_exit": code,
+            **audit(data, expected),
+        }
     finally:  # whatever happened, leave no daemon, worker or mount behind
         for p in started:
             if p.poll() is None:
@@ -228,9 +305,27 @@ def mlflow_outage(trials: int) -> dict:
     track = {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": server.uri}
     expected = {}
     for i in range(3):
-        rid = sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                    "--prompt", f"outage {i}", "--images", "40", "--batch-size", "2", "--seed", str(i),
-                    "--experiment", exp, **track).stdout.strip()
+        rid = sdgen(
+            data,
+            "submit",
+            "--engine",
+            "dry-run",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--prompt",
+            f"outage {i}",
+            "--images",
+            "40",
+            "--batch-size",
+            "2",
+            "--seed",
+            str(i),
+            "--experiment",
+            exp,
+            **track,
+        ).stdout.strip()
         expected[rid] = 40
     daemon = start_daemon(data, "--workers", "2", *FAST, SDGEN_DRY_RUN_DELAY=0.2, **track)
     rng = random.Random(5)
@@ -252,8 +347,7 @@ def mlflow_outage(trials: int) -> dict:
         runs = client.search_runs([e.experiment_id], max_results=1000) if e else []
         parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-        if (len(parents) >= 3 and all(r.info.status == "FINISHED" for r in parents)
-                and len(children) >= tickets):
+        if len(parents) >= 3 and all(r.info.status == "FINISHED" for r in parents) and len(children) >= tickets:
             break
         time.sleep(1)
     daemon.send_signal(signal.SIGTERM)
@@ -266,17 +360,29 @@ def mlflow_outage(trials: int) -> dict:
     child_status = {}
     for r in children:
         child_status[r.info.status] = child_status.get(r.info.status, 0) + 1
-    return {"outages": trials, "server_down_s": round(downtime, 1), "server_start_s": round(start_s, 1),
-            "parent_runs": len(parents), "requests": len(expected),
-            "duplicate_parents": sum(n - 1 for n in per_request.values() if n > 1),
-            "child_runs": len(children), "child_status": child_status, "tickets": tickets,
-            "final_exit": code, **out}
+    return {
+        "outages": trials,
+        "server_down_s": round(downtime, 1),
+        "server_start_s": round(start_s, 1),
+        "parent_runs": len(parents),
+        "requests": len(expected),
+        "duplicate_parents": sum(n - 1 for n in per_request.values() if n > 1),
+        "child_runs": len(children),
+        "child_status": child_status,
+        "tickets": tickets,
+        "final_exit": code,
+        **out,
+    }
 
 
 def infra(quick: bool) -> dict:
     out = {}
-    for name, fn, n_quick, n_full in (("two_daemons", two_daemons, 3, 10), ("clock_skew", clock_skew, 2, 6),
-                                      ("disk_full", disk_full, 1, 5), ("mlflow_outage", mlflow_outage, 0, 3)):
+    for name, fn, n_quick, n_full in (
+        ("two_daemons", two_daemons, 3, 10),
+        ("clock_skew", clock_skew, 2, 6),
+        ("disk_full", disk_full, 1, 5),
+        ("mlflow_outage", mlflow_outage, 0, 3),
+    ):
         n = n_quick if quick else n_full
         if n == 0:
             continue

@@ -6,9 +6,9 @@ MAX_REQUEST_BYTES = 1024 * 1024
 
 # Limits checked on the YAML event stream before any document is built: a request is a flat
 # mapping with one list (prompts); a deep or wide document is an attack, not a request.
-MAX_REQUEST_DEPTH = 8          # nested lists/mappings (RecursionError lives past ~1000)
-MAX_REQUEST_KEYS = 64          # keys in one mapping (the schema has 17)
-MAX_REQUEST_NODES = 20_000     # scalars + collections in the whole document (1000 prompts fit)
+MAX_REQUEST_DEPTH = 8  # nested lists/mappings (RecursionError lives past ~1000)
+MAX_REQUEST_KEYS = 64  # keys in one mapping (the schema has 17)
+MAX_REQUEST_NODES = 20_000  # scalars + collections in the whole document (1000 prompts fit)
 
 # Every reason sdgen writes (rejected/*.reason, corrupt/*.reason, ticket reasons, status) is
 # one line of at most this many characters: 100,000 unknown keys must not make a 4 MB line.

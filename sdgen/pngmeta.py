@@ -31,8 +31,8 @@ from sdgen.spool.ticket import ImageSpec, Ticket
 
 SDGEN_KEY = "sdgen"
 NEGATIVE = "Negative prompt:"
-MAX_PNG_BYTES = 64 * 1024 * 1024   # far above any image sdgen writes (512x512 is < 1 MiB)
-MAX_TEXT_BYTES = 1024 * 1024       # one text chunk, decompressed (PIL's own limit too)
+MAX_PNG_BYTES = 64 * 1024 * 1024  # far above any image sdgen writes (512x512 is < 1 MiB)
+MAX_TEXT_BYTES = 1024 * 1024  # one text chunk, decompressed (PIL's own limit too)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -44,7 +44,7 @@ def one_line(text: str) -> str:
     with `Negative prompt:`, which would make it read as the negative prompt."""
     line = " ".join(_SURROGATE.sub("\ufffd", text).split())
     if line.startswith(NEGATIVE):
-        line = "Negative prompt :" + line[len(NEGATIVE):]
+        line = "Negative prompt :" + line[len(NEGATIVE) :]
     return line
 
 
@@ -53,8 +53,7 @@ def quote(value) -> str:
     pair, lose its ends to the parser's stripping, or be read as quoted: then a JSON
     string, which is how A1111 quotes and unquotes."""
     text = str(value)
-    if (not text or text != text.strip() or any(c in text for c in ',:"\n\r')
-            or text != one_line(text)):
+    if not text or text != text.strip() or any(c in text for c in ',:"\n\r') or text != one_line(text):
         return json.dumps(text)
     return text
 
@@ -62,9 +61,14 @@ def quote(value) -> str:
 def parameters_fields(ticket: Ticket, spec: ImageSpec) -> dict[str, str]:
     """The fields of the `parameters` chunk, as an A1111-style parser reads them back."""
     return {
-        "Prompt": one_line(ticket.prompt), "Negative prompt": one_line(ticket.negative_prompt or ""),
-        "Steps": str(ticket.steps), "Sampler": "DDIM", "CFG scale": f"{ticket.guidance:g}",
-        "Seed": str(spec.seed), "Size": f"{ticket.width}x{ticket.height}", "Model": str(ticket.model),
+        "Prompt": one_line(ticket.prompt),
+        "Negative prompt": one_line(ticket.negative_prompt or ""),
+        "Steps": str(ticket.steps),
+        "Sampler": "DDIM",
+        "CFG scale": f"{ticket.guidance:g}",
+        "Seed": str(spec.seed),
+        "Size": f"{ticket.width}x{ticket.height}",
+        "Model": str(ticket.model),
     }
 
 
@@ -80,12 +84,23 @@ def parameters_text(ticket: Ticket, spec: ImageSpec) -> str:
 
 def sdgen_meta(ticket: Ticket, spec: ImageSpec, engine_info: dict) -> dict:
     meta = {
-        "schema": 1, "request_id": ticket.request_id, "ticket": ticket.name,
-        "prompt_index": spec.prompt_index, "image_index": spec.image_index, "seed": spec.seed,
-        "prompt": ticket.prompt, "negative_prompt": ticket.negative_prompt, "steps": ticket.steps,
-        "guidance": ticket.guidance, "width": ticket.width, "height": ticket.height,
-        "model": ticket.model, "weights": ticket.weights, "engine": ticket.engine,
-        "sdgen": __version__, **engine_info,
+        "schema": 1,
+        "request_id": ticket.request_id,
+        "ticket": ticket.name,
+        "prompt_index": spec.prompt_index,
+        "image_index": spec.image_index,
+        "seed": spec.seed,
+        "prompt": ticket.prompt,
+        "negative_prompt": ticket.negative_prompt,
+        "steps": ticket.steps,
+        "guidance": ticket.guidance,
+        "width": ticket.width,
+        "height": ticket.height,
+        "model": ticket.model,
+        "weights": ticket.weights,
+        "engine": ticket.engine,
+        "sdgen": __version__,
+        **engine_info,
     }
     if ticket.weights == "random":
         meta["note"] = "random weights: this image is noise, not a model output"
@@ -106,12 +121,18 @@ def png_info(ticket: Ticket, spec: ImageSpec, engine_info: dict) -> PngImagePlug
 # Fields of the sdgen chunk that are used (`--from`, `show`): name -> accepted types.
 # bool is excluded from the numbers on purpose (JSON true is not a step count).
 _FIELDS = {
-    "prompt": (str,), "negative_prompt": (str, type(None)), "steps": (int,), "guidance": (int, float),
-    "width": (int,), "height": (int,), "model": (str,), "weights": (str,), "engine": (str,),
+    "prompt": (str,),
+    "negative_prompt": (str, type(None)),
+    "steps": (int,),
+    "guidance": (int, float),
+    "width": (int,),
+    "height": (int,),
+    "model": (str,),
+    "weights": (str,),
+    "engine": (str,),
     "seed": (int,),
 }
-_OPTIONAL = {"request_id": (str,), "ticket": (str,), "prompt_index": (int,), "image_index": (int,),
-             "schema": (int,)}
+_OPTIONAL = {"request_id": (str,), "ticket": (str,), "prompt_index": (int,), "image_index": (int,), "schema": (int,)}
 
 
 def _read_file(path: Path) -> bytes:
@@ -133,8 +154,10 @@ def _read_file(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise UserError(f"{path} is not a regular file: give the path of a PNG image made by sdgen")
         if st.st_size > MAX_PNG_BYTES:
-            raise UserError(f"{path} is {st.st_size} bytes, more than any sdgen image "
-                            f"({MAX_PNG_BYTES // 2**20} MiB at most): is it the right file?")
+            raise UserError(
+                f"{path} is {st.st_size} bytes, more than any sdgen image "
+                f"({MAX_PNG_BYTES // 2**20} MiB at most): is it the right file?"
+            )
         chunks, size = [], 0
         while size <= MAX_PNG_BYTES:  # the file may grow while we read: bound it again
             block = os.read(fd, 1 << 20)
@@ -195,12 +218,12 @@ def png_text(data: bytes) -> dict[str, str]:
     while True:
         if pos + 8 > len(data):
             raise ValueError("the PNG image is truncated")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         end = pos + 8 + length + 4
         if length > 2**31 - 1 or end > len(data):
             raise ValueError("the PNG image is truncated or has a damaged chunk")
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[end - 4:end])
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
         if zlib.crc32(kind + body) != crc:
             raise ValueError(f"the PNG image is damaged (bad checksum of a {kind!r} chunk)")
         if kind in (b"tEXt", b"zTXt", b"iTXt"):

@@ -28,8 +28,7 @@ PRECISIONS = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16
 # The largest batch bucket (engine/batching.py builds its buckets up to it).
 LARGEST_BATCH = 64
 
-_SWITCH = {"1": True, "on": True, "true": True, "yes": True,
-           "0": False, "off": False, "false": False, "no": False}
+_SWITCH = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,127}")
 _SHOWN = 80  # at most this much of a bad value is echoed: the error stays one short line
 
@@ -38,17 +37,17 @@ def shown(value: str) -> str:
     """A value as an error message quotes it: repr (so control characters and line breaks
     are escaped and the message stays one line), cut to a readable length."""
     text = repr(value)
-    return text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    parse: Callable[[str], Any]   # text -> value; raises ValueError(what it must be)
-    default: Any                  # the value when unset or empty (None: the code decides, see `shown_default`)
-    allowed: str                  # the values it takes, in words, for errors and the README
-    description: str              # one line: what it does
-    shown_default: str = ""       # the default in words, where `default` does not say it
+    parse: Callable[[str], Any]  # text -> value; raises ValueError(what it must be)
+    default: Any  # the value when unset or empty (None: the code decides, see `shown_default`)
+    allowed: str  # the values it takes, in words, for errors and the README
+    description: str  # one line: what it does
+    shown_default: str = ""  # the default in words, where `default` does not say it
 
     def value(self, text: str | None) -> Any:
         """The parsed value of `text` (None or blank: the default), or a SettingError."""
@@ -65,6 +64,7 @@ def _choice(*choices: str) -> Callable[[str], str]:
         if text.lower() not in choices:
             raise ValueError
         return text.lower()
+
     return parse
 
 
@@ -80,6 +80,7 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
         if not low <= value <= high:
             raise ValueError
         return value
+
     return parse
 
 
@@ -90,6 +91,7 @@ def _seconds(low: float, high: float = math.inf, low_open: bool = False) -> Call
         if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
             raise ValueError
         return value
+
     return parse
 
 
@@ -111,46 +113,130 @@ def _cache_folder(text: str) -> str | None:
 
 _DAY = 86400.0
 
-SETTINGS: dict[str, Setting] = {s.name: s for s in [
-    Setting("SDGEN_DATA", _path, "data", "a folder path",
-            "the data directory (spool, outputs, caches) when there is no --data", "./data"),
-    Setting("SDGEN_PRECISION", _choice(*PRECISIONS), None, "one of " + ", ".join(PRECISIONS),
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting(
+            "SDGEN_DATA",
+            _path,
+            "data",
+            "a folder path",
+            "the data directory (spool, outputs, caches) when there is no --data",
+            "./data",
+        ),
+        Setting(
+            "SDGEN_PRECISION",
+            _choice(*PRECISIONS),
+            None,
+            "one of " + ", ".join(PRECISIONS),
             "the model's dtype policy; mixed_ ones keep float32 weights",
-            "bfloat16 on a GPU, float32 on the CPU"),
-    Setting("SDGEN_ATTENTION", _choice("fused", "stock"), "fused", "fused or stock",
-            "fused: one dot-product-attention op (engine/attention.py); stock: keras-cv's"),
-    Setting("SDGEN_SAMPLER", _choice("fused", "stock"), "fused", "fused or stock",
-            "fused: the whole denoising loop as one compiled function; stock: keras-cv's generate_image"),
-    Setting("SDGEN_SNAPSHOT", _switch, True, "on or off (also 1/0, true/false, yes/no)",
-            "on JAX with the fused sampler, workers run from model snapshots instead of building keras models"),
-    Setting("SDGEN_JIT", _switch, None, "on or off (also 1/0, true/false, yes/no)",
-            "compile the models with XLA", "on on a GPU, off on the CPU (where XLA is slower)"),
-    Setting("SDGEN_MAX_BATCH", _whole(1, LARGEST_BATCH), LARGEST_BATCH,
+            "bfloat16 on a GPU, float32 on the CPU",
+        ),
+        Setting(
+            "SDGEN_ATTENTION",
+            _choice("fused", "stock"),
+            "fused",
+            "fused or stock",
+            "fused: one dot-product-attention op (engine/attention.py); stock: keras-cv's",
+        ),
+        Setting(
+            "SDGEN_SAMPLER",
+            _choice("fused", "stock"),
+            "fused",
+            "fused or stock",
+            "fused: the whole denoising loop as one compiled function; stock: keras-cv's generate_image",
+        ),
+        Setting(
+            "SDGEN_SNAPSHOT",
+            _switch,
+            True,
+            "on or off (also 1/0, true/false, yes/no)",
+            "on JAX with the fused sampler, workers run from model snapshots instead of building keras models",
+        ),
+        Setting(
+            "SDGEN_JIT",
+            _switch,
+            None,
+            "on or off (also 1/0, true/false, yes/no)",
+            "compile the models with XLA",
+            "on on a GPU, off on the CPU (where XLA is slower)",
+        ),
+        Setting(
+            "SDGEN_MAX_BATCH",
+            _whole(1, LARGEST_BATCH),
+            LARGEST_BATCH,
             f"a whole number from 1 to {LARGEST_BATCH}",
-            "most images per forward pass (also cut to what fits the GPU's memory)"),
-    Setting("SDGEN_GROUP_IMAGES", _whole(0, 1024), None, "a whole number from 0 to 1024",
+            "most images per forward pass (also cut to what fits the GPU's memory)",
+        ),
+        Setting(
+            "SDGEN_GROUP_IMAGES",
+            _whole(0, 1024),
+            None,
+            "a whole number from 0 to 1024",
             "images of one request's small tickets a worker runs as one batch (0 or 1: no grouping)",
-            "16 on a GPU, 1 on the CPU and for the dry-run engine"),
-    Setting("SDGEN_COMPILE_CACHE", _cache_folder, "", "a folder path, or off",
-            "JAX's persistent compilation cache, shared by the workers", "DATA/cache/jax"),
-    Setting("SDGEN_DRY_RUN_DELAY", _seconds(0, _DAY), 0.0, "a number of seconds from 0 to 86400",
-            "seconds the dry-run engine spends on each image (stands in for generation time)", "0"),
-    Setting("SDGEN_SYSTEM_METRICS", _switch, False, "on or off (also 1/0, true/false, yes/no)",
-            "workers sample CPU, memory and GPU use into each ticket's MLflow run (daemon --system-metrics)"),
-    Setting("SDGEN_TRACKING", _switch, True, "on or off (also 1/0, true/false, yes/no)",
-            "the daemon logs requests and tickets to MLflow (off: as --no-tracking)"),
-    Setting("SDGEN_WORKER_ID", _worker_id, None,
+            "16 on a GPU, 1 on the CPU and for the dry-run engine",
+        ),
+        Setting(
+            "SDGEN_COMPILE_CACHE",
+            _cache_folder,
+            "",
+            "a folder path, or off",
+            "JAX's persistent compilation cache, shared by the workers",
+            "DATA/cache/jax",
+        ),
+        Setting(
+            "SDGEN_DRY_RUN_DELAY",
+            _seconds(0, _DAY),
+            0.0,
+            "a number of seconds from 0 to 86400",
+            "seconds the dry-run engine spends on each image (stands in for generation time)",
+            "0",
+        ),
+        Setting(
+            "SDGEN_SYSTEM_METRICS",
+            _switch,
+            False,
+            "on or off (also 1/0, true/false, yes/no)",
+            "workers sample CPU, memory and GPU use into each ticket's MLflow run (daemon --system-metrics)",
+        ),
+        Setting(
+            "SDGEN_TRACKING",
+            _switch,
+            True,
+            "on or off (also 1/0, true/false, yes/no)",
+            "the daemon logs requests and tickets to MLflow (off: as --no-tracking)",
+        ),
+        Setting(
+            "SDGEN_WORKER_ID",
+            _worker_id,
+            None,
             "1 to 128 letters, digits and . _ @ : + - (starting with a letter or digit)",
-            "the id a worker writes into its leases (launchers set it)", "host-pid-random"),
-    Setting("SDGEN_IDLE_EXIT", _seconds(0, low_open=True), defaults.WORKER_IDLE_EXIT_SECONDS,
-            "a number of seconds above 0", "a worker exits after the spool was idle this long "
-            "(as worker --idle-exit; launchers set it)"),
-    Setting("SDGEN_HEARTBEAT", _seconds(0, low_open=True), defaults.HEARTBEAT_SECONDS,
+            "the id a worker writes into its leases (launchers set it)",
+            "host-pid-random",
+        ),
+        Setting(
+            "SDGEN_IDLE_EXIT",
+            _seconds(0, low_open=True),
+            defaults.WORKER_IDLE_EXIT_SECONDS,
             "a number of seconds above 0",
-            "seconds between a worker's lease renewals (as worker --heartbeat; launchers set it)"),
-    Setting("ADSP_WORKER_MAX", _whole(1, 1000), 1, "a whole number from 1 to 1000",
-            "most ADSP jobs at once when the daemon has no --workers"),
-]}
+            "a worker exits after the spool was idle this long (as worker --idle-exit; launchers set it)",
+        ),
+        Setting(
+            "SDGEN_HEARTBEAT",
+            _seconds(0, low_open=True),
+            defaults.HEARTBEAT_SECONDS,
+            "a number of seconds above 0",
+            "seconds between a worker's lease renewals (as worker --heartbeat; launchers set it)",
+        ),
+        Setting(
+            "ADSP_WORKER_MAX",
+            _whole(1, 1000),
+            1,
+            "a whole number from 1 to 1000",
+            "most ADSP jobs at once when the daemon has no --workers",
+        ),
+    ]
+}
 
 
 def get(name: str, environ: Mapping[str, str] | None = None) -> Any:

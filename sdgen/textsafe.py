@@ -16,8 +16,7 @@ import re
 # bidi embeddings/overrides/isolates, LRM/RLM/ALM, zero-width joiners, line/paragraph
 # separators, and the BOM. Lone surrogates too: file names read with surrogateescape hold
 # them, and printing one raises UnicodeEncodeError instead of showing anything.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-                     "\ud800-\udfff\ufeff]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ud800-\udfff\ufeff]")
 
 
 def _escape(m: re.Match) -> str:
@@ -31,5 +30,5 @@ def printable(s, limit: int | None = None) -> str:
     Backslashes are left alone: the output is for people, not for parsing back."""
     text = _UNSAFE.sub(_escape, s if isinstance(s, str) else str(s))
     if limit is not None and len(text) > limit:
-        text = text[:max(0, limit - 3)] + "..."
+        text = text[: max(0, limit - 3)] + "..."
     return text

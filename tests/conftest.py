@@ -34,16 +34,20 @@ def accept(spool: Spool, text: str, request_id: str = "20261126-000000-aaaaaa"):
 
 def submit(data: Path, *args) -> str:
     """`sdgen submit` of a dry-run request at 128x128; returns the request id."""
-    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                 *args, check=True).stdout.strip()
+    return sdgen(
+        data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", *args, check=True
+    ).stdout.strip()
 
 
 def worker_pids(data: Path) -> list[int]:
     """Pids of the sdgen workers of this data directory (they run in sessions of their own)."""
     import psutil
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
+    ]
 
 
 @pytest.fixture
@@ -71,8 +75,15 @@ def sdgen_env(data: Path, **extra) -> dict:
 IN_PROCESS = {"submit", "status", "list", "show", "cancel", "retry", "resubmit", "cache"}
 
 
-def sdgen(data: Path, *args, env: dict | None = None, timeout: float = 60, check=False,
-          input: str | None = None, subprocess: bool = False) -> "_subprocess.CompletedProcess":
+def sdgen(
+    data: Path,
+    *args,
+    env: dict | None = None,
+    timeout: float = 60,
+    check=False,
+    input: str | None = None,
+    subprocess: bool = False,
+) -> "_subprocess.CompletedProcess":
     """Run the real `sdgen` CLI: in this process through `main(argv)` for the commands in
     IN_PROCESS, else (or with `subprocess=True`, or SDGEN_TEST_SUBPROCESS=1) in a process of
     its own. Either way: exit code, stdout and stderr as a CompletedProcess."""
@@ -80,9 +91,15 @@ def sdgen(data: Path, *args, env: dict | None = None, timeout: float = 60, check
     if command in IN_PROCESS and not subprocess and not os.environ.get("SDGEN_TEST_SUBPROCESS"):
         proc = run_in_process(list(map(str, args)), env or sdgen_env(data), cwd=data.parent, input=input)
     else:
-        proc = _subprocess.run([sys.executable, "-m", "sdgen", *args], env=env or sdgen_env(data),
-                               capture_output=True, text=True, timeout=timeout, cwd=data.parent,
-                               input=input)
+        proc = _subprocess.run(
+            [sys.executable, "-m", "sdgen", *args],
+            env=env or sdgen_env(data),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=data.parent,
+            input=input,
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f"sdgen {args} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -153,8 +170,13 @@ class DaemonProc:
         self.log_path = data.parent / f"daemon-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdgen", "daemon", *args], env=sdgen_env(data, **env_extra),
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=data.parent, start_new_session=True)
+            [sys.executable, "-m", "sdgen", "daemon", *args],
+            env=sdgen_env(data, **env_extra),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=data.parent,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         self.log.flush()
@@ -164,7 +186,7 @@ class DaemonProc:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"daemon still running after {timeout}s:\n{self.output()[-3000:]}")
+            raise AssertionError(f"daemon still running after {timeout}s:\n{self.output()[-3000:]}") from None
 
     def signal(self, sig=signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
@@ -256,3 +278,14 @@ def slurm_cluster(tmp_path_factory):
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+# Fixtures that start something expensive: a test using one belongs to the full suite only
+# (`make test`), never to the fast lane (`make check`, `-m "not slow"`).
+EXPENSIVE_FIXTURES = {"slurm_cluster", "mlflow_server", "kerascv_engine", "daemon"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if EXPENSIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -21,7 +21,6 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.05, what: str =
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-
 class MlflowServer:
     """A real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1."""
 
@@ -40,10 +39,26 @@ class MlflowServer:
 
         self.log = open(self.root / "mlflow-server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
         def healthy():
             if self.proc.poll() is not None:
@@ -127,8 +142,10 @@ class SlurmCluster:
 
         absent = [t for t in ("munged", "mungekey", "slurmctld", "slurmd", "sbatch") if not shutil.which(t)]
         if absent:
-            return (f"{', '.join(absent)} not installed: `apt-get install --no-install-recommends "
-                    f"slurmctld slurmd slurm-client munge` (tests/system-packages.sh does it)")
+            return (
+                f"{', '.join(absent)} not installed: `apt-get install --no-install-recommends "
+                f"slurmctld slurmd slurm-client munge` (tests/system-packages.sh does it)"
+            )
         if os.geteuid() != 0:
             return "the test Slurm cluster runs its daemons as root"
         return None
@@ -141,20 +158,30 @@ class SlurmCluster:
         b = self.base
         for d in ("state", "spool"):
             (b / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(SLURM_CONF.format(host=self.host, base=b, ctld_port=self.ctld_port,
-                                               d_port=self.d_port))
+        self.conf.write_text(SLURM_CONF.format(host=self.host, base=b, ctld_port=self.ctld_port, d_port=self.d_port))
         subprocess.run(["mungekey", "-c", "-f", "-k", str(b / "munge.key")], check=True, capture_output=True)
         os.chmod(b / "munge.key", 0o400)
-        subprocess.run(["munged", f"--socket={b}/munge.socket", f"--key-file={b}/munge.key",
-                        f"--log-file={b}/munged.log", f"--pid-file={b}/munged.pid",
-                        f"--seed-file={b}/munged.seed", "--force"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "munged",
+                f"--socket={b}/munge.socket",
+                f"--key-file={b}/munge.key",
+                f"--log-file={b}/munged.log",
+                f"--pid-file={b}/munged.pid",
+                f"--seed-file={b}/munged.seed",
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+        )
         env = dict(os.environ, SLURM_CONF=str(self.conf))
         for cmd in (["slurmctld", "-f", str(self.conf)], ["slurmd", "-f", str(self.conf), "-N", self.host]):
             subprocess.run(cmd, check=True, capture_output=True, env=env)
 
         def idle():
-            out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env,
-                                 check=False).stdout.strip()
+            out = subprocess.run(
+                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env, check=False
+            ).stdout.strip()
             return out in ("idle", "mix", "alloc")
 
         wait_for(idle, timeout=timeout, interval=0.2, what="the Slurm node to be idle")
@@ -182,5 +209,6 @@ class SlurmCluster:
                     pass
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(list(cmd), capture_output=True, text=True, check=check,
-                              env=dict(os.environ, SLURM_CONF=str(self.conf)))
+        return subprocess.run(
+            list(cmd), capture_output=True, text=True, check=check, env=dict(os.environ, SLURM_CONF=str(self.conf))
+        )

@@ -38,8 +38,11 @@ def imports(name: str, all_levels: bool = False) -> set[str]:
     """The sdgen modules `name` imports (module level only unless `all_levels`)."""
     path = MODULES[name]
     tree = ast.parse(path.read_text(), str(path))
-    nodes = ([n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))] if all_levels
-             else list(_top_level(tree.body)))
+    nodes = (
+        [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        if all_levels
+        else list(_top_level(tree.body))
+    )
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in nodes:
@@ -49,7 +52,7 @@ def imports(name: str, all_levels: bool = False) -> set[str]:
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             # `from pkg import mod` imports the module pkg.mod; `from mod import name`, mod
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
@@ -65,16 +68,27 @@ def test_the_graph_sees_every_module():
 def test_the_engine_does_not_import_the_spool():
     """The engine knows prompts, seeds and images (engine/base.py: ImageJob); the worker
     translates tickets. Lazy imports count too."""
-    bad = {(name, target) for name in MODULES if name.startswith("sdgen.engine")
-           for target in imports(name, all_levels=True) if target.startswith("sdgen.spool")}
+    bad = {
+        (name, target)
+        for name in MODULES
+        if name.startswith("sdgen.engine")
+        for target in imports(name, all_levels=True)
+        if target.startswith("sdgen.spool")
+    }
     assert not bad
 
 
 def test_interfaces_import_no_implementation():
-    assert not {t for t in imports("sdgen.engine.base", all_levels=True)
-                if t.startswith("sdgen.engine.") and t != "sdgen.engine.base"}
-    assert not {t for t in imports("sdgen.launchers.base", all_levels=True)
-                if t.startswith("sdgen.launchers.") and t != "sdgen.launchers.base"}
+    assert not {
+        t
+        for t in imports("sdgen.engine.base", all_levels=True)
+        if t.startswith("sdgen.engine.") and t != "sdgen.engine.base"
+    }
+    assert not {
+        t
+        for t in imports("sdgen.launchers.base", all_levels=True)
+        if t.startswith("sdgen.launchers.") and t != "sdgen.launchers.base"
+    }
 
 
 def test_no_import_cycles():
@@ -85,7 +99,7 @@ def test_no_import_cycles():
         state[name] = 1
         for target in sorted(graph[name]):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target, path + [target])
         state[name] = 2

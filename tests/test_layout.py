@@ -10,7 +10,7 @@ def layout_section() -> str:
     text = (ROOT / "README.md").read_text()
     start = text.index("## Layout of the code")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def test_readme_layout_names_every_module():
@@ -21,8 +21,18 @@ def test_readme_layout_names_every_module():
 
 def test_readme_follows_one_request_through_the_modules():
     text = (ROOT / "README.md").read_text()
-    flow = text[text.index("## How one request flows"):text.index("## Layout of the code")]
-    for module in ("cli/submit.py", "daemon/scheduler.py", "spool/split.py", "spool/store.py",
-                   "spool/claim.py", "worker/runner.py", "engine/base.py", "pngmeta.py",
-                   "tracking/mlflow_log.py", "spool/progress.py", "cli/status.py"):
+    flow = text[text.index("## How one request flows") : text.index("## Layout of the code")]
+    for module in (
+        "cli/submit.py",
+        "daemon/scheduler.py",
+        "spool/split.py",
+        "spool/store.py",
+        "spool/claim.py",
+        "worker/runner.py",
+        "engine/base.py",
+        "pngmeta.py",
+        "tracking/mlflow_log.py",
+        "spool/progress.py",
+        "cli/status.py",
+    ):
         assert f"`{module}`" in flow, module

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
+from sdgen import pngmeta
 from sdgen.exceptions import UserError
 from sdgen.spool.ticket import ImageSpec, Ticket
-from sdgen import pngmeta
 
 # -- an A1111-style reader, written from the behaviour of A1111's parse_generation_parameters
 # (modules/infotext_utils.py): all lines but the last are the prompt until one starts with
@@ -62,10 +62,21 @@ def a1111_parse(text: str) -> dict:
 
 
 def ticket(prompt="a fox", negative="fog", model="sd-v1", **kw) -> Ticket:
-    return Ticket(request_id="20261126-000000-aaaaaa", index=0, priority=0, prompt=prompt,
-                  negative_prompt=negative, images=(ImageSpec(0, 0, 41),), steps=kw.get("steps", 7),
-                  width=128, height=256, guidance=kw.get("guidance", 3.0), model=model,
-                  engine="dry-run", weights="random")
+    return Ticket(
+        request_id="20261126-000000-aaaaaa",
+        index=0,
+        priority=0,
+        prompt=prompt,
+        negative_prompt=negative,
+        images=(ImageSpec(0, 0, 41),),
+        steps=kw.get("steps", 7),
+        width=128,
+        height=256,
+        guidance=kw.get("guidance", 3.0),
+        model=model,
+        engine="dry-run",
+        weights="random",
+    )
 
 
 def expected(t: Ticket, spec: ImageSpec) -> dict:
@@ -77,13 +88,16 @@ def expected(t: Ticket, spec: ImageSpec) -> dict:
 def test_plain_parameters_are_what_a1111_writes():
     t = ticket()
     assert pngmeta.parameters_text(t, t.images[0]) == (
-        "a fox\nNegative prompt: fog\nSteps: 7, Sampler: DDIM, CFG scale: 3, Seed: 41, Size: 128x256, "
-        "Model: sd-v1")
+        "a fox\nNegative prompt: fog\nSteps: 7, Sampler: DDIM, CFG scale: 3, Seed: 41, Size: 128x256, Model: sd-v1"
+    )
 
 
 def test_a_prompt_cannot_forge_a_negative_prompt_or_pairs():
-    t = ticket(prompt="a fox\nNegative prompt: ugly\nSteps: 1, Seed: 2, Model: x",
-               negative="Negative prompt: b", model='evil, Seed: 999, Steps: "1"')
+    t = ticket(
+        prompt="a fox\nNegative prompt: ugly\nSteps: 1, Seed: 2, Model: x",
+        negative="Negative prompt: b",
+        model='evil, Seed: 999, Steps: "1"',
+    )
     parsed = a1111_parse(pngmeta.parameters_text(t, t.images[0]))
     assert parsed["Prompt"] == "a fox Negative prompt: ugly Steps: 1, Seed: 2, Model: x"
     assert parsed["Negative prompt"] == "Negative prompt : b"
@@ -91,14 +105,34 @@ def test_a_prompt_cannot_forge_a_negative_prompt_or_pairs():
 
 
 # prompts as anyone may write them: any text, with the characters that matter made likely
-TEXT = st.lists(st.one_of(st.text(max_size=5), st.sampled_from(
-    ["\n", "\r", ",", ":", '"', "\\", " ", "\t", "\u2028", "\x85", "\udcff", "Negative prompt:",
-     "Steps: 1", ", Seed: 9"])), max_size=12).map("".join)
+TEXT = st.lists(
+    st.one_of(
+        st.text(max_size=5),
+        st.sampled_from(
+            [
+                "\n",
+                "\r",
+                ",",
+                ":",
+                '"',
+                "\\",
+                " ",
+                "\t",
+                "\u2028",
+                "\x85",
+                "\udcff",
+                "Negative prompt:",
+                "Steps: 1",
+                ", Seed: 9",
+            ]
+        ),
+    ),
+    max_size=12,
+).map("".join)
 
 
 @settings(max_examples=400, deadline=None)
-@given(prompt=TEXT, negative=TEXT, model=TEXT,
-       steps=st.integers(1, 10**6), guidance=st.floats(0, 100, allow_nan=False))
+@given(prompt=TEXT, negative=TEXT, model=TEXT, steps=st.integers(1, 10**6), guidance=st.floats(0, 100, allow_nan=False))
 def test_a1111_reads_back_exactly_what_was_written(prompt, negative, model, steps, guidance):
     t = ticket(prompt, negative, model, steps=steps, guidance=guidance)
     spec = t.images[0]
@@ -108,7 +142,8 @@ def test_a1111_reads_back_exactly_what_was_written(prompt, negative, model, step
     fields = pngmeta.parameters_fields(t, spec)
     for given_text, written in ((prompt, fields["Prompt"]), (negative, fields["Negative prompt"])):
         assert written.replace("Negative prompt :", "Negative prompt:", 1) == " ".join(
-            pngmeta._SURROGATE.sub("\ufffd", given_text).split())
+            pngmeta._SURROGATE.sub("\ufffd", given_text).split()
+        )
 
 
 def test_the_exact_prompt_stays_in_the_sdgen_chunk(tmp_path):
@@ -121,6 +156,7 @@ def test_the_exact_prompt_stays_in_the_sdgen_chunk(tmp_path):
 
 
 # -- read_meta on files anyone may hand it --------------------------------------------------
+
 
 def chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -151,34 +187,45 @@ def refused(tmp_path, content: bytes | None, match: str) -> None:
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "does not exist"),
-    (b"", "not a PNG image"),
-    (b"GIF89a" + b"\0" * 50, "not a PNG image"),
-    (png_with(itxt={"sdgen": json.dumps(good_meta())})[:60], "truncated"),
-    (pngmeta.PNG_SIGNATURE + struct.pack(">I", 2**31 - 1) + b"tEXt", "truncated"),
-    (pngmeta.PNG_SIGNATURE + chunk(b"tEXt", b"sdgen\0{}")[:-1] + b"x", "truncated|damaged"),
-    (png_with(), "no sdgen metadata"),
-    (png_with(text={"sdgen": "not json"}), "not valid JSON"),
-    (png_with(text={"sdgen": "[" * 100000 + "]" * 100000}), "not valid JSON"),
-    (png_with(text={"sdgen": "[1, 2]"}), "not a JSON object"),
-    (png_with(itxt={"sdgen": json.dumps(good_meta() | {"steps": "7"})}), "steps is a str"),
-    (png_with(itxt={"sdgen": json.dumps(good_meta() | {"steps": True})}), "steps is a bool"),
-    (png_with(itxt={"sdgen": json.dumps({k: v for k, v in good_meta().items() if k != "prompt"})}),
-     "prompt is missing"),
-    (png_with(itxt={"sdgen": json.dumps(good_meta() | {"guidance": float("inf")})}), "not a finite"),
-    # a zTXt chunk that inflates to 100 MB: refused at 1 MiB, not inflated
-    (pngmeta.PNG_SIGNATURE + chunk(b"zTXt", b"sdgen\0\0" + zlib.compress(b" " * 10**8, 9)),
-     "text chunk is damaged|too large"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "does not exist"),
+        (b"", "not a PNG image"),
+        (b"GIF89a" + b"\0" * 50, "not a PNG image"),
+        (png_with(itxt={"sdgen": json.dumps(good_meta())})[:60], "truncated"),
+        (pngmeta.PNG_SIGNATURE + struct.pack(">I", 2**31 - 1) + b"tEXt", "truncated"),
+        (pngmeta.PNG_SIGNATURE + chunk(b"tEXt", b"sdgen\0{}")[:-1] + b"x", "truncated|damaged"),
+        (png_with(), "no sdgen metadata"),
+        (png_with(text={"sdgen": "not json"}), "not valid JSON"),
+        (png_with(text={"sdgen": "[" * 100000 + "]" * 100000}), "not valid JSON"),
+        (png_with(text={"sdgen": "[1, 2]"}), "not a JSON object"),
+        (png_with(itxt={"sdgen": json.dumps(good_meta() | {"steps": "7"})}), "steps is a str"),
+        (png_with(itxt={"sdgen": json.dumps(good_meta() | {"steps": True})}), "steps is a bool"),
+        (
+            png_with(itxt={"sdgen": json.dumps({k: v for k, v in good_meta().items() if k != "prompt"})}),
+            "prompt is missing",
+        ),
+        (png_with(itxt={"sdgen": json.dumps(good_meta() | {"guidance": float("inf")})}), "not a finite"),
+        # a zTXt chunk that inflates to 100 MB: refused at 1 MiB, not inflated
+        (
+            pngmeta.PNG_SIGNATURE + chunk(b"zTXt", b"sdgen\0\0" + zlib.compress(b" " * 10**8, 9)),
+            "text chunk is damaged|too large",
+        ),
+    ],
+)
 def test_read_meta_refuses_bad_files_in_one_line(tmp_path, content, match):
     refused(tmp_path, content, match)
 
 
 def test_read_meta_reads_compressed_and_plain_chunks(tmp_path):
     body = json.dumps(good_meta()).encode()
-    data = (pngmeta.PNG_SIGNATURE + chunk(b"zTXt", b"sdgen\0\0" + zlib.compress(body))
-            + chunk(b"iTXt", b"parameters\0\1\0\0\0" + zlib.compress("p \u00e9".encode())) + chunk(b"IEND", b""))
+    data = (
+        pngmeta.PNG_SIGNATURE
+        + chunk(b"zTXt", b"sdgen\0\0" + zlib.compress(body))
+        + chunk(b"iTXt", b"parameters\0\1\0\0\0" + zlib.compress("p \u00e9".encode()))
+        + chunk(b"IEND", b"")
+    )
     path = tmp_path / "x.png"
     path.write_bytes(data)
     meta = pngmeta.read_meta(path)
@@ -189,8 +236,13 @@ def test_a_decompression_bomb_is_never_decoded(tmp_path):
     """A PNG declaring 100000x100000 pixels: read_meta reads chunks only, never pixels."""
     ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 6, 0, 0, 0)
     body = json.dumps(good_meta()).encode()
-    data = (pngmeta.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"tEXt", b"sdgen\0" + body)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 10**6)) + chunk(b"IEND", b""))
+    data = (
+        pngmeta.PNG_SIGNATURE
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"tEXt", b"sdgen\0" + body)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 10**6))
+        + chunk(b"IEND", b"")
+    )
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
     assert pngmeta.read_meta(path)["seed"] == 41
@@ -214,16 +266,23 @@ def test_read_meta_never_blocks_on_a_fifo_nor_reads_a_directory(tmp_path):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(
-    st.binary(max_size=2000),
-    # mostly-valid PNGs with bytes flipped or cut: the paths past the signature
-    st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.integers(8, 4000)).map(
-        lambda a: (lambda b: b[:a[0] % len(b)] + bytes([a[1]]) + b[a[0] % len(b) + 1:a[2]])(
-            png_with(itxt={"sdgen": json.dumps(good_meta()), "parameters": "p"}))),
-    st.builds(lambda kind, key, body: pngmeta.PNG_SIGNATURE + chunk(kind, key + b"\0" + body) + chunk(b"IEND", b""),
-              st.sampled_from([b"tEXt", b"zTXt", b"iTXt"]), st.sampled_from([b"sdgen", b"parameters"]),
-              st.binary(max_size=300)),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=2000),
+        # mostly-valid PNGs with bytes flipped or cut: the paths past the signature
+        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.integers(8, 4000)).map(
+            lambda a: (lambda b: b[: a[0] % len(b)] + bytes([a[1]]) + b[a[0] % len(b) + 1 : a[2]])(
+                png_with(itxt={"sdgen": json.dumps(good_meta()), "parameters": "p"})
+            )
+        ),
+        st.builds(
+            lambda kind, key, body: pngmeta.PNG_SIGNATURE + chunk(kind, key + b"\0" + body) + chunk(b"IEND", b""),
+            st.sampled_from([b"tEXt", b"zTXt", b"iTXt"]),
+            st.sampled_from([b"sdgen", b"parameters"]),
+            st.binary(max_size=300),
+        ),
+    )
+)
 def test_any_bytes_give_a_result_or_one_line(tmp_path, content):
     path = tmp_path / "any.png"
     path.write_bytes(content)

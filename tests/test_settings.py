@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from sdgen import settings
 from sdgen.exceptions import EngineError, SettingError, UserError
 from sdgen.spool.request import parse_request
-from sdgen.spool.store import Spool
 from tests.conftest import REPO, sdgen, sdgen_env
 
 RID = "20261126-000000-aaaaaa"
@@ -49,26 +50,39 @@ def test_check_agrees_with_the_setting_and_never_raises_anything_else(name, text
             settings.check({name: text})
 
 
-@pytest.mark.parametrize("name, text, value", [
-    ("SDGEN_MAX_BATCH", " 8 ", 8), ("SDGEN_MAX_BATCH", "", 64), ("SDGEN_TRACKING", "OFF", False),
-    ("SDGEN_TRACKING", "1", True), ("SDGEN_PRECISION", None, None), ("SDGEN_COMPILE_CACHE", "off", None),
-    ("SDGEN_COMPILE_CACHE", "/tmp/jax", "/tmp/jax"), ("SDGEN_DRY_RUN_DELAY", "0.25", 0.25),
-    ("SDGEN_GROUP_IMAGES", "0", 0), ("SDGEN_WORKER_ID", "node-1.local1-42", "node-1.local1-42"),
-    ("ADSP_WORKER_MAX", "3", 3), ("SDGEN_IDLE_EXIT", None, 30.0),
-])
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("SDGEN_MAX_BATCH", " 8 ", 8),
+        ("SDGEN_MAX_BATCH", "", 64),
+        ("SDGEN_TRACKING", "OFF", False),
+        ("SDGEN_TRACKING", "1", True),
+        ("SDGEN_PRECISION", None, None),
+        ("SDGEN_COMPILE_CACHE", "off", None),
+        ("SDGEN_COMPILE_CACHE", "/tmp/jax", "/tmp/jax"),
+        ("SDGEN_DRY_RUN_DELAY", "0.25", 0.25),
+        ("SDGEN_GROUP_IMAGES", "0", 0),
+        ("SDGEN_WORKER_ID", "node-1.local1-42", "node-1.local1-42"),
+        ("ADSP_WORKER_MAX", "3", 3),
+        ("SDGEN_IDLE_EXIT", None, 30.0),
+    ],
+)
 def test_good_values_and_defaults(name, text, value):
     assert settings.get(name, {} if text is None else {name: text}) == value
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("SDGEN_MAX_BATCH", "abc", "SDGEN_MAX_BATCH must be a whole number from 1 to 64, got 'abc'"),
-    ("SDGEN_MAX_BATCH", "65", "from 1 to 64, got '65'"),
-    ("SDGEN_DRY_RUN_DELAY", "nan", "a number of seconds from 0 to 86400, got 'nan'"),
-    ("SDGEN_IDLE_EXIT", "0", "above 0, got '0'"),
-    ("SDGEN_TRACKING", "maybe", "on or off"),
-    ("SDGEN_WORKER_ID", "a/b", "got 'a/b'"),
-    ("SDGEN_PRECISION", "fp8", "one of float32, float16"),
-])
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("SDGEN_MAX_BATCH", "abc", "SDGEN_MAX_BATCH must be a whole number from 1 to 64, got 'abc'"),
+        ("SDGEN_MAX_BATCH", "65", "from 1 to 64, got '65'"),
+        ("SDGEN_DRY_RUN_DELAY", "nan", "a number of seconds from 0 to 86400, got 'nan'"),
+        ("SDGEN_IDLE_EXIT", "0", "above 0, got '0'"),
+        ("SDGEN_TRACKING", "maybe", "on or off"),
+        ("SDGEN_WORKER_ID", "a/b", "got 'a/b'"),
+        ("SDGEN_PRECISION", "fp8", "one of float32, float16"),
+    ],
+)
 def test_bad_values_say_what_is_allowed(name, text, expected):
     with pytest.raises(SettingError) as e:
         settings.get(name, {name: text})
@@ -80,7 +94,9 @@ def test_a_long_bad_value_is_cut_and_the_others_are_named():
     with pytest.raises(SettingError) as e:
         settings.check({"SDGEN_MAX_BATCH": "x" * 10_000, "SDGEN_TRACKING": "?", "SDGEN_SAMPLER": "?"})
     text = str(e.value)
-    assert text.startswith("SDGEN_SAMPLER must be fused or stock") and "also bad: SDGEN_MAX_BATCH, SDGEN_TRACKING" in text
+    assert (
+        text.startswith("SDGEN_SAMPLER must be fused or stock") and "also bad: SDGEN_MAX_BATCH, SDGEN_TRACKING" in text
+    )
     assert len(text) < 300
 
 
@@ -101,6 +117,7 @@ def test_the_readme_table_is_the_modules():
 
 # -- real processes ---------------------------------------------------------------------------
 
+
 def assert_one_line(proc, *expected: str, code: int = 2) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -108,8 +125,18 @@ def assert_one_line(proc, *expected: str, code: int = 2) -> None:
         assert text in lines[0], proc.stderr
 
 
-@pytest.mark.parametrize("name", ["SDGEN_IDLE_EXIT", "SDGEN_HEARTBEAT", "SDGEN_MAX_BATCH", "SDGEN_TRACKING",
-                                  "SDGEN_DRY_RUN_DELAY", "ADSP_WORKER_MAX", "SDGEN_WORKER_ID"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SDGEN_IDLE_EXIT",
+        "SDGEN_HEARTBEAT",
+        "SDGEN_MAX_BATCH",
+        "SDGEN_TRACKING",
+        "SDGEN_DRY_RUN_DELAY",
+        "ADSP_WORKER_MAX",
+        "SDGEN_WORKER_ID",
+    ],
+)
 def test_reading_commands_work_with_any_bad_setting(data, name):
     sdgen(data, "submit", "--prompt", "a", "--engine", "dry-run", check=True)
     env = sdgen_env(data, **{name: "abc/"})
@@ -118,8 +145,9 @@ def test_reading_commands_work_with_any_bad_setting(data, name):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
-@pytest.mark.parametrize("command", [["daemon", "--exit-when-idle"],
-                                     ["run", "--prompt", "a", "--engine", "dry-run", "--images", "1"]])
+@pytest.mark.parametrize(
+    "command", [["daemon", "--exit-when-idle"], ["run", "--prompt", "a", "--engine", "dry-run", "--images", "1"]]
+)
 def test_the_daemon_refuses_to_start_on_a_bad_setting(data, command):
     proc = sdgen(data, *command, env=sdgen_env(data, SDGEN_MAX_BATCH="abc"))
     assert_one_line(proc, "SDGEN_MAX_BATCH must be a whole number from 1 to 64, got 'abc'")
@@ -130,7 +158,9 @@ def test_a_worker_with_a_bad_setting_fails_its_ticket_with_the_reason(data, spoo
     spool.accept(RID, parse_request(DRY), source="t", now=0.0)
     proc = sdgen(data, "worker", "--idle-exit", "1", env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="abc"))
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
-    assert spool.ticket_names("running") == [] and len(spool.ticket_names("pending")) == 1  # one failed, then it stopped
+    assert (
+        spool.ticket_names("running") == [] and len(spool.ticket_names("pending")) == 1
+    )  # one failed, then it stopped
     [name] = spool.ticket_names("failed")
     reason = spool.read_ticket("failed", name).reason
     assert "SDGEN_DRY_RUN_DELAY must be a number of seconds from 0 to 86400, got 'abc'" in reason
@@ -144,6 +174,7 @@ def test_a_worker_with_a_bad_own_setting_exits_with_one_line(data, spool):
 
 
 # -- a data directory without a spool ---------------------------------------------------------
+
 
 def test_worker_status_and_list_refuse_a_folder_without_a_spool(tmp_path):
     typo = tmp_path / "dta"

@@ -13,8 +13,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def test_soak_quick_keeps_every_promise(tmp_path):
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "all", "--quick",
-                           "--json", str(out)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "all", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     infra = r["infra"]
@@ -30,7 +34,9 @@ def test_soak_quick_keeps_every_promise(tmp_path):
     assert h["daemon_deaths"] == 0 and h["daemon_alive_after_inbox"] and h["sigterm_exit"] == 0, h
     assert h["commands_failing_mid_run"] == {} and h["commands_failing_after"] == {}, h
     assert h["tick_steps_failing"] == [], h["tick_steps_failing"]
-    assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) <= {"done", "moved to corrupt/"}, h  # both files damaged: moved whole
+    assert h["growing_files_taken_whole"] == "1/1" and set(h["victim_requests"]) <= {"done", "moved to corrupt/"}, (
+        h
+    )  # both files damaged: moved whole
     # damage that breaks something (a kind marked `known` in the corpus) fails here
     assert h["findings"] == {}, h["findings"]
     accepted = sum(c.get("accepted", 0) for c in h["per_class"].values())

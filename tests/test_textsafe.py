@@ -21,7 +21,7 @@ def test_controls_and_bidi_overrides_become_visible_escapes():
 def test_nothing_a_terminal_acts_on_survives(text, limit):
     out = printable(text, limit)
     assert all(unicodedata.category(c) not in ("Cc", "Cs") for c in out)
-    assert not any(0x202a <= ord(c) <= 0x202e or 0x2066 <= ord(c) <= 0x2069 for c in out)
+    assert not any(0x202A <= ord(c) <= 0x202E or 0x2066 <= ord(c) <= 0x2069 for c in out)
     out.encode("utf-8")  # printing it can never raise
     if limit is not None:
         assert len(out) <= limit

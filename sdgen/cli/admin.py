@@ -71,7 +71,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if _known(spool, args.request_id) != "accepted":
         raise UserError(f"request {args.request_id} has not been accepted yet: nothing to retry")
     if spool.is_cancelled(args.request_id):
-        raise UserError(f"request {args.request_id} was cancelled: `sdgen resubmit {args.request_id}` queues it again as a new request")
+        raise UserError(
+            f"request {args.request_id} was cancelled: `sdgen resubmit {args.request_id}` "
+            "queues it again as a new request"
+        )
     meta = spool.read_state(args.request_id) or {}
     counts = spool.ticket_counts().get(args.request_id, {})
     moved = 0
@@ -85,8 +88,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 continue
             if spool.retry(name, state, after_retry(ticket, now)):
                 moved += 1
-    print(f"{moved} ticket(s) of {args.request_id} queued again" if moved
-          else f"request {args.request_id} has no failed or held tickets")
+    print(
+        f"{moved} ticket(s) of {args.request_id} queued again"
+        if moved
+        else f"request {args.request_id} has no failed or held tickets"
+    )
     return 0
 
 

@@ -10,8 +10,10 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
     print(f"{'NAME':<20} {'GPU':>3} {'CPU':>5} {'MEMORY':>10}  DESCRIPTION")
     for p in list_profiles():
-        print(f"{p.get('name', ''):<20} {p.get('gpu', 0)!s:>3} {p.get('cpu', '')!s:>5} "
-              f"{p.get('memory', '')!s:>10}  {p.get('description', '')}")
+        print(
+            f"{p.get('name', ''):<20} {p.get('gpu', 0)!s:>3} {p.get('cpu', '')!s:>5} "
+            f"{p.get('memory', '')!s:>10}  {p.get('description', '')}"
+        )
     return 0
 
 

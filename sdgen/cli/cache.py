@@ -40,7 +40,8 @@ def older_than(text: str) -> float:
     match = _AGE.fullmatch(text.strip().lower())
     if not match:
         raise argparse.ArgumentTypeError(
-            f"takes a number and a unit, s, m, h, d or w (like 30d or 12h), got {settings.shown(text)}")
+            f"takes a number and a unit, s, m, h, d or w (like 30d or 12h), got {settings.shown(text)}"
+        )
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -95,6 +96,7 @@ def _ago(t: float | None, now: float) -> str:
 
 # -- what is there ------------------------------------------------------------------------------
 
+
 def weight_dirs(data: Path) -> list[Path]:
     """The weight cache in use, and the data directory's own if KERAS_HOME points elsewhere."""
     dirs = [cache_dir(data)]
@@ -111,8 +113,11 @@ def weights(data: Path) -> list[Item]:
     items = []
     for folder in weight_dirs(data):
         if folder.is_dir():
-            items += [Item(f, *_stat(f, atime=True)) for f in sorted(folder.iterdir())
-                      if f.is_file() and f.name != STAMPS and not f.name.endswith(".part")]
+            items += [
+                Item(f, *_stat(f, atime=True))
+                for f in sorted(folder.iterdir())
+                if f.is_file() and f.name != STAMPS and not f.name.endswith(".part")
+            ]
     return items
 
 
@@ -130,7 +135,11 @@ def snapshots(data: Path) -> list[Item]:
         if snapshot.DAMAGED in entry.name:
             item.note = "damaged, set aside"
         elif entry.name.startswith("tmp-"):
-            item.note = "left by a writer that died" if now - (newest or 0) > defaults.SNAPSHOT_STALE_TMP_SECONDS else "being written"
+            item.note = (
+                "left by a writer that died"
+                if now - (newest or 0) > defaults.SNAPSHOT_STALE_TMP_SECONDS
+                else "being written"
+            )
         else:
             stamp = entry / snapshot.LAST_USED
             item.last_use = stamp.stat().st_mtime if stamp.exists() else newest
@@ -152,23 +161,33 @@ def jax_entries(data: Path) -> list[Item]:
     for f in _files(folder) if folder.is_dir() else []:
         if f.name.startswith("."):  # JAX's own lock file
             continue
-        key = next((str(f)[:-len(s)] for s in _JAX_SUFFIXES if f.name.endswith(s)), str(f))
+        key = next((str(f)[: -len(s)] for s in _JAX_SUFFIXES if f.name.endswith(s)), str(f))
         groups.setdefault(key, []).append(f)
     items = []
     for key, files in groups.items():
         sizes = [_stat(f, atime=False) for f in files]
-        items.append(Item(Path(key), sum(s for s, _ in sizes), max((t for _, t in sizes if t), default=None),
-                          note=" ".join(sorted(f.name for f in files))))
+        items.append(
+            Item(
+                Path(key),
+                sum(s for s, _ in sizes),
+                max((t for _, t in sizes if t), default=None),
+                note=" ".join(sorted(f.name for f in files)),
+            )
+        )
     return sorted(items, key=lambda i: i.last_use or 0)
 
 
 # -- commands -----------------------------------------------------------------------------------
 
+
 def _summary(label: str, where: str, items: list[Item], now: float, extra: str = "") -> str:
     total = sum(i.bytes for i in items)
     newest = max((i.last_use for i in items if i.last_use), default=None)
-    what = f"{_size(total)} in {len(items)} {'entry' if len(items) == 1 else 'entries'}, {_ago(newest, now)}" \
-        if items else "empty"
+    what = (
+        f"{_size(total)} in {len(items)} {'entry' if len(items) == 1 else 'entries'}, {_ago(newest, now)}"
+        if items
+        else "empty"
+    )
     return f"{label:10} {where}: {what}{extra}"
 
 
@@ -183,8 +202,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for i in items:
         print(f"  {i.path.name:50} {_size(i.bytes):>9}  {_ago(i.last_use, now)}  {i.note}")
     off = " (SDGEN_COMPILE_CACHE=off)" if settings.get("SDGEN_COMPILE_CACHE") is None else ""
-    print(_summary("jax cache", str(jax_dir(data)), jax_entries(data), now,
-                   f"; prune keeps it under {_size(defaults.JAX_CACHE_MAX_BYTES)}{off}"))
+    print(
+        _summary(
+            "jax cache",
+            str(jax_dir(data)),
+            jax_entries(data),
+            now,
+            f"; prune keeps it under {_size(defaults.JAX_CACHE_MAX_BYTES)}{off}",
+        )
+    )
     return 0
 
 
@@ -211,8 +237,11 @@ def _doomed(data: Path, age: float, with_weights: bool, now: float) -> list[tupl
         doomed.append((item, f"JAX cache over {_size(defaults.JAX_CACHE_MAX_BYTES)}"))
         total -= item.bytes
     if with_weights:
-        doomed += [(i, f"unused for {(now - i.last_use) / 86400:.0f} d") for i in weights(data)
-                   if i.last_use is not None and now - i.last_use > age]
+        doomed += [
+            (i, f"unused for {(now - i.last_use) / 86400:.0f} d")
+            for i in weights(data)
+            if i.last_use is not None and now - i.last_use > age
+        ]
     return doomed
 
 
@@ -275,8 +304,12 @@ def register(sub) -> None:
     s = csub.add_parser("status", help="each cache with its size and last use")
     s.set_defaults(func=cmd_status)
     r = csub.add_parser("prune", help="remove old or damaged snapshots, bound the JAX cache (weights: --weights)")
-    r.add_argument("--older-than", type=older_than, metavar="AGE",
-                   help=f"unused this long goes, e.g. 30d, 12h (default {defaults.CACHE_UNUSED_SECONDS / 86400:.0f}d)")
+    r.add_argument(
+        "--older-than",
+        type=older_than,
+        metavar="AGE",
+        help=f"unused this long goes, e.g. 30d, 12h (default {defaults.CACHE_UNUSED_SECONDS / 86400:.0f}d)",
+    )
     r.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
     r.add_argument("--weights", action="store_true", help="also remove weight files unused for --older-than")
     r.set_defaults(func=cmd_prune)

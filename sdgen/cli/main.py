@@ -77,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
-    parser.add_argument("--data", metavar="DIR",
-                        help="data directory (default: $SDGEN_DATA, else ./data)")
+    parser.add_argument("--data", metavar="DIR", help="data directory (default: $SDGEN_DATA, else ./data)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     submit.register(sub)
@@ -104,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.command in ("submit", "resubmit", "status", "list", "cancel", "retry", "weights", "show", "adsp")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         return int(args.func(args) or 0)

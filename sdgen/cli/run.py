@@ -32,50 +32,102 @@ def _positive(kind):
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
         return value
+
     return parse
 
 
 def _daemon_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", "--max-jobs", type=_positive(int), metavar="N",
-                   help="most workers (local processes, ADSP or Slurm jobs) at once "
-                        "(default: one per GPU, else 1)")
-    p.add_argument("--launcher", default="local", choices=["local", "adsp", "slurm"],
-                   help="where workers run: local processes, ADSP run-once jobs or Slurm batch jobs")
+    p.add_argument(
+        "--workers",
+        "--max-jobs",
+        type=_positive(int),
+        metavar="N",
+        help="most workers (local processes, ADSP or Slurm jobs) at once (default: one per GPU, else 1)",
+    )
+    p.add_argument(
+        "--launcher",
+        default="local",
+        choices=["local", "adsp", "slurm"],
+        help="where workers run: local processes, ADSP run-once jobs or Slurm batch jobs",
+    )
     p.add_argument("--adsp-project", metavar="ID", help="ADSP project for the jobs (default: this session's)")
-    p.add_argument("--adsp-resource-profile", metavar="NAME", help="resource profile of the jobs "
-                   "(`sdgen adsp profiles` lists them)")
+    p.add_argument(
+        "--adsp-resource-profile",
+        metavar="NAME",
+        help="resource profile of the jobs (`sdgen adsp profiles` lists them)",
+    )
     p.add_argument("--adsp-keep-jobs", action="store_true", help="keep finished ADSP jobs and runs")
     g = p.add_argument_group("Slurm jobs (--launcher slurm)")
     g.add_argument("--slurm-partition", metavar="NAME")
     g.add_argument("--slurm-gres", metavar="SPEC", help="e.g. gpu:1")
     g.add_argument("--slurm-gpus", metavar="SPEC", help="sbatch --gpus, e.g. 1 or a100:1")
-    g.add_argument("--slurm-time", metavar="LIMIT", help="time limit per job, e.g. 4:00:00; a job "
-                   "that reaches it hands its tickets back through their leases")
+    g.add_argument(
+        "--slurm-time",
+        metavar="LIMIT",
+        help="time limit per job, e.g. 4:00:00; a job that reaches it hands its tickets back through their leases",
+    )
     g.add_argument("--slurm-account", metavar="NAME")
     g.add_argument("--slurm-qos", metavar="NAME")
     g.add_argument("--slurm-cpus", type=_positive(int), metavar="N", help="--cpus-per-task")
     g.add_argument("--slurm-mem", metavar="SIZE", help="e.g. 32G")
-    g.add_argument("--slurm-arg", action="append", default=[], metavar="ARG",
-                   help="one more sbatch argument, verbatim (repeatable), e.g. --slurm-arg=--constraint=a100")
-    g.add_argument("--slurm-python", metavar="PATH", help="python with sdgen installed, as the compute "
-                   "nodes see it (default: the daemon's own, which suits a shared software tree)")
-    g.add_argument("--slurm-env", action="append", default=[], metavar="NAME",
-                   help="pass this variable of the daemon's environment to every job (repeatable); "
-                        "credentials are refused")
-    p.add_argument("--poll", action="store_true",
-                   help="no file watcher, rescans only (for NFS: other hosts' writes make no events)")
-    p.add_argument("--rescan", type=_positive(float), default=defaults.RESCAN_SECONDS, metavar="S",
-                   help=f"seconds between full rescans (default {defaults.RESCAN_SECONDS})")
-    p.add_argument("--lease-timeout", type=_positive(float), default=defaults.LEASE_TIMEOUT_SECONDS,
-                   metavar="S", help="reclaim a ticket whose lease is silent this long")
-    p.add_argument("--no-tracking", action="store_true",
-                   help="log nothing to MLflow (also: SDGEN_TRACKING=off)")
-    p.add_argument("--system-metrics", action="store_true",
-                   help="workers sample CPU, memory and GPU use into each ticket's MLflow run")
-    p.add_argument("--log-images", choices=["all", "sample", "none"], default="all",
-                   help="images attached to each ticket's MLflow run (default all)")
-    p.add_argument("--worker-idle-exit", type=_positive(float), default=defaults.WORKER_IDLE_EXIT_SECONDS,
-                   metavar="S", help="workers exit after the spool was idle this long")
+    g.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more sbatch argument, verbatim (repeatable), e.g. --slurm-arg=--constraint=a100",
+    )
+    g.add_argument(
+        "--slurm-python",
+        metavar="PATH",
+        help="python with sdgen installed, as the compute "
+        "nodes see it (default: the daemon's own, which suits a shared software tree)",
+    )
+    g.add_argument(
+        "--slurm-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the daemon's environment to every job (repeatable); credentials are refused",
+    )
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="no file watcher, rescans only (for NFS: other hosts' writes make no events)",
+    )
+    p.add_argument(
+        "--rescan",
+        type=_positive(float),
+        default=defaults.RESCAN_SECONDS,
+        metavar="S",
+        help=f"seconds between full rescans (default {defaults.RESCAN_SECONDS})",
+    )
+    p.add_argument(
+        "--lease-timeout",
+        type=_positive(float),
+        default=defaults.LEASE_TIMEOUT_SECONDS,
+        metavar="S",
+        help="reclaim a ticket whose lease is silent this long",
+    )
+    p.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow (also: SDGEN_TRACKING=off)")
+    p.add_argument(
+        "--system-metrics",
+        action="store_true",
+        help="workers sample CPU, memory and GPU use into each ticket's MLflow run",
+    )
+    p.add_argument(
+        "--log-images",
+        choices=["all", "sample", "none"],
+        default="all",
+        help="images attached to each ticket's MLflow run (default all)",
+    )
+    p.add_argument(
+        "--worker-idle-exit",
+        type=_positive(float),
+        default=defaults.WORKER_IDLE_EXIT_SECONDS,
+        metavar="S",
+        help="workers exit after the spool was idle this long",
+    )
 
 
 def _one_line(text: str) -> str:
@@ -86,19 +138,32 @@ def _one_line(text: str) -> str:
 
 def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     # Workers beat four times per lease timeout, so one late beat never costs a ticket.
-    options = dict(data_root=spool.layout.root, max_workers=args.workers, idle_exit=args.worker_idle_exit,
-                   heartbeat=args.lease_timeout / 4)
+    options = dict(
+        data_root=spool.layout.root,
+        max_workers=args.workers,
+        idle_exit=args.worker_idle_exit,
+        heartbeat=args.lease_timeout / 4,
+    )
     if args.launcher == "adsp":
-        options.update(project=args.adsp_project, resource_profile=args.adsp_resource_profile,
-                       keep_jobs=args.adsp_keep_jobs)
+        options.update(
+            project=args.adsp_project, resource_profile=args.adsp_resource_profile, keep_jobs=args.adsp_keep_jobs
+        )
     elif args.launcher == "slurm":
         from sdgen.launchers.slurm import JobOptions
 
         options["job_options"] = JobOptions(
-            partition=args.slurm_partition, gres=args.slurm_gres, gpus=args.slurm_gpus,
-            time_limit=args.slurm_time, account=args.slurm_account, qos=args.slurm_qos,
-            cpus=args.slurm_cpus, mem=args.slurm_mem, extra=tuple(args.slurm_arg), env=tuple(args.slurm_env),
-            python=args.slurm_python)
+            partition=args.slurm_partition,
+            gres=args.slurm_gres,
+            gpus=args.slurm_gpus,
+            time_limit=args.slurm_time,
+            account=args.slurm_account,
+            qos=args.slurm_qos,
+            cpus=args.slurm_cpus,
+            mem=args.slurm_mem,
+            extra=tuple(args.slurm_arg),
+            env=tuple(args.slurm_env),
+            python=args.slurm_python,
+        )
     else:
         options["extra_env"] = {"SDGEN_SYSTEM_METRICS": "1"} if args.system_metrics else None
     launcher = get_launcher(args.launcher, **options)
@@ -106,8 +171,9 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     tracker = EventDrain(spool)
     if not args.no_tracking and settings.get("SDGEN_TRACKING"):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
-    return Daemon(spool, launcher, poll=args.poll, rescan=args.rescan,
-                  lease_timeout=args.lease_timeout, tracker=tracker, **kw)
+    return Daemon(
+        spool, launcher, poll=args.poll, rescan=args.rescan, lease_timeout=args.lease_timeout, tracker=tracker, **kw
+    )
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -127,8 +193,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spool = Spool(root)
     if not spool.layout.spool.is_dir():
         # a mistyped --data would otherwise make a new, empty spool and idle there unnoticed
-        raise UserError(f"no spool in {root}: check --data or SDGEN_DATA, or start "
-                        f"`sdgen daemon --data {root}` (or `sdgen submit`) there first")
+        raise UserError(
+            f"no spool in {root}: check --data or SDGEN_DATA, or start "
+            f"`sdgen daemon --data {root}` (or `sdgen submit`) there first"
+        )
     # The worker's own settings (its options win); the engine's are checked when it makes
     # an engine, so that a bad one fails the ticket with its reason (Worker.engine).
     idle_exit = args.idle_exit or settings.get("SDGEN_IDLE_EXIT")
@@ -189,8 +257,11 @@ class _Progress:
             eta = f" ETA {max(0, total - done) / r:.0f}s"
         final = row["state"] in REQUEST_TERMINAL
         phase = self._phase(row, counts)
-        what = f"({row['state']}{': ' + phase if phase else ''}, {now - self.started:.0f}s)" if phase \
+        what = (
+            f"({row['state']}{': ' + phase if phase else ''}, {now - self.started:.0f}s)"
+            if phase
             else f"({row['state']})"
+        )
         key = (done, total, row["state"], phase)
         if final and self.last_key is not None and self.last_key[2] == row["state"]:
             return  # the final line is printed once
@@ -257,8 +328,7 @@ def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Sto
     following = False
     while True:
         try:
-            daemon = _make_daemon(args, spool, exit_when_idle=True, on_tick=progress.update,
-                                  on_signal=stop.on_signal)
+            daemon = _make_daemon(args, spool, exit_when_idle=True, on_tick=progress.update, on_signal=stop.on_signal)
             code = daemon.run()
         except DaemonRunning:
             if not following:
@@ -282,8 +352,7 @@ def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Sto
         return 0
     meta = spool.read_state(request_id) or {}
     raise_msg = meta.get("reason") or state
-    print(f"request {request_id} {state}: {raise_msg} (`sdgen status {request_id}` for details)",
-          file=sys.stderr)
+    print(f"request {request_id} {state}: {raise_msg} (`sdgen status {request_id}` for details)", file=sys.stderr)
     return 1
 
 
@@ -313,16 +382,17 @@ class _Stop:
         self.signals.append(signum)
         self.progress.break_line()
         if len(self.signals) == 1:
-            self._say(f"stopping: workers hand their tickets back (up to {defaults.SHUTDOWN_GRACE_SECONDS:g}s); "
-                      f"request {self.request_id} stays queued; Ctrl-C again to cancel it")
+            self._say(
+                f"stopping: workers hand their tickets back (up to {defaults.SHUTDOWN_GRACE_SECONDS:g}s); "
+                f"request {self.request_id} stays queued; Ctrl-C again to cancel it"
+            )
         elif signum == signal.SIGINT and self.signals.count(signal.SIGINT) >= 2 and not self.cancelled:
             from sdgen.cli.admin import cancel_request
 
             try:
                 self.cancelled = cancel_request(self.spool, self.request_id)
             except Exception as e:  # noqa: BLE001 - in a signal handler: one line, never a traceback
-                self._say(f"could not cancel {self.request_id}: {_one_line(e)}; "
-                          f"run `sdgen cancel {self.request_id}`")
+                self._say(f"could not cancel {self.request_id}: {_one_line(e)}; run `sdgen cancel {self.request_id}`")
             else:
                 self._say(f"second Ctrl-C: {self.cancelled}")
 
@@ -333,16 +403,24 @@ class _Stop:
         rid = self.request_id
         data = f" --data {shlex.quote(str(args.data))}" if args.data else ""
         if self.cancelled:
-            print(f"sdgen run: stopped; request {rid} is cancelled "
-                  f"(images made so far: {self.spool.layout.output_dir(rid)})", file=sys.stderr)
+            print(
+                f"sdgen run: stopped; request {rid} is cancelled "
+                f"(images made so far: {self.spool.layout.output_dir(rid)})",
+                file=sys.stderr,
+            )
         elif following:
-            print(f"sdgen run: stopped following; request {rid} stays queued for the daemon that runs on "
-                  f"this data directory (`sdgen{data} status {rid}`); cancel it with `sdgen{data} cancel {rid}`",
-                  file=sys.stderr)
+            print(
+                f"sdgen run: stopped following; request {rid} stays queued for the daemon that runs on "
+                f"this data directory (`sdgen{data} status {rid}`); cancel it with `sdgen{data} cancel {rid}`",
+                file=sys.stderr,
+            )
         else:
-            print(f"sdgen run: stopped; request {rid} stays queued: resume it with "
-                  f"`sdgen{data} daemon --exit-when-idle` (or any `sdgen daemon` / `sdgen run` on this data "
-                  f"directory), or cancel it with `sdgen{data} cancel {rid}`", file=sys.stderr)
+            print(
+                f"sdgen run: stopped; request {rid} stays queued: resume it with "
+                f"`sdgen{data} daemon --exit-when-idle` (or any `sdgen daemon` / `sdgen run` on this data "
+                f"directory), or cancel it with `sdgen{data} cancel {rid}`",
+                file=sys.stderr,
+            )
         return 128 + self.signals[0]
 
 
@@ -362,24 +440,35 @@ def _follow(spool: Spool, progress: _Progress) -> bool:
 def register(sub) -> None:
     p = sub.add_parser("daemon", help="run the scheduler daemon")
     _daemon_options(p)
-    p.add_argument("--exit-when-idle", action="store_true",
-                   help="exit 0 once nothing is pending or running, after ending every worker (Slurm "
-                        "and ADSP jobs included); exit 4 when launching is blocked (workers fail at "
-                        "start-up, sbatch refuses jobs) and no worker is left, 1 when jobs could not be removed")
+    p.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit 0 once nothing is pending or running, after ending every worker (Slurm "
+        "and ADSP jobs included); exit 4 when launching is blocked (workers fail at "
+        "start-up, sbatch refuses jobs) and no worker is left, 1 when jobs could not be removed",
+    )
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("worker", help="run a worker (the daemon starts these)")
     # The defaults come from the environment in cmd_worker, not here: building the parser
     # must not read a setting, or a bad one would break every command, even `sdgen status`.
     p.add_argument("--max-tickets", type=_positive(int), metavar="N", help="exit after N tickets")
-    p.add_argument("--idle-exit", type=_positive(float), metavar="S",
-                   help="exit after the spool was idle this long "
-                        f"($SDGEN_IDLE_EXIT, else {defaults.WORKER_IDLE_EXIT_SECONDS:g})")
-    p.add_argument("--worker-id", metavar="ID",
-                   help="id written into leases ($SDGEN_WORKER_ID; default: host-pid-random)")
-    p.add_argument("--heartbeat", type=_positive(float), metavar="S",
-                   help=f"seconds between lease renewals ($SDGEN_HEARTBEAT, else {defaults.HEARTBEAT_SECONDS:g}); "
-                        "keep it well under the daemon's --lease-timeout")
+    p.add_argument(
+        "--idle-exit",
+        type=_positive(float),
+        metavar="S",
+        help=f"exit after the spool was idle this long ($SDGEN_IDLE_EXIT, else {defaults.WORKER_IDLE_EXIT_SECONDS:g})",
+    )
+    p.add_argument(
+        "--worker-id", metavar="ID", help="id written into leases ($SDGEN_WORKER_ID; default: host-pid-random)"
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_positive(float),
+        metavar="S",
+        help=f"seconds between lease renewals ($SDGEN_HEARTBEAT, else {defaults.HEARTBEAT_SECONDS:g}); "
+        "keep it well under the daemon's --lease-timeout",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="submit a request and process it in the foreground")

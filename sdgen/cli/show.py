@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sdgen.textsafe import printable
 from sdgen.pngmeta import read_meta
+from sdgen.textsafe import printable
 
 
 def cmd_show(args: argparse.Namespace) -> int:

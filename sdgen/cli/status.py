@@ -37,8 +37,13 @@ def collect(spool: Spool) -> list[dict]:
         try:
             meta = spool.read_state(request_id)
         except CorruptRecord as e:
-            rows.append(_problem_row(request_id, RequestState.CORRUPT, f"{e}: the daemon moves it to spool/corrupt/ "
-                                     "and rebuilds it from request.yaml"))
+            rows.append(
+                _problem_row(
+                    request_id,
+                    RequestState.CORRUPT,
+                    f"{e}: the daemon moves it to spool/corrupt/ and rebuilds it from request.yaml",
+                )
+            )
             continue
         if meta is None:
             continue  # being accepted right now
@@ -53,8 +58,10 @@ def collect(spool: Spool) -> list[dict]:
             row["tracking_outage"] = True
         elif failure:
             # this request's logging fails on its own (the others go on): say why
-            row["tracking_error"] = (f"MLflow logging failed since {_when(failure.get('since'))} "
-                                     f"({failure.get('attempts', 1)} tries, retrying): {failure.get('error', '?')}")
+            row["tracking_error"] = (
+                f"MLflow logging failed since {_when(failure.get('since'))} "
+                f"({failure.get('attempts', 1)} tries, retrying): {failure.get('error', '?')}"
+            )
         if blocked and row["state"] in (RequestState.PENDING, RequestState.RUNNING):
             row["launcher_error"] = blocked
         rows.append(row)
@@ -63,13 +70,18 @@ def collect(spool: Spool) -> list[dict]:
             if not is_candidate(entry):
                 continue
             stem = entry.rsplit(".", 1)[0]
-            row = {"id": stem if REQUEST_ID.match(stem) else f"inbox/{entry}", "name": "",
-                   "state": RequestState.PENDING, "priority": 0, "images_total": 0, "images_done": 0,
-                   "tickets_total": 0}
+            row = {
+                "id": stem if REQUEST_ID.match(stem) else f"inbox/{entry}",
+                "name": "",
+                "state": RequestState.PENDING,
+                "priority": 0,
+                "images_total": 0,
+                "images_done": 0,
+                "tickets_total": 0,
+            }
             try:
                 request = read_request_file(folder / entry, check_name=folder == layout.inbox)
-                row.update(name=request.name, priority=request.priority,
-                           images_total=request.images_total)
+                row.update(name=request.name, priority=request.priority, images_total=request.images_total)
             except RequestError:
                 pass  # the daemon will reject it with the reason
             if entry in stuck and folder == layout.inbox:
@@ -77,8 +89,13 @@ def collect(spool: Spool) -> list[dict]:
             rows.append(row)
         for entry in sorted(os.listdir(folder)) if folder == layout.inbox and folder.exists() else []:
             if is_stray(entry):
-                rows.append(_problem_row(f"inbox/{entry}", RequestState.IGNORED, "not a request file name: the "
-                                         "daemon takes only *.yaml and *.yml (rename it to end in .yaml)"))
+                rows.append(
+                    _problem_row(
+                        f"inbox/{entry}",
+                        RequestState.IGNORED,
+                        "not a request file name: the daemon takes only *.yaml and *.yml (rename it to end in .yaml)",
+                    )
+                )
     for folder, state in ((layout.rejected, RequestState.REJECTED), (layout.corrupt, RequestState.CORRUPT)):
         for entry in sorted(os.listdir(folder)) if folder.exists() else []:
             if entry.endswith(".reason"):
@@ -93,8 +110,16 @@ def collect(spool: Spool) -> list[dict]:
 
 def _problem_row(row_id: str, state: str, reason: str) -> dict:
     """A row for something that is not a request (yet): a rejected, damaged or stuck file."""
-    return {"id": row_id, "name": "", "state": state, "priority": 0, "images_total": 0,
-            "images_done": 0, "tickets_total": 0, "reason": reason}
+    return {
+        "id": row_id,
+        "name": "",
+        "state": state,
+        "priority": 0,
+        "images_total": 0,
+        "images_done": 0,
+        "tickets_total": 0,
+        "reason": reason,
+    }
 
 
 def _tracking_status(spool: Spool) -> dict | None:
@@ -131,16 +156,17 @@ def find(rows: list[dict], request_id: str) -> dict:
     for row in rows:
         if row["id"] == text or row["id"].split("/", 1)[-1] == text:
             return row
-    for how, match in (("named", [r for r in rows if text and r.get("name") == text]),
-                       ("with an id starting", [r for r in rows if text and r["id"].startswith(text)])):
+    for how, match in (
+        ("named", [r for r in rows if text and r.get("name") == text]),
+        ("with an id starting", [r for r in rows if text and r["id"].startswith(text)]),
+    ):
         if len(match) == 1:
             return match[0]
         if match:
             shown = ", ".join(f"{r['id']} ({r['name']})" if r.get("name") else r["id"] for r in match[:10])
             more = f" and {len(match) - 10} more" if len(match) > 10 else ""
             raise UserError(f"{len(match)} requests {how} {text!r}: {shown}{more}; give the whole id")
-    raise UserError(f"unknown request {text!r} (not an id, an id prefix or a name): "
-                    "`sdgen list` shows the known ones")
+    raise UserError(f"unknown request {text!r} (not an id, an id prefix or a name): `sdgen list` shows the known ones")
 
 
 def resolve(spool: Spool, request_id: str) -> str:
@@ -148,8 +174,9 @@ def resolve(spool: Spool, request_id: str) -> str:
     row = find(collect(spool), request_id)
     rid = row["id"]
     if not REQUEST_ID.match(rid) or not spool.layout.request_file(rid).exists():
-        raise UserError(f"request {rid} has not been accepted yet ({row['state']}): "
-                        "wait for the daemon to take it (`sdgen daemon`)")
+        raise UserError(
+            f"request {rid} has not been accepted yet ({row['state']}): wait for the daemon to take it (`sdgen daemon`)"
+        )
     return rid
 
 
@@ -168,11 +195,21 @@ def detail(spool: Spool, row: dict) -> dict:
     except (CorruptRecord, FileNotFoundError) as e:
         out["request_error"] = one_line(str(e))
         return out
-    out.update(prompts=list(request.prompts), negative_prompt=request.negative_prompt,
-               images_per_prompt=request.images, seed=request.seed, width=request.width,
-               height=request.height, steps=request.steps, guidance=request.guidance,
-               engine=request.engine, model=request.model, weights=request.weights,
-               batch_size=request.batch_size, experiment=request.experiment)
+    out.update(
+        prompts=list(request.prompts),
+        negative_prompt=request.negative_prompt,
+        images_per_prompt=request.images,
+        seed=request.seed,
+        width=request.width,
+        height=request.height,
+        steps=request.steps,
+        guidance=request.guidance,
+        engine=request.engine,
+        model=request.model,
+        weights=request.weights,
+        batch_size=request.batch_size,
+        experiment=request.experiment,
+    )
     out.setdefault("output_dir", str(spool.layout.output_dir(rid)))
     tickets = []
     counts = spool.ticket_counts().get(rid, {})
@@ -196,11 +233,23 @@ def _detail_text(d: dict) -> str:
     """The detail view of `sdgen status ID`. User text (prompts, names, reasons) is made
     inert before printing."""
     lines = [f"request   {printable(d['id'])}" + (f"  ({printable(d['name'])})" if d.get("name") else "")]
-    counts = ", ".join(f"{d[k]} {k[len('tickets_'):]}" for k in
-                       ("tickets_pending", "tickets_deferred", "tickets_running", "tickets_done",
-                        "tickets_failed", "tickets_held", "tickets_cancelled") if d.get(k))
-    lines.append(f"state     {d['state']}: {d['images_done']}/{d['images_total']} images, "
-                 f"{d['tickets_total']} tickets" + (f" ({counts})" if counts else ""))
+    counts = ", ".join(
+        f"{d[k]} {k[len('tickets_') :]}"
+        for k in (
+            "tickets_pending",
+            "tickets_deferred",
+            "tickets_running",
+            "tickets_done",
+            "tickets_failed",
+            "tickets_held",
+            "tickets_cancelled",
+        )
+        if d.get(k)
+    )
+    lines.append(
+        f"state     {d['state']}: {d['images_done']}/{d['images_total']} images, "
+        f"{d['tickets_total']} tickets" + (f" ({counts})" if counts else "")
+    )
     if d.get("reason"):
         lines.append(f"reason    {printable(d['reason'])}")
     if "prompts" in d:
@@ -231,8 +280,13 @@ def _detail_text(d: dict) -> str:
 
 
 # Rows whose reason the table prints under them.
-_WITH_REASON = (RequestState.FAILED, RequestState.REJECTED, RequestState.CORRUPT, RequestState.STUCK,
-                RequestState.IGNORED)
+_WITH_REASON = (
+    RequestState.FAILED,
+    RequestState.REJECTED,
+    RequestState.CORRUPT,
+    RequestState.STUCK,
+    RequestState.IGNORED,
+)
 
 
 def _table(rows: list[dict]) -> str:
@@ -240,14 +294,20 @@ def _table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         # p/r/d/f: deferred tickets count as pending, held ones as failed
-        t = "/".join(str(r.get(f"tickets_{s.value}", 0)
-                         + (r.get(f"tickets_{TicketState.DEFERRED.value}", 0) if s == TicketState.PENDING else 0)
-                         + (r.get(f"tickets_{TicketState.HELD.value}", 0) if s == TicketState.FAILED else 0))
-                     for s in (TicketState.PENDING, TicketState.RUNNING, TicketState.DONE, TicketState.FAILED))
+        t = "/".join(
+            str(
+                r.get(f"tickets_{s.value}", 0)
+                + (r.get(f"tickets_{TicketState.DEFERRED.value}", 0) if s == TicketState.PENDING else 0)
+                + (r.get(f"tickets_{TicketState.HELD.value}", 0) if s == TicketState.FAILED else 0)
+            )
+            for s in (TicketState.PENDING, TicketState.RUNNING, TicketState.DONE, TicketState.FAILED)
+        )
         images = f"{r['images_done']}/{r['images_total']}"
         # Names, ids of rejected files and reasons come from users: inert before printing.
-        lines.append(f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
-                     f"{printable(r.get('name', ''))}")
+        lines.append(
+            f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
+            f"{printable(r.get('name', ''))}"
+        )
         if r.get("reason") and r["state"] in _WITH_REASON:
             lines.append(f"{'':<24} reason: {printable(r['reason'])}")
         if r.get("tracking_error") and not r.get("tracking_outage"):
@@ -262,8 +322,10 @@ def _existing_spool(args: argparse.Namespace) -> Spool:
     spool = Spool(data_root(args.data))
     if not spool.layout.spool.is_dir():
         what = f"unknown request id {args.request_id}: " if getattr(args, "request_id", None) else ""
-        raise UserError(f"{what}no spool in {spool.layout.root}: check --data or SDGEN_DATA "
-                        "(`sdgen submit` or `sdgen daemon` makes one)")
+        raise UserError(
+            f"{what}no spool in {spool.layout.root}: check --data or SDGEN_DATA "
+            "(`sdgen submit` or `sdgen daemon` makes one)"
+        )
     return spool
 
 
@@ -287,6 +349,7 @@ def daemon_state(spool: Spool) -> dict:
         import socket
 
         from sdgen.spool.claim import pid_alive
+
         try:
             out["running"] = info.get("host") != socket.gethostname() or pid_alive(int(info.get("pid")))
         except (TypeError, ValueError):
@@ -298,8 +361,7 @@ def daemon_state(spool: Spool) -> dict:
 
 def _daemon_line(d: dict, spool: Spool) -> str:
     if d["running"]:
-        return (f"daemon: running (pid {printable(d['pid'])} on {printable(d['host'])} "
-                f"since {_when(d['since'])})")
+        return f"daemon: running (pid {printable(d['pid'])} on {printable(d['host'])} since {_when(d['since'])})"
     return f"daemon: not running — start `sdgen daemon --data {printable(spool.layout.root)}`"
 
 
@@ -324,16 +386,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     workers = launcher.get("workers") or {}
     # launcher.json is the daemon's last word: once it is gone the counts are stale
     if daemon["running"] and workers and any(r["state"] in (RequestState.PENDING, RequestState.RUNNING) for r in rows):
-        print(f"workers ({printable(launcher.get('launcher', '?'))}): "
-              + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items())))
+        print(
+            f"workers ({printable(launcher.get('launcher', '?'))}): "
+            + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items()))
+        )
     if launcher.get("blocked"):  # why the last daemon stopped launching: worth saying after it exits too
-        print(f"launcher {printable(launcher.get('launcher', '?'))} stopped launching workers at "
-              f"{_when(launcher.get('since'))}: {printable(launcher['blocked'])}")
+        print(
+            f"launcher {printable(launcher.get('launcher', '?'))} stopped launching workers at "
+            f"{_when(launcher.get('since'))}: {printable(launcher['blocked'])}"
+        )
     waiting = sum(r.get("tracking_backlog", 0) for r in rows)
     tracking = _tracking_status(spool)
     if tracking and not tracking.get("ok"):
-        print(f"MLflow ({printable(tracking.get('uri', '?'))}) unreachable since {_when(tracking.get('down_since'))}: "
-              f"{waiting} attempt(s) wait in spool/events and will be logged when it is back")
+        print(
+            f"MLflow ({printable(tracking.get('uri', '?'))}) unreachable since {_when(tracking.get('down_since'))}: "
+            f"{waiting} attempt(s) wait in spool/events and will be logged when it is back"
+        )
     return 0
 
 
@@ -343,9 +411,12 @@ STATES = tuple(state.value for state in RequestState)
 
 def cmd_list(args: argparse.Namespace) -> int:
     spool = _existing_spool(args)
-    rows = [r for r in collect(spool)
-            if (not args.state or r["state"] in args.state)
-            and (not args.name or args.name.casefold() in (r.get("name") or "").casefold())]
+    rows = [
+        r
+        for r in collect(spool)
+        if (not args.state or r["state"] in args.state)
+        and (not args.name or args.name.casefold() in (r.get("name") or "").casefold())
+    ]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -365,17 +436,26 @@ def _state(text: str) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("status", help="show requests and their progress, or one request in detail",
-                       description="Without REQUEST: every request with its state, tickets and images, "
-                       "and whether a daemon runs. With REQUEST (an id, a unique id prefix or a unique "
-                       "name): its prompts, parameters, output folder and why tickets failed.")
+    p = sub.add_parser(
+        "status",
+        help="show requests and their progress, or one request in detail",
+        description="Without REQUEST: every request with its state, tickets and images, "
+        "and whether a daemon runs. With REQUEST (an id, a unique id prefix or a unique "
+        "name): its prompts, parameters, output folder and why tickets failed.",
+    )
     p.add_argument("request_id", nargs="?", metavar="REQUEST", help="id, id prefix or name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("list", help="list request ids and states",
-                       description="One line per request: id, state, name (tab-separated).")
-    p.add_argument("--state", action="append", type=_state, metavar="STATE",
-                   help=f"only requests in this state (repeatable): {', '.join(STATES)}")
+    p = sub.add_parser(
+        "list", help="list request ids and states", description="One line per request: id, state, name (tab-separated)."
+    )
+    p.add_argument(
+        "--state",
+        action="append",
+        type=_state,
+        metavar="STATE",
+        help=f"only requests in this state (repeatable): {', '.join(STATES)}",
+    )
     p.add_argument("--name", metavar="TEXT", help="only requests whose name contains TEXT (any case)")
     p.add_argument("--json", action="store_true", help="a JSON list of the requests' status rows")
     p.set_defaults(func=cmd_list)

@@ -12,22 +12,23 @@ from pathlib import Path
 
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError
+from sdgen.pngmeta import read_meta
 from sdgen.spool.claim import pid_alive
 from sdgen.spool.intake import read_request_file
 from sdgen.spool.records import CorruptRecord, load_json_object
 from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
 from sdgen.spool.store import Spool
-from sdgen.pngmeta import read_meta
 
 # option dest -> request key; several spellings (the original example's included) per key
 OPTIONS = [
-    (("--prompt",), "prompt", dict(action="append", metavar="TEXT",
-                                   help="the prompt (repeat for several prompts)")),
+    (("--prompt",), "prompt", dict(action="append", metavar="TEXT", help="the prompt (repeat for several prompts)")),
     (("--negative-prompt",), "negative_prompt", dict(metavar="TEXT")),
-    (("--images", "--total-batch-size"), "images", dict(type=int, metavar="N",
-                                                         help="images per prompt (default 9)")),
-    (("--batch-size", "--per-worker-batch-size"), "batch_size",
-     dict(type=int, metavar="B", help="images per ticket (default 1)")),
+    (("--images", "--total-batch-size"), "images", dict(type=int, metavar="N", help="images per prompt (default 9)")),
+    (
+        ("--batch-size", "--per-worker-batch-size"),
+        "batch_size",
+        dict(type=int, metavar="B", help="images per ticket (default 1)"),
+    ),
     (("--steps", "--num-steps"), "steps", dict(type=int, metavar="S", help="diffusion steps (default 50)")),
     (("--width", "--image-width"), "width", dict(type=int, metavar="W", help="multiple of 128 (default 512)")),
     (("--height", "--image-height"), "height", dict(type=int, metavar="H", help="multiple of 128 (default 512)")),
@@ -45,17 +46,25 @@ OPTIONS = [
 def add_request_options(p: argparse.ArgumentParser, with_file: bool = True) -> None:
     if with_file:
         p.add_argument("file", nargs="?", metavar="FILE.yaml", help="a request file instead of options")
-        p.add_argument("--from", dest="from_png", metavar="IMAGE.png",
-                       help="make that sdgen image again (options given too override its values)")
+        p.add_argument(
+            "--from",
+            dest="from_png",
+            metavar="IMAGE.png",
+            help="make that sdgen image again (options given too override its values)",
+        )
     for flags, key, kw in OPTIONS:
         p.add_argument(*flags, dest=key, **kw)
 
 
 def _as_option(message: str) -> str:
     """Name fields the way the user typed them: `batch_size ...` -> `--batch-size ...`."""
+
     def fix(part: str) -> str:
-        return re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-")
-                      if m.group(1) in {k for _, k, _ in OPTIONS} else m.group(1), part)
+        return re.sub(
+            r"^(\w+)",
+            lambda m: "--" + m.group(1).replace("_", "-") if m.group(1) in {k for _, k, _ in OPTIONS} else m.group(1),
+            part,
+        )
 
     return "; ".join(fix(p) for p in message.split("; "))
 
@@ -82,10 +91,13 @@ def request_from_args(args: argparse.Namespace) -> Request:
             given["prompt"] = list(given.pop("prompts"))
     if getattr(args, "from_png", None):
         meta = read_meta(Path(args.from_png))
-        keys = ("negative_prompt", "steps", "guidance", "width", "height", "model", "weights",
-                "engine", "seed")
-        given = {"images": 1, **{k: meta[k] for k in keys}, "prompt": given.get("prompt") or [meta["prompt"]],
-                 **{k: v for k, v in given.items() if k != "prompt"}}
+        keys = ("negative_prompt", "steps", "guidance", "width", "height", "model", "weights", "engine", "seed")
+        given = {
+            "images": 1,
+            **{k: meta[k] for k in keys},
+            "prompt": given.get("prompt") or [meta["prompt"]],
+            **{k: v for k, v in given.items() if k != "prompt"},
+        }
     prompts = given.pop("prompt", None)
     if prompts:
         given["prompt" if len(prompts) == 1 else "prompts"] = prompts[0] if len(prompts) == 1 else prompts
@@ -105,8 +117,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not _daemon_seems_running(spool):
         # queued all the same (a daemon started later takes it), but a mistyped --data or a
         # forgotten daemon should not leave a request waiting in silence
-        print(f"sdgen submit: note: no daemon runs on {spool.layout.root}: start "
-              f"`sdgen daemon --data {spool.layout.root}` to process it", file=sys.stderr)
+        print(
+            f"sdgen submit: note: no daemon runs on {spool.layout.root}: start "
+            f"`sdgen daemon --data {spool.layout.root}` to process it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -140,8 +155,11 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     print(request_id)
     print(f"sdgen resubmit: {request_id} is {old_id} again (seed {request.seed})", file=sys.stderr)
     if not _daemon_seems_running(spool):
-        print(f"sdgen resubmit: note: no daemon runs on {spool.layout.root}: start "
-              f"`sdgen daemon --data {spool.layout.root}` to process it", file=sys.stderr)
+        print(
+            f"sdgen resubmit: note: no daemon runs on {spool.layout.root}: start "
+            f"`sdgen daemon --data {spool.layout.root}` to process it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -149,10 +167,13 @@ def register(sub) -> None:
     p = sub.add_parser("submit", help="queue a request", description=__doc__)
     add_request_options(p)
     p.set_defaults(func=cmd_submit)
-    p = sub.add_parser("resubmit", help="queue an earlier request again as a new one (prints its id)",
-                       description="Submit the accepted request.yaml of REQUEST (a cancelled, failed "
-                       "or done one) again as a new request, with the same seed (so the same "
-                       "images) unless --new-seed.")
+    p = sub.add_parser(
+        "resubmit",
+        help="queue an earlier request again as a new one (prints its id)",
+        description="Submit the accepted request.yaml of REQUEST (a cancelled, failed "
+        "or done one) again as a new request, with the same seed (so the same "
+        "images) unless --new-seed.",
+    )
     p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
     p.add_argument("--new-seed", action="store_true", help="draw a new base seed (other images)")
     p.set_defaults(func=cmd_resubmit)

@@ -24,8 +24,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not store.exists():
         raise UserError(f"no MLflow store in {root / 'mlflow'} yet: run a request first (`sdgen run --prompt ...`)")
     _check_port(args.host, args.port)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{store}",
-           "--host", args.host, "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     # A child, not exec: its exit code is ours to check (mlflow ui exits 0 after its server
     # fails to bind, e.g. when another process took the port after our check).
@@ -36,8 +46,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         code = proc.wait()
         return 0
     if code:
-        raise UserError(f"the MLflow UI exited with code {code} (its own messages are above): "
-                        f"if the port was taken, choose another with --port")
+        raise UserError(
+            f"the MLflow UI exited with code {code} (its own messages are above): "
+            f"if the port was taken, choose another with --port"
+        )
     return 0
 
 
@@ -46,8 +58,10 @@ def _check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise UserError(f"--host {host!r} is not an address of this machine ({e.strerror}): "
-                        f"use e.g. --host 127.0.0.1 or --host 0.0.0.0") from None
+        raise UserError(
+            f"--host {host!r} is not an address of this machine ({e.strerror}): "
+            f"use e.g. --host 127.0.0.1 or --host 0.0.0.0"
+        ) from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         # as a server binds (SO_REUSEADDR): a port left in TIME_WAIT is free for it too
@@ -55,8 +69,10 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind(addr)
         except OSError as e:
-            raise UserError(f"port {port} on {host} is not free ({e.strerror}): pick another "
-                            f"with --port, e.g. `sdgen ui --port {port + 1}`") from None
+            raise UserError(
+                f"port {port} on {host} is not free ({e.strerror}): pick another "
+                f"with --port, e.g. `sdgen ui --port {port + 1}`"
+            ) from None
 
 
 def _port(text: str) -> int:

@@ -35,8 +35,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         try:
             cache.fetch(model, report=print)
         except OSError as e:
-            raise UserError(f"could not download {model} weights ({e}): this machine needs internet "
-                            f"access, or copy the files into {cache.dir}") from None
+            raise UserError(
+                f"could not download {model} weights ({e}): this machine needs internet "
+                f"access, or copy the files into {cache.dir}"
+            ) from None
         except EngineError as e:
             raise UserError(str(e)) from None
     return 0
@@ -52,8 +54,12 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_status)
     f = wsub.add_parser("fetch", help="download missing weights into the cache")
     f.add_argument("--model", choices=list(FILES))
-    f.add_argument("--into", choices=["default", "data"], default="default",
-                   help="default: $KERAS_HOME, else the data directory's cache if it has weights, "
-                        "else the per-user cache shared by every data directory; data: "
-                        "DATA/cache/keras/datasets, for jobs whose home is not shared (ADSP)")
+    f.add_argument(
+        "--into",
+        choices=["default", "data"],
+        default="default",
+        help="default: $KERAS_HOME, else the data directory's cache if it has weights, "
+        "else the per-user cache shared by every data directory; data: "
+        "DATA/cache/keras/datasets, for jobs whose home is not shared (ADSP)",
+    )
     f.set_defaults(func=cmd_fetch)

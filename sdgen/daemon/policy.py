@@ -26,6 +26,7 @@ def workers_wanted(max_workers: int, pending: int, running: int) -> int:
 class ExitVerdict:
     """What one worker's exit means: `crashed` at start-up or not; when it did, either a
     `delay` before the next launch or the `blocked` reason that stops launching."""
+
     crashed: bool = False
     delay: float = 0.0
     blocked: str | None = None
@@ -47,10 +48,14 @@ class StartupGuard:
     blocked: str | None = None
     blocked_since: float | None = None
 
-    def note_exit(self, worker_id: str, returncode: int | None, ran_seconds: float, detail: str,
-                  now: float) -> ExitVerdict:
-        if (returncode is None or returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL)
-                or ran_seconds >= self.startup_seconds):
+    def note_exit(
+        self, worker_id: str, returncode: int | None, ran_seconds: float, detail: str, now: float
+    ) -> ExitVerdict:
+        if (
+            returncode is None
+            or returncode in (defaults.WORKER_EXIT_OK, defaults.WORKER_EXIT_FATAL)
+            or ran_seconds >= self.startup_seconds
+        ):
             self.streak = 0
             return ExitVerdict()
         self.streak += 1
@@ -58,9 +63,11 @@ class StartupGuard:
         if self.streak >= self.max_failures:
             if self.blocked is None:
                 self.blocked_since = now
-            self.blocked = (f"{self.streak} workers in a row failed at start-up; last: {worker_id} "
-                            f"{how} after {ran_seconds:.0f}s (see logs/worker-{worker_id}.log). "
-                            f"Fix the cause, then restart the daemon")
+            self.blocked = (
+                f"{self.streak} workers in a row failed at start-up; last: {worker_id} "
+                f"{how} after {ran_seconds:.0f}s (see logs/worker-{worker_id}.log). "
+                f"Fix the cause, then restart the daemon"
+            )
             return ExitVerdict(crashed=True, blocked=self.blocked)
         delay = backoff_seconds(self.streak, base=self.backoff_base, cap=self.backoff_cap)
         self.launch_after = now + delay

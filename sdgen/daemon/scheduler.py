@@ -13,16 +13,16 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from sdgen import defaults
-from sdgen.exceptions import RequestError
 from sdgen.daemon.policy import StartupGuard, lease_expired, workers_wanted
+from sdgen.exceptions import RequestError
 from sdgen.launchers.base import Launcher
 from sdgen.spool.claim import Lease, pid_alive
 from sdgen.spool.intake import is_candidate, read_request_file
 from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import request_state
 from sdgen.spool.records import CorruptRecord, one_line, read_bytes
-from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
 from sdgen.spool.request import Request
+from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
 from sdgen.spool.store import Spool, StuckEntry
 from sdgen.spool.ticket import after_death, attempt_event, due_at
 from sdgen.textsafe import printable
@@ -31,6 +31,7 @@ from sdgen.textsafe import printable
 def printable_lines(text: str) -> str:
     """A traceback for the log: line by line inert (it quotes file contents)."""
     return "\n".join(printable(line) for line in text.splitlines())
+
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,17 @@ class TickReport:
     running: int = 0
     deferred: int = 0
     waiting_files: int = 0
-    splitting: int = 0       # accepted requests whose tickets are still being written
-    open_requests: int = 0   # accepted requests not yet done, failed or cancelled
+    splitting: int = 0  # accepted requests whose tickets are still being written
+    open_requests: int = 0  # accepted requests not yet done, failed or cancelled
     wake_in: float | None = None  # the next moment a tick has something to do
 
     @property
     def idle(self) -> bool:
         # Ticket listings race with workers moving tickets; a request's state is derived
         # from all its tickets at once, and a ticket caught mid-move keeps it open.
-        return not (self.pending or self.running or self.deferred or self.waiting_files
-                    or self.splitting or self.open_requests)
-
-
+        return not (
+            self.pending or self.running or self.deferred or self.waiting_files or self.splitting or self.open_requests
+        )
 
 
 def inbox_file_in_use(path) -> bool:
@@ -85,10 +85,14 @@ def inbox_file_in_use(path) -> bool:
 
 
 class Scheduler:
-    def __init__(self, spool: Spool, launcher: Launcher | None,
-                 lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
-                 settle: float = defaults.INBOX_SETTLE_SECONDS,
-                 budget: float = defaults.INTAKE_BUDGET_SECONDS):
+    def __init__(
+        self,
+        spool: Spool,
+        launcher: Launcher | None,
+        lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
+        settle: float = defaults.INBOX_SETTLE_SECONDS,
+        budget: float = defaults.INTAKE_BUDGET_SECONDS,
+    ):
         self.spool = spool
         self.launcher = launcher
         self.lease_timeout = lease_timeout
@@ -98,7 +102,7 @@ class Scheduler:
         self.host = socket.gethostname()
         self._leases: dict[str, tuple[bytes | None, float]] = {}
         self._meta: dict[str, dict] = {}
-        self._splitting: dict[str, Request] = {}       # accepted, tickets still being written
+        self._splitting: dict[str, Request] = {}  # accepted, tickets still being written
         self._inbox_seen: dict[str, tuple[tuple, float]] = {}  # name -> (signature, first seen)
         self._stuck: dict[str, tuple[str, float]] = {}  # inbox name -> (reason, when last tried)
         self._stuck_written: dict | None = None
@@ -123,8 +127,13 @@ class Scheduler:
         junk: list[tuple[str, str]] = []
         counts = self.spool.ticket_counts(junk)
         for state, name in junk:
-            self._phase("junk ticket", self.spool.quarantine, self.spool.layout.ticket(state, name),
-                        "not a ticket name (<4 digits>.<6 digits>.<request id>)", now)
+            self._phase(
+                "junk ticket",
+                self.spool.quarantine,
+                self.spool.layout.ticket(state, name),
+                "not a ticket name (<4 digits>.<6 digits>.<request id>)",
+                now,
+            )
         self._phase("cancels", self.apply_cancels, counts, now)
         report.open_requests = self._phase("requests", self.update_requests, counts, now) or 0
         self._phase("launch", self.launch, now, report)
@@ -149,8 +158,12 @@ class Scheduler:
     def _phase_failed(self, name: str, e: BaseException) -> None:
         message = f"{type(e).__name__}: {one_line(str(e), 300)}"
         if self._phase_errors.get(name) != message:
-            log.error("tick step %r failed (%s); the other steps go on, and this one is retried "
-                      "every tick\n%s", name, printable(message), printable_lines(traceback.format_exc(limit=5)))
+            log.error(
+                "tick step %r failed (%s); the other steps go on, and this one is retried every tick\n%s",
+                name,
+                printable(message),
+                printable_lines(traceback.format_exc(limit=5)),
+            )
             self._phase_errors[name] = message
         return None
 
@@ -256,8 +269,12 @@ class Scheduler:
                 return
             request = self.spool.begin_accept(request_id, request, source=path.name, now=now)
             self._splitting[request_id] = request
-            log.info("accepted request %s: %d image(s)%s", request_id, request.images_total,
-                     f" ({printable(request.name, 80)})" if request.name else "")
+            log.info(
+                "accepted request %s: %d image(s)%s",
+                request_id,
+                request.images_total,
+                f" ({printable(request.name, 80)})" if request.name else "",
+            )
             report.accepted.append(request_id)
         if self.spool.continue_split(request_id, request, deadline):
             del self._splitting[request_id]
@@ -266,8 +283,7 @@ class Scheduler:
             report.wake_in = 0.0
 
     # -- leases -----------------------------------------------------------------------------
-    def reap(self, now: float, exited: dict[str, int | None], report: TickReport,
-             mono: float | None = None) -> None:
+    def reap(self, now: float, exited: dict[str, int | None], report: TickReport, mono: float | None = None) -> None:
         """Give back tickets whose worker is gone: at once when we know it died (our own
         process exited, or its pid is gone on this host), else when its lease has not
         changed for `lease_timeout` seconds of our own monotonic clock."""
@@ -289,14 +305,16 @@ class Scheduler:
                 raw = None
             lease = Lease.parse(raw) if raw else None
             if raw and lease is None:
-                self.spool.quarantine(layout.lease(name), "not a lease (JSON object of worker, host, pid, "
-                                      "claimed_at, beat)", now)
+                self.spool.quarantine(
+                    layout.lease(name), "not a lease (JSON object of worker, host, pid, claimed_at, beat)", now
+                )
                 raw = None
             if lease:
                 self.busy_workers.add(lease.worker)
             if lease and lease.worker in exited:
-                self._reclaim(name, f"worker {lease.worker} exited with code {exited[lease.worker]}",
-                              lease.worker, now, report)
+                self._reclaim(
+                    name, f"worker {lease.worker} exited with code {exited[lease.worker]}", lease.worker, now, report
+                )
                 continue
             if lease and lease.host == self.host and not pid_alive(lease.pid):
                 self._reclaim(name, f"worker {lease.worker} (pid {lease.pid}) is gone", lease.worker, now, report)
@@ -306,8 +324,9 @@ class Scheduler:
                 self._leases[name] = (raw, mono)
             elif lease_expired(seen[1], mono, self.lease_timeout):
                 who = lease.worker if lease else "unknown worker"
-                self._reclaim(name, f"lease of {who} expired (no heartbeat for {mono - seen[1]:.0f}s)",
-                              who, now, report)
+                self._reclaim(
+                    name, f"lease of {who} expired (no heartbeat for {mono - seen[1]:.0f}s)", who, now, report
+                )
 
     def _reclaim(self, name: str, detail: str, worker: str, now: float, report: TickReport) -> None:
         layout = self.spool.layout
@@ -325,9 +344,17 @@ class Scheduler:
         # Spool.reclaim removes the lease before the ticket leaves running/ (the rule lives there).
         if self.spool.reclaim(name, state, updated):
             log.warning("ticket %s: %s; now %s", name, printable(detail), state)
-            self.spool.record_event(attempt_event(
-                ticket, "KILLED", worker, lease.host if lease else "", lease.claimed_at if lease else now,
-                now, error=detail))
+            self.spool.record_event(
+                attempt_event(
+                    ticket,
+                    "KILLED",
+                    worker,
+                    lease.host if lease else "",
+                    lease.claimed_at if lease else now,
+                    now,
+                    error=detail,
+                )
+            )
         report.reclaimed.append(name)
         report.running = max(0, report.running - 1)
 
@@ -453,17 +480,29 @@ class Scheduler:
                 log.error("no more workers will be launched: %s", printable(verdict.blocked))
                 self.write_launcher_status(now)
                 continue
-            log.error("worker %s %s after %.1fs (see logs/worker-%s.log); next launch in %.0fs",
-                      w.worker_id, printable(how), w.ran_seconds, w.worker_id, verdict.delay)
+            log.error(
+                "worker %s %s after %.1fs (see logs/worker-%s.log); next launch in %.0fs",
+                w.worker_id,
+                printable(how),
+                w.ran_seconds,
+                w.worker_id,
+                verdict.delay,
+            )
 
     def _record_worker_failure(self, w, how: str, now: float) -> None:
         """A worker that failed at start-up held no ticket, so no attempt records it: tell the
         tracker, once per request it was launched for, so its output reaches MLflow."""
         for request_id, meta in self._meta.items():
             if meta.get("state") in (RequestState.PENDING, RequestState.RUNNING):
-                self.spool.record_event({"kind": "worker-failed", "request_id": request_id,
-                                         "worker": w.worker_id, "error": f"{how} after {w.ran_seconds:.0f}s",
-                                         "ended_at": now})
+                self.spool.record_event(
+                    {
+                        "kind": "worker-failed",
+                        "request_id": request_id,
+                        "worker": w.worker_id,
+                        "error": f"{how} after {w.ran_seconds:.0f}s",
+                        "ended_at": now,
+                    }
+                )
 
     def write_launcher_status(self, now: float) -> None:
         """spool/launcher.json, for `sdgen status`: why launching stopped, if it did, and what
@@ -471,8 +510,13 @@ class Scheduler:
         name = self.launcher.name if self.launcher else ""
         self._summary_written = self.launcher.summary() if self.launcher else None
         self.spool.write_launcher_status(
-            {"launcher": name, "blocked": self.blocked, "since": self.startup.blocked_since or now,
-             "workers": self._summary_written})
+            {
+                "launcher": name,
+                "blocked": self.blocked,
+                "since": self.startup.blocked_since or now,
+                "workers": self._summary_written,
+            }
+        )
 
     def launch(self, now: float, report: TickReport) -> None:
         report.pending = len(self.spool.ticket_names(TicketState.PENDING))

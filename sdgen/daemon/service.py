@@ -65,13 +65,20 @@ def sweep_tmp(spool: Spool, now: float, older_than: float = defaults.TMP_SWEEP_S
 
 
 class Daemon:
-    def __init__(self, spool: Spool, launcher: Launcher, poll: bool = False,
-                 rescan: float = defaults.RESCAN_SECONDS, exit_when_idle: bool = False,
-                 grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
-                 lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
-                 until: Callable[[TickReport], bool] | None = None,
-                 on_tick: Callable[[TickReport], None] | None = None, tracker=None,
-                 on_signal: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        spool: Spool,
+        launcher: Launcher,
+        poll: bool = False,
+        rescan: float = defaults.RESCAN_SECONDS,
+        exit_when_idle: bool = False,
+        grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
+        lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
+        until: Callable[[TickReport], bool] | None = None,
+        on_tick: Callable[[TickReport], None] | None = None,
+        tracker=None,
+        on_signal: Callable[[int], None] | None = None,
+    ):
         self.spool = spool
         self.launcher = launcher
         self.poll = poll
@@ -107,8 +114,12 @@ class Daemon:
                 watcher.start()
             if self.tracker is not None:
                 self.tracker.start()
-            log.info("daemon up on %s (%s, up to %d worker(s))", self.spool.layout.root,
-                     "polling" if self.poll or watcher is None else "watching", self.launcher.max_workers)
+            log.info(
+                "daemon up on %s (%s, up to %d worker(s))",
+                self.spool.layout.root,
+                "polling" if self.poll or watcher is None else "watching",
+                self.launcher.max_workers,
+            )
             failing = ""
             while not self.stopping:
                 self.wake.clear()
@@ -146,8 +157,10 @@ class Daemon:
             # signal leaves batch jobs to finish their tickets for the next daemon.
             left = self._shutdown(end=self.exit_when_idle and not self.stopping)
             if left and not code:
-                self.exit_reason = (f"{len(left)} {self.launcher.name} worker(s) could not be removed: "
-                                    f"{' '.join(left)} (see the log above)")
+                self.exit_reason = (
+                    f"{len(left)} {self.launcher.name} worker(s) could not be removed: "
+                    f"{' '.join(left)} (see the log above)"
+                )
                 code = EXIT_LEFTOVERS
         finally:
             if watcher is not None:
@@ -169,8 +182,9 @@ class Daemon:
         # Tickets of workers that had to be killed go back now, not after a lease timeout.
         # Through the scheduler's isolated steps: damage met now must not turn a clean stop
         # into a failed exit.
-        self.scheduler._phase("reap", self.scheduler.reap, time.time(),
-                              {w.worker_id: w.returncode for w in exited}, TickReport())
+        self.scheduler._phase(
+            "reap", self.scheduler.reap, time.time(), {w.worker_id: w.returncode for w in exited}, TickReport()
+        )
         counts = self.spool.ticket_counts()
         self.scheduler._phase("requests", self.scheduler.update_requests, counts, time.time())
         if self.tracker is not None:

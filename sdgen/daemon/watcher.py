@@ -50,7 +50,8 @@ class Watcher:
         if self.observer is None:
             return False
         alive = self.observer.is_alive() and all(
-            getattr(e, "is_alive", lambda: True)() for e in getattr(self.observer, "emitters", ()))
+            getattr(e, "is_alive", lambda: True)() for e in getattr(self.observer, "emitters", ())
+        )
         if not alive and not self._reported_dead:
             log.warning("file watcher stopped: relying on periodic rescans")
             self._reported_dead = True

@@ -23,8 +23,9 @@ def _fused_call(self, inputs, context=None):
     shape_q = (-1, inputs.shape[1], self.num_heads, self.head_size)
     shape_kv = (-1, context.shape[1], self.num_heads, self.head_size)
     # (batch, time, heads, head_size): the layout dot_product_attention takes
-    attn = ops.dot_product_attention(ops.reshape(q, shape_q), ops.reshape(k, shape_kv),
-                                     ops.reshape(v, shape_kv), scale=self.scale)
+    attn = ops.dot_product_attention(
+        ops.reshape(q, shape_q), ops.reshape(k, shape_kv), ops.reshape(v, shape_kv), scale=self.scale
+    )
     return self.out_proj(ops.reshape(attn, (-1, inputs.shape[1], self.num_heads * self.head_size)))
 
 

@@ -31,8 +31,8 @@ class ImageJob:
     width: int
     height: int
     guidance: float
-    model: str          # sd-v1 | sd-v2
-    weights: str        # pretrained | random
+    model: str  # sd-v1 | sd-v2
+    weights: str  # pretrained | random
 
 
 class Engine(ABC):

@@ -22,8 +22,9 @@ def bucket(n: int) -> int:
     return next(b for b in BATCH_BUCKETS if b >= n)
 
 
-def max_batch_for(memory_gib: float | None, height: int, width: int, precision: str,
-                  cap: int = BATCH_BUCKETS[-1]) -> int:
+def max_batch_for(
+    memory_gib: float | None, height: int, width: int, precision: str, cap: int = BATCH_BUCKETS[-1]
+) -> int:
     """The largest batch bucket whose estimated peak fits in 90% of the GPU's memory (no
     limit known, as on the CPU: just `cap`)."""
     fitting = [b for b in BATCH_BUCKETS if b <= cap] or [1]

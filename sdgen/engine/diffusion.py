@@ -16,14 +16,14 @@ MAX_STEPS = 1000
 def initial_noise(seeds: Sequence[int], height: int, width: int) -> np.ndarray:
     """Each image's starting latent from its own seed only: the same image alone or inside
     any batch starts from the same noise, on every backend."""
-    return np.stack([
-        np.random.default_rng(seed).standard_normal((height // 8, width // 8, 4), dtype=np.float32)
-        for seed in seeds
-    ])
+    return np.stack(
+        [np.random.default_rng(seed).standard_normal((height // 8, width // 8, 4), dtype=np.float32) for seed in seeds]
+    )
 
 
-def schedule(num_steps: int, alphas_cumprod: Sequence[float], length: int = MAX_STEPS
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def schedule(
+    num_steps: int, alphas_cumprod: Sequence[float], length: int = MAX_STEPS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Timesteps and alphas exactly as keras-cv's generate_image computes them (from its
     1,000-entry cumulative alpha table), zero-padded to `length`."""
     ratio = (1000 - 1) / (num_steps - 1) if num_steps > 1 else 1000

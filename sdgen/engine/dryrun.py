@@ -14,8 +14,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from sdgen.engine import settings
-from sdgen.engine.base import Engine
-from sdgen.engine.base import ImageJob, Seeded
+from sdgen.engine.base import Engine, ImageJob, Seeded
 
 
 def dry_run_image(prompt: str, seed: int, width: int, height: int) -> Image.Image:

@@ -29,12 +29,11 @@ import numpy as np
 from PIL import Image
 
 from sdgen.engine import settings, snapshot
-from sdgen.engine.base import Engine
+from sdgen.engine.base import Engine, ImageJob, Seeded
 from sdgen.engine.batching import bucket, chunk_for, jax_memory_gib
 from sdgen.engine.diffusion import initial_noise, to_pixels
 from sdgen.engine.tokenizer import CONTEXT_LENGTH
 from sdgen.exceptions import EngineError
-from sdgen.engine.base import ImageJob, Seeded
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +61,18 @@ class ExportedEngine(Engine):
         if self._versions is None:  # package metadata lookups: once, not per job
             self._versions = snapshot.versions()
         ident = self._versions
-        return {"engine": self.name, "backend": "jax", "precision": self.precision, "jit": True,
-                "device": self.device, "sampler": "fused", "attention": self.attention,
-                "keras": ident["keras"], "keras_cv": ident["keras_cv"], "snapshot": self.last_snapshot}
+        return {
+            "engine": self.name,
+            "backend": "jax",
+            "precision": self.precision,
+            "jit": True,
+            "device": self.device,
+            "sampler": "fused",
+            "attention": self.attention,
+            "keras": ident["keras"],
+            "keras_cv": ident["keras_cv"],
+            "snapshot": self.last_snapshot,
+        }
 
     def gpu_memory_gib(self) -> float | None:
         return jax_memory_gib() if self.device == "gpu" else None
@@ -100,8 +108,9 @@ class ExportedEngine(Engine):
             if key in self.fallback:  # the write failed, and said why
                 return None
             if state == "busy":
-                log.warning("another worker is still writing snapshot %s; generating through keras-cv meanwhile",
-                            folder.name)
+                log.warning(
+                    "another worker is still writing snapshot %s; generating through keras-cv meanwhile", folder.name
+                )
                 self.fallback.add(key)
                 return None
             if state == "written":
@@ -132,16 +141,26 @@ class ExportedEngine(Engine):
         if key not in builder.models:
             builder.models[key] = builder.build(*key)
         sd = builder.models[key]
-        from sdgen.engine.sampler import ALPHAS_CUMPROD
         from keras_cv.src.models.stable_diffusion.constants import _UNCONDITIONAL_TOKENS
+
+        from sdgen.engine.sampler import ALPHAS_CUMPROD
 
         models = {"text_encoder": sd._text_encoder, "unet": sd._diffusion_model, "decoder": sd._decoder}
         try:
-            snapshot.write(self.root, ident, models, builder.tokenizer_file(job.model, job.weights),
-                           _UNCONDITIONAL_TOKENS, ALPHAS_CUMPROD)
+            snapshot.write(
+                self.root,
+                ident,
+                models,
+                builder.tokenizer_file(job.model, job.weights),
+                _UNCONDITIONAL_TOKENS,
+                ALPHAS_CUMPROD,
+            )
         except Exception as e:  # noqa: BLE001 - disk full, export refused: keras still works
-            log.warning("snapshot %s could not be written (%s); generating through keras-cv",
-                        snapshot.folder_for(self.root, ident).name, e)
+            log.warning(
+                "snapshot %s could not be written (%s); generating through keras-cv",
+                snapshot.folder_for(self.root, ident).name,
+                e,
+            )
             self.fallback.add((job.model, job.weights))
             return False
         # kept to export this size's samplers (their weights are arguments, so these serve
@@ -158,8 +177,9 @@ class ExportedEngine(Engine):
         if key not in self.shapes:
             self.shapes[key] = self._builder().build(*key, shape_only=True)
         sd = self.shapes[key]
-        snapshot.write_sampler(snap.folder, sd._diffusion_model, sd._decoder, job.height, job.width, size,
-                               snap.unconditional)
+        snapshot.write_sampler(
+            snap.folder, sd._diffusion_model, sd._decoder, job.height, job.width, size, snap.unconditional
+        )
         timings["export"] = round(time.perf_counter() - t0, 3)
 
     # -- generating -------------------------------------------------------------------------
@@ -189,13 +209,15 @@ class ExportedEngine(Engine):
             uncond = snap.encode(job.negative_prompt) if job.negative_prompt else snap.unconditional
         except ValueError as e:
             if "too long" in str(e):
-                raise EngineError(f"prompt is longer than {CONTEXT_LENGTH} CLIP tokens: shorten it",
-                                  transient=False) from None
+                raise EngineError(
+                    f"prompt is longer than {CONTEXT_LENGTH} CLIP tokens: shorten it", transient=False
+                ) from None
             raise
         return context, uncond
 
-    def _pixels(self, snap: snapshot.Snapshot, job: ImageJob, seeds: list[int], steps: int,
-                contexts=None) -> np.ndarray:
+    def _pixels(
+        self, snap: snapshot.Snapshot, job: ImageJob, seeds: list[int], steps: int, contexts=None
+    ) -> np.ndarray:
         context, uncond = contexts or self._contexts(snap, job)
         noise = initial_noise(seeds, job.height, job.width)
         return to_pixels(snap.sample(noise, context, uncond, steps, job.guidance))
@@ -226,7 +248,11 @@ class ExportedEngine(Engine):
         size = bucket(len(seeds))
         self._warm(snap, first, size)  # a last, smaller chunk
         pad = size - len(seeds)
-        seeds, contexts, unconds = seeds + seeds[-1:] * pad, contexts + contexts[-1:] * pad, unconds + unconds[-1:] * pad
+        seeds, contexts, unconds = (
+            seeds + seeds[-1:] * pad,
+            contexts + contexts[-1:] * pad,
+            unconds + unconds[-1:] * pad,
+        )
         if all(c is contexts[0] for c in contexts) and all(u is unconds[0] for u in unconds):
             batch_contexts = (contexts[0], unconds[0])  # one prompt: let the program repeat it
         else:

@@ -30,27 +30,32 @@ from typing import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
 import keras  # noqa: E402
 import keras_cv  # noqa: E402  (imports tensorflow, as keras-cv requires)
+import numpy as np  # noqa: E402
 from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer  # noqa: E402
 from keras_cv.src.models.stable_diffusion.decoder import Decoder  # noqa: E402
 from keras_cv.src.models.stable_diffusion.diffusion_model import DiffusionModel, DiffusionModelV2  # noqa: E402
 from keras_cv.src.models.stable_diffusion.stable_diffusion import (  # noqa: E402
-    MAX_PROMPT_LENGTH, StableDiffusion, StableDiffusionV2)
+    MAX_PROMPT_LENGTH,
+    StableDiffusion,
+    StableDiffusionV2,
+)
 from keras_cv.src.models.stable_diffusion.text_encoder import TextEncoder, TextEncoderV2  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from sdgen.engine.base import Engine  # noqa: E402
 from sdgen.engine import settings  # noqa: E402
+from sdgen.engine.attention import use_fused_attention  # noqa: E402
+from sdgen.engine.base import (  # noqa: E402
+    Engine,  # noqa: E402
+    ImageJob,
+    Seeded,
+)
 from sdgen.engine.batching import bucket, chunk_for, jax_memory_gib  # noqa: E402
 from sdgen.engine.diffusion import initial_noise  # noqa: E402
-from sdgen.engine.attention import use_fused_attention  # noqa: E402
 from sdgen.engine.sampler import FusedSampler  # noqa: E402
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, random_tokenizer_file  # noqa: E402
 from sdgen.exceptions import EngineError  # noqa: E402
-from sdgen.engine.base import ImageJob, Seeded  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +110,13 @@ def _zeros_init():
 class KerasCVEngine(Engine):
     name = "keras-cv"
 
-    def __init__(self, data_root: Path | str = "data", precision: str | None = None,
-                 jit: bool | None = None, sampler: str | None = None):
+    def __init__(
+        self,
+        data_root: Path | str = "data",
+        precision: str | None = None,
+        jit: bool | None = None,
+        sampler: str | None = None,
+    ):
         gpu = on_gpu()
         self.sampler = settings.sampler(sampler)
         self.attention = settings.attention()
@@ -130,9 +140,17 @@ class KerasCVEngine(Engine):
         return enable_compile_cache(data_root)
 
     def describe(self) -> dict:
-        return {"engine": self.name, "backend": keras.backend.backend(), "precision": self.precision,
-                "jit": self.jit, "device": self.device, "sampler": self.sampler, "attention": self.attention, "keras": keras.__version__,
-                "keras_cv": keras_cv.__version__}
+        return {
+            "engine": self.name,
+            "backend": keras.backend.backend(),
+            "precision": self.precision,
+            "jit": self.jit,
+            "device": self.device,
+            "sampler": self.sampler,
+            "attention": self.attention,
+            "keras": keras.__version__,
+            "keras_cv": keras_cv.__version__,
+        }
 
     # -- batch size -------------------------------------------------------------------------
     def gpu_memory_gib(self) -> float | None:
@@ -204,8 +222,7 @@ class KerasCVEngine(Engine):
         return timings
 
     # -- generating -------------------------------------------------------------------------
-    def _run(self, key: tuple, job: ImageJob, seeds: list[int], steps: int,
-             sampler: str | None = None) -> np.ndarray:
+    def _run(self, key: tuple, job: ImageJob, seeds: list[int], steps: int, sampler: str | None = None) -> np.ndarray:
         sd = self.models[key]
         noise = initial_noise(seeds, job.height, job.width)
         try:
@@ -213,20 +230,23 @@ class KerasCVEngine(Engine):
                 context = sd.encode_text(job.prompt)
                 if (sampler or self.sampler) == "stock":
                     return sd.generate_image(
-                        context, negative_prompt=job.negative_prompt or None, batch_size=len(seeds),
-                        num_steps=steps, unconditional_guidance_scale=job.guidance,
-                        diffusion_noise=noise)
-                uncond = (sd.encode_text(job.negative_prompt) if job.negative_prompt
-                          else sd._get_unconditional_context())
+                        context,
+                        negative_prompt=job.negative_prompt or None,
+                        batch_size=len(seeds),
+                        num_steps=steps,
+                        unconditional_guidance_scale=job.guidance,
+                        diffusion_noise=noise,
+                    )
+                uncond = sd.encode_text(job.negative_prompt) if job.negative_prompt else sd._get_unconditional_context()
                 return self.samplers[key](noise, context, uncond, steps, job.guidance)
         except ValueError as e:
             if "too long" in str(e):
-                raise EngineError(f"prompt is longer than {MAX_PROMPT_LENGTH} CLIP tokens: shorten it",
-                                  transient=False) from None
+                raise EngineError(
+                    f"prompt is longer than {MAX_PROMPT_LENGTH} CLIP tokens: shorten it", transient=False
+                ) from None
             raise
 
-    def generate(self, job: ImageJob, images: Sequence[Seeded],
-                 sampler: str | None = None) -> list[Image.Image]:
+    def generate(self, job: ImageJob, images: Sequence[Seeded], sampler: str | None = None) -> list[Image.Image]:
         self.prepare(job)
         seeds = [spec.seed for spec in images]
         self._warm(self._key(job), job, bucket(len(seeds)))  # a last, smaller chunk

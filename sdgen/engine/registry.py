@@ -19,8 +19,11 @@ def _dry_run(data_root):
 def _snapshots_apply() -> bool:
     """On JAX with the fused sampler, workers run from model snapshots (exported.py) and
     skip importing keras; any other set-up builds the keras models in every worker."""
-    return (os.environ.get("KERAS_BACKEND") == "jax" and settings.get("SDGEN_SNAPSHOT")
-            and settings.get("SDGEN_SAMPLER") == "fused")
+    return (
+        os.environ.get("KERAS_BACKEND") == "jax"
+        and settings.get("SDGEN_SNAPSHOT")
+        and settings.get("SDGEN_SAMPLER") == "fused"
+    )
 
 
 def _keras_cv(data_root):

@@ -33,8 +33,7 @@ def timestep_embedding(t, batch: int, dim: int = 320, max_period: float = 10000.
     return ops.repeat(emb, batch, axis=0)
 
 
-def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, n, timesteps, alphas,
-                       alphas_prev, guidance):
+def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance):
     """latent (B,h,w,4), context/uncond (1 or B,77,C), the first `n` entries of the padded
     schedule -> decoded images in [-1, 1]."""
     batch = latent.shape[0]
@@ -47,11 +46,13 @@ def denoise_and_decode(unet_call, decoder_call, latent, context, uncond, n, time
     def step(i, latent):
         index = n - 1 - i
         t = ops.take(timesteps, index)
-        eps = unet_call({
-            "latent": ops.concatenate([latent, latent], 0),
-            "timestep_embedding": timestep_embedding(t, 2 * batch),
-            "context": both_contexts,
-        })
+        eps = unet_call(
+            {
+                "latent": ops.concatenate([latent, latent], 0),
+                "timestep_embedding": timestep_embedding(t, 2 * batch),
+                "context": both_contexts,
+            }
+        )
         # guidance and the update in float32 whatever the UNet computes in (bfloat16 weights
         # give bfloat16 outputs; TensorFlow, unlike JAX, does not promote by itself)
         cond, unc = ops.cast(eps[:batch], "float32"), ops.cast(eps[batch:], "float32")
@@ -69,9 +70,18 @@ def pure_sampler(unet: keras.Model, decoder: keras.Model):
     and what a snapshot exports (snapshot.py), so both run the same program."""
 
     def sample(unet_vars, decoder_vars, latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance):
-        return denoise_and_decode(lambda x: unet.stateless_call(*unet_vars, x, training=False)[0],
-                                  lambda x: decoder.stateless_call(*decoder_vars, x, training=False)[0],
-                                  latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance)
+        return denoise_and_decode(
+            lambda x: unet.stateless_call(*unet_vars, x, training=False)[0],
+            lambda x: decoder.stateless_call(*decoder_vars, x, training=False)[0],
+            latent,
+            context,
+            uncond,
+            n,
+            timesteps,
+            alphas,
+            alphas_prev,
+            guidance,
+        )
 
     return sample
 
@@ -97,9 +107,18 @@ class FusedSampler:
             self._fn = self._plain
 
     def _plain(self, latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance):
-        return denoise_and_decode(lambda x: self.unet(x, training=False),
-                                  lambda x: self.decoder(x, training=False),
-                                  latent, context, uncond, n, timesteps, alphas, alphas_prev, guidance)
+        return denoise_and_decode(
+            lambda x: self.unet(x, training=False),
+            lambda x: self.decoder(x, training=False),
+            latent,
+            context,
+            uncond,
+            n,
+            timesteps,
+            alphas,
+            alphas_prev,
+            guidance,
+        )
 
     def _jax(self):
         import jax
@@ -111,7 +130,14 @@ class FusedSampler:
         # the schedule padded to MAX_STEPS and the real count as an argument: one compiled
         # program for every step count
         timesteps, alphas, alphas_prev = schedule(num_steps, ALPHAS_CUMPROD)
-        decoded = self._fn(ops.convert_to_tensor(latent), ops.convert_to_tensor(context),
-                           ops.convert_to_tensor(uncond), np.int32(num_steps), timesteps, alphas,
-                           alphas_prev, np.float32(guidance))
+        decoded = self._fn(
+            ops.convert_to_tensor(latent),
+            ops.convert_to_tensor(context),
+            ops.convert_to_tensor(uncond),
+            np.int32(num_steps),
+            timesteps,
+            alphas,
+            alphas_prev,
+            np.float32(guidance),
+        )
         return to_pixels(ops.convert_to_numpy(decoded))

@@ -73,16 +73,33 @@ _SDGEN = Path(__file__).resolve().parents[1]
 # how they are exported and called (snapshot, exported) and the token shapes the encoder
 # program is traced for (tokenizer). Not batching.py: its memory model picks batch sizes,
 # and a batch size is in the sampler file's name already.
-TRACED_SOURCES = tuple(_SDGEN / "engine" / name for name in (
-    "sampler.py", "attention.py", "diffusion.py", "kerascv.py", "weights.py", "snapshot.py", "exported.py",
-    "tokenizer.py"))
+TRACED_SOURCES = tuple(
+    _SDGEN / "engine" / name
+    for name in (
+        "sampler.py",
+        "attention.py",
+        "diffusion.py",
+        "kerascv.py",
+        "weights.py",
+        "snapshot.py",
+        "exported.py",
+        "tokenizer.py",
+    )
+)
 # The software outside sdgen whose version changes the programs or how they run. The CUDA
 # plugin and cuDNN come as pip packages with JAX's cuda12 extra; without them: "none".
-PACKAGES = {"jax": "jax", "jaxlib": "jaxlib", "keras": "keras", "keras_cv": "keras-cv",
-            "cuda_plugin": "jax-cuda12-plugin", "cuda_pjrt": "jax-cuda12-pjrt", "cudnn": "nvidia-cudnn-cu12"}
+PACKAGES = {
+    "jax": "jax",
+    "jaxlib": "jaxlib",
+    "keras": "keras",
+    "keras_cv": "keras-cv",
+    "cuda_plugin": "jax-cuda12-plugin",
+    "cuda_pjrt": "jax-cuda12-pjrt",
+    "cudnn": "nvidia-cudnn-cu12",
+}
 LAST_USED = "last-used"
-DAMAGED = ".damaged-"   # <folder>.damaged-<time>: set aside by `load`, removed by `sdgen cache prune`
-LOCK = ".lock"          # <folder>.lock: held by the one worker writing that folder
+DAMAGED = ".damaged-"  # <folder>.damaged-<time>: set aside by `load`, removed by `sdgen cache prune`
+LOCK = ".lock"  # <folder>.lock: held by the one worker writing that folder
 _FILES = ("meta.json", "weights.json", "weights.bin", "merges.txt.gz", "encode.jaxexport")
 
 
@@ -134,8 +151,14 @@ def versions() -> dict:
 
 
 def identity(model: str, weights: str, precision: str, attention: str) -> dict:
-    return {"format": FORMAT, "model": model, "weights": weights, "precision": precision,
-            "attention": attention, **versions()}
+    return {
+        "format": FORMAT,
+        "model": model,
+        "weights": weights,
+        "precision": precision,
+        "attention": attention,
+        **versions(),
+    }
 
 
 def is_current(ident: dict, now: dict | None = None) -> bool:
@@ -163,14 +186,12 @@ def _export(fn, *args) -> bytes:
     return bytes(exported.serialize())
 
 
-
-
 # -- writing (the worker that built the keras models) ------------------------------------------
+
 
 def encoder_program(text_encoder):
     def encode(variables, tokens, positions):
-        return text_encoder.stateless_call(*variables, {"tokens": tokens, "positions": positions},
-                                           training=False)[0]
+        return text_encoder.stateless_call(*variables, {"tokens": tokens, "positions": positions}, training=False)[0]
 
     return encode
 
@@ -192,8 +213,10 @@ def write(root: Path, ident: dict, models: dict, merges: Path, unconditional_tok
         with open(tmp / "weights.bin", "wb") as out:
             for part in PARTS:
                 index[part] = {}
-                for kind, variables in (("trainable", models[part].trainable_variables),
-                                        ("non_trainable", models[part].non_trainable_variables)):
+                for kind, variables in (
+                    ("trainable", models[part].trainable_variables),
+                    ("non_trainable", models[part].non_trainable_variables),
+                ):
                     entries = index[part][kind] = []
                     for v in variables:
                         array = np.ascontiguousarray(np.asarray(v.value))
@@ -208,10 +231,16 @@ def write(root: Path, ident: dict, models: dict, merges: Path, unconditional_tok
         shutil.copyfile(merges, tmp / "merges.txt.gz")
         variables = _variables_of(models["text_encoder"])
         tokens = np.zeros((1, CONTEXT_LENGTH), np.int32)
-        (tmp / "encode.jaxexport").write_bytes(_export(encoder_program(models["text_encoder"]), variables, tokens, tokens))
-        meta = {"identity": ident, "unconditional_tokens": [int(t) for t in unconditional_tokens],
-                "alphas_cumprod": [float(a) for a in alphas_cumprod], "written_at": time.time(),
-                "bytes": offset}
+        (tmp / "encode.jaxexport").write_bytes(
+            _export(encoder_program(models["text_encoder"]), variables, tokens, tokens)
+        )
+        meta = {
+            "identity": ident,
+            "unconditional_tokens": [int(t) for t in unconditional_tokens],
+            "alphas_cumprod": [float(a) for a in alphas_cumprod],
+            "written_at": time.time(),
+            "bytes": offset,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         fsync_dir(tmp)
         try:
@@ -234,16 +263,27 @@ def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: i
     path = sampler_file(folder, height, width, batch)
     f32 = np.zeros((MAX_STEPS,), np.float32)
     context = jax.ShapeDtypeStruct((batch,) + tuple(context.shape[1:]), context.dtype)  # one per image
-    args = (_variables_of(unet), _variables_of(decoder),
-            jax.ShapeDtypeStruct((batch, height // 8, width // 8, 4), np.float32),
-            context, context, np.int32(1), f32, f32, f32, np.float32(7.5))
+    args = (
+        _variables_of(unet),
+        _variables_of(decoder),
+        jax.ShapeDtypeStruct((batch, height // 8, width // 8, 4), np.float32),
+        context,
+        context,
+        np.int32(1),
+        f32,
+        f32,
+        f32,
+        np.float32(7.5),
+    )
     atomic_write(path.parent, path, _export(pure_sampler(unet, decoder), *args))
     return path
 
 
 def _variables_of(model) -> tuple[list, list]:
-    return ([jax.ShapeDtypeStruct(v.shape, v.value.dtype) for v in model.trainable_variables],
-            [jax.ShapeDtypeStruct(v.shape, v.value.dtype) for v in model.non_trainable_variables])
+    return (
+        [jax.ShapeDtypeStruct(v.shape, v.value.dtype) for v in model.trainable_variables],
+        [jax.ShapeDtypeStruct(v.shape, v.value.dtype) for v in model.non_trainable_variables],
+    )
 
 
 def _clean_stale(root: Path) -> None:
@@ -257,6 +297,7 @@ def _clean_stale(root: Path) -> None:
 
 
 # -- life cycle: one writer per folder, damaged folders set aside -----------------------------
+
 
 class Damaged(Exception):
     """A snapshot folder that can never load: a file missing or cut short, a program JAX
@@ -362,12 +403,17 @@ def load(folder: Path, wait_s: float | None = None) -> tuple[str, "Snapshot | No
         return "loaded", Snapshot(folder)
     except Damaged as e:
         aside = set_aside(folder, wait_s)
-        log.warning("snapshot %s is damaged (%s)%s; one worker rebuilds it", folder.name, e,
-                    f": moved to {aside.name}" if aside else "")
+        log.warning(
+            "snapshot %s is damaged (%s)%s; one worker rebuilds it",
+            folder.name,
+            e,
+            f": moved to {aside.name}" if aside else "",
+        )
         return "rebuild", None
 
 
 # -- reading (every worker) -------------------------------------------------------------------
+
 
 class Snapshot:
     """A loaded snapshot: weights on the device, tokenizer, programs compiled on first use."""
@@ -376,20 +422,27 @@ class Snapshot:
         self.folder = Path(folder)
         self.name = self.folder.name
         self.meta, index, encode, self.tokenizer = check(self.folder)  # Damaged before any device memory is used
-        raw = np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r") if self.meta["bytes"] else \
-            np.zeros(0, np.uint8)  # numpy cannot map an empty file
+        raw = (
+            np.memmap(self.folder / "weights.bin", dtype=np.uint8, mode="r")
+            if self.meta["bytes"]
+            else np.zeros(0, np.uint8)
+        )  # numpy cannot map an empty file
         host = {}
         for part in PARTS:
             host[part] = tuple(
-                [raw[e["offset"]:e["offset"] + _nbytes(e)].view(_dtype(e["dtype"])).reshape(e["shape"])
-                 for e in index[part][kind]]
-                for kind in ("trainable", "non_trainable"))
+                [
+                    raw[e["offset"] : e["offset"] + _nbytes(e)].view(_dtype(e["dtype"])).reshape(e["shape"])
+                    for e in index[part][kind]
+                ]
+                for kind in ("trainable", "non_trainable")
+            )
         self.variables = jax.device_put(host)  # one transfer call for all ~1,000 arrays
         self._encode = jax.jit(encode.call)
         self._samplers: dict[tuple, object] = {}
         self.positions = np.arange(CONTEXT_LENGTH, dtype=np.int32)[None]
-        self.unconditional = self._encode(self.variables["text_encoder"],
-                                          np.asarray([self.meta["unconditional_tokens"]], np.int32), self.positions)
+        self.unconditional = self._encode(
+            self.variables["text_encoder"], np.asarray([self.meta["unconditional_tokens"]], np.int32), self.positions
+        )
         self.touch()
 
     def touch(self) -> None:
@@ -422,8 +475,9 @@ class Snapshot:
             return False
 
     def encode(self, prompt: str):
-        return self._encode(self.variables["text_encoder"], np.asarray([self.tokenizer.phrase(prompt)], np.int32),
-                            self.positions)
+        return self._encode(
+            self.variables["text_encoder"], np.asarray([self.tokenizer.phrase(prompt)], np.int32), self.positions
+        )
 
     def sample(self, latent: np.ndarray, context, uncond, num_steps: int, guidance: float):
         """Decoded images in [-1, 1] (on the device) for a batch of starting latents;
@@ -434,8 +488,18 @@ class Snapshot:
         if key not in self._samplers and not self.has_sampler(*key):
             raise FileNotFoundError(f"{sampler_file(self.folder, *key).name} missing: export it first")
         timesteps, alphas, alphas_prev = schedule(num_steps, self.meta["alphas_cumprod"])
-        return self._samplers[key](self.variables["unet"], self.variables["decoder"], latent, context, uncond,
-                                   np.int32(num_steps), timesteps, alphas, alphas_prev, np.float32(guidance))
+        return self._samplers[key](
+            self.variables["unet"],
+            self.variables["decoder"],
+            latent,
+            context,
+            uncond,
+            np.int32(num_steps),
+            timesteps,
+            alphas,
+            alphas_prev,
+            np.float32(guidance),
+        )
 
 
 def _dtype(name: str) -> np.dtype:
@@ -444,4 +508,3 @@ def _dtype(name: str) -> np.dtype:
 
 def _nbytes(entry: dict) -> int:
     return int(np.prod(entry["shape"], dtype=np.int64)) * _dtype(entry["dtype"]).itemsize
-

@@ -42,7 +42,7 @@ def byte_alphabet() -> dict[int, str]:
 class ClipTokenizer:
     def __init__(self, merges_path: Path | str):
         with gzip.open(merges_path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:_MERGES + 1]  # line 0 is a version header
+            lines = f.read().split("\n")[1 : _MERGES + 1]  # line 0 is a version header
         merges = [tuple(line.split()) for line in lines]
         symbols = list(byte_alphabet().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + list(_SPECIALS)
@@ -51,7 +51,8 @@ class ClipTokenizer:
         self.start, self.end = self.ids[_SPECIALS[0]], self.ids[_SPECIALS[1]]
         specials = "|".join(regex.escape(s) for s in _SPECIALS)
         self.pattern = regex.compile(
-            specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+            specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
+        )
         self._words: dict[str, list[str]] = {s: [s] for s in _SPECIALS}
 
     def _merge(self, word: str) -> list[str]:

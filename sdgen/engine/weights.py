@@ -2,7 +2,8 @@
 
 One cache per user, shared by every data directory: `$KERAS_HOME/datasets` when KERAS_HOME
 is set, else `<data>/cache/keras/datasets` when that holds weight files (jobs on hosts
-without a shared home), else `$XDG_CACHE_HOME/sdgen/keras/datasets` (~/.cache/sdgen/...). keras-cv's own loader re-hashes a 3.4 GB file at every
+without a shared home), else `$XDG_CACHE_HOME/sdgen/keras/datasets` (~/.cache/sdgen/...).
+keras-cv's own loader re-hashes a 3.4 GB file at every
 start and deletes it when offline; sdgen verifies each file once, remembers it by size and
 mtime, and hands keras-cv the verified paths directly.
 """
@@ -34,28 +35,51 @@ class WeightFile:
 _HF_V1 = "https://huggingface.co/fchollet/stable-diffusion/resolve/main/"
 _HF_V2 = "https://huggingface.co/ianstenbit/keras-sd2.1/resolve/main/"
 
-TOKENIZER = WeightFile("bpe_simple_vocab_16e6.txt.gz",
-                       "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a", 1_356_917,
-                       "https://github.com/openai/CLIP/blob/main/clip/bpe_simple_vocab_16e6.txt.gz?raw=true")
-DECODER = WeightFile("kcv_decoder.h5", "ad350a65cc8bc4a80c8103367e039a3329b4231c2469a1093869a345f55b1962",
-                     198_180_272, _HF_V1 + "kcv_decoder.h5")
+TOKENIZER = WeightFile(
+    "bpe_simple_vocab_16e6.txt.gz",
+    "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+    1_356_917,
+    "https://github.com/openai/CLIP/blob/main/clip/bpe_simple_vocab_16e6.txt.gz?raw=true",
+)
+DECODER = WeightFile(
+    "kcv_decoder.h5",
+    "ad350a65cc8bc4a80c8103367e039a3329b4231c2469a1093869a345f55b1962",
+    198_180_272,
+    _HF_V1 + "kcv_decoder.h5",
+)
 
 # model -> (tokenizer, text encoder, diffusion model, decoder)
 FILES: dict[str, tuple[WeightFile, ...]] = {
     "sd-v1": (
         TOKENIZER,
-        WeightFile("kcv_encoder.h5", "4789e63e07c0e54d6a34a29b45ce81ece27060c499a709d556c7755b42bb0dc4",
-                   492_466_864, _HF_V1 + "kcv_encoder.h5"),
-        WeightFile("kcv_diffusion_model.h5", "8799ff9763de13d7f30a683d653018e114ed24a6a819667da4f5ee10f9e805fe",
-                   3_439_090_152, _HF_V1 + "kcv_diffusion_model.h5"),
+        WeightFile(
+            "kcv_encoder.h5",
+            "4789e63e07c0e54d6a34a29b45ce81ece27060c499a709d556c7755b42bb0dc4",
+            492_466_864,
+            _HF_V1 + "kcv_encoder.h5",
+        ),
+        WeightFile(
+            "kcv_diffusion_model.h5",
+            "8799ff9763de13d7f30a683d653018e114ed24a6a819667da4f5ee10f9e805fe",
+            3_439_090_152,
+            _HF_V1 + "kcv_diffusion_model.h5",
+        ),
         DECODER,
     ),
     "sd-v2": (
         TOKENIZER,
-        WeightFile("text_encoder_v2_1.h5", "985002e68704e1c5c3549de332218e99c5b9b745db7171d5f31fcd9a6089f25b",
-                   None, _HF_V2 + "text_encoder_v2_1.h5"),
-        WeightFile("diffusion_model_v2_1.h5", "c31730e91111f98fe0e2dbde4475d381b5287ebb9672b1821796146a25c5132d",
-                   None, _HF_V2 + "diffusion_model_v2_1.h5"),
+        WeightFile(
+            "text_encoder_v2_1.h5",
+            "985002e68704e1c5c3549de332218e99c5b9b745db7171d5f31fcd9a6089f25b",
+            None,
+            _HF_V2 + "text_encoder_v2_1.h5",
+        ),
+        WeightFile(
+            "diffusion_model_v2_1.h5",
+            "c31730e91111f98fe0e2dbde4475d381b5287ebb9672b1821796146a25c5132d",
+            None,
+            _HF_V2 + "diffusion_model_v2_1.h5",
+        ),
         DECODER,
     ),
 }
@@ -158,7 +182,9 @@ class WeightCache:
             raise EngineError(
                 f"{model} weights not usable in {self.dir}: {', '.join(problems)}; run "
                 f"`sdgen weights fetch --model {model}` where there is internet (or copy the files "
-                "there), or use `weights: random` to try without them", transient=False)
+                "there), or use `weights: random` to try without them",
+                transient=False,
+            )
         return {wf.name: self.dir / wf.name for wf in FILES[model]}
 
     def fetch(self, model: str, report: Callable[[str], None] = print) -> None:
@@ -169,7 +195,10 @@ class WeightCache:
                 report(f"{wf.name}: present")
                 continue
             part = self.dir / f"{wf.name}.part"
-            with urllib.request.urlopen(wf.url, timeout=defaults.WEIGHTS_DOWNLOAD_TIMEOUT_SECONDS) as response, open(part, "wb") as out:
+            with (
+                urllib.request.urlopen(wf.url, timeout=defaults.WEIGHTS_DOWNLOAD_TIMEOUT_SECONDS) as response,
+                open(part, "wb") as out,
+            ):
                 total = int(response.headers.get("Content-Length") or 0) or wf.size or 0
                 done = last = 0
                 while chunk := response.read(8 << 20):

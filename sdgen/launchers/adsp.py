@@ -4,7 +4,8 @@ Built around ae5-tools' known bugs (seen in ae5-tools 0.7.3): its job_create POS
 retried on 502 and can create a job twice, so job names are deterministic and an existing
 job of that name is adopted before creating again; its wait loop can hang, so runs are
 polled here, one cheap `runs/{id}` request each, with a capped backoff and a start
-deadline. The jobs file, trimming and waiting loops are the job-launcher base's (jobs.py). Credentials stay in this process: job variables carry only what a
+deadline. The jobs file, trimming and waiting loops are the job-launcher base's (jobs.py).
+Credentials stay in this process: job variables carry only what a
 worker needs.
 """
 
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 
 TERMINAL = {"completed", "failed", "stopped", "error"}
 KNOWN = TERMINAL | {"initial", "running"}
-INSTALL_HINT = ("ae5-tools is not installed: `conda install -c ae5-admin ae5-tools` (it is not on "
-                "PyPI; anaconda-project.yml lists it)")
+INSTALL_HINT = (
+    "ae5-tools is not installed: `conda install -c ae5-admin ae5-tools` (it is not on "
+    "PyPI; anaconda-project.yml lists it)"
+)
 
 
 def project_id(explicit: str | None = None) -> str:
@@ -37,8 +40,9 @@ def project_id(explicit: str | None = None) -> str:
         return explicit
     url = os.environ.get("TOOL_PROJECT_URL") or os.environ.get("APP_SOURCE")
     if not url:
-        raise UserError("cannot tell which ADSP project to run jobs in: run inside an ADSP "
-                        "session or pass --adsp-project a0-<id>")
+        raise UserError(
+            "cannot tell which ADSP project to run jobs in: run inside an ADSP session or pass --adsp-project a0-<id>"
+        )
     try:
         return "a0-" + url.split("/")[4]
     except IndexError:
@@ -61,16 +65,25 @@ def open_session():
     missing = [v for v in ("AE5_HOSTNAME", "AE5_USERNAME", "AE5_PASSWORD") if not os.environ.get(v)]
     if missing:
         raise UserError(f"{', '.join(missing)} not set: define them as ADSP secrets or environment variables")
-    return AEUserSession(os.environ["AE5_HOSTNAME"], os.environ["AE5_USERNAME"],
-                         os.environ["AE5_PASSWORD"], persist=False)
+    return AEUserSession(
+        os.environ["AE5_HOSTNAME"], os.environ["AE5_USERNAME"], os.environ["AE5_PASSWORD"], persist=False
+    )
 
 
 def worker_variables(data_root: Path, worker_id: str, idle_exit: float, heartbeat: float) -> dict[str, str]:
     """Everything a job's worker needs, and nothing else: where and who it is, and the
     daemon's engine settings (SDGEN_PRECISION, KERAS_BACKEND, ...); no credentials of any
     kind (the worker never talks to AE5 or MLflow)."""
-    return plain_names({**worker_settings(os.environ), "SDGEN_DATA": str(data_root), "SDGEN_WORKER_ID": worker_id,
-                        "SDGEN_IDLE_EXIT": str(idle_exit), "SDGEN_HEARTBEAT": str(heartbeat)}, "ADSP jobs")
+    return plain_names(
+        {
+            **worker_settings(os.environ),
+            "SDGEN_DATA": str(data_root),
+            "SDGEN_WORKER_ID": worker_id,
+            "SDGEN_IDLE_EXIT": str(idle_exit),
+            "SDGEN_HEARTBEAT": str(heartbeat),
+        },
+        "ADSP jobs",
+    )
 
 
 @dataclass
@@ -86,10 +99,18 @@ class AdspLauncher(jobs.JobLauncher):
 
     name, label, job_cls, initial_state = "adsp", "ADSP", Job, "creating"
 
-    def __init__(self, data_root: Path, max_workers: int | None = None, project: str | None = None,
-                 resource_profile: str | None = None, keep_jobs: bool = False,
-                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-                 heartbeat: float = defaults.HEARTBEAT_SECONDS, session=None, **_ignored):
+    def __init__(
+        self,
+        data_root: Path,
+        max_workers: int | None = None,
+        project: str | None = None,
+        resource_profile: str | None = None,
+        keep_jobs: bool = False,
+        idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+        heartbeat: float = defaults.HEARTBEAT_SECONDS,
+        session=None,
+        **_ignored,
+    ):
         super().__init__(data_root)
         self.max_workers = max_workers or settings.get("ADSP_WORKER_MAX")
         self.session = session or open_session()
@@ -100,8 +121,14 @@ class AdspLauncher(jobs.JobLauncher):
         self._undeleted: dict[str, Job] = {}  # ended jobs whose job/run records a delete missed
 
     def _ae5_failed(self, what: str, e: Exception, now: float) -> None:
-        self.warn.fail("AE5", now, "AE5 call failed (%s: %s: %s); retrying on later ticks", what,
-                       type(e).__name__, " ".join(str(e).split())[:200])
+        self.warn.fail(
+            "AE5",
+            now,
+            "AE5 call failed (%s: %s: %s); retrying on later ticks",
+            what,
+            type(e).__name__,
+            " ".join(str(e).split())[:200],
+        )
 
     def _ae5_ok(self, now: float) -> None:
         self.warn.ok("AE5", now, "AE5 answers again after %.0fs")
@@ -115,10 +142,14 @@ class AdspLauncher(jobs.JobLauncher):
             existing = self._find_job(job.name)
             if existing is None:
                 record = self.session.job_create(
-                    self.project, name=job.name, command="worker",
+                    self.project,
+                    name=job.name,
+                    command="worker",
                     resource_profile=self.resource_profile,
                     variables=worker_variables(self.data_root, job.name, self.idle_exit, self.heartbeat),
-                    run=True, wait=False)
+                    run=True,
+                    wait=False,
+                )
                 job.job_id = record["id"]
             else:
                 log.warning("ADSP job %s already exists (a retried create): adopting it", job.name)
@@ -159,12 +190,21 @@ class AdspLauncher(jobs.JobLauncher):
                 continue
             state = str(info.get("state", "unknown"))
             if state not in KNOWN:
-                self.warn.fail((job.name, state), now, "ADSP run %s of job %s is in unknown state %r: "
-                               "still polling it", job.run_id, job.name, state)
+                self.warn.fail(
+                    (job.name, state),
+                    now,
+                    "ADSP run %s of job %s is in unknown state %r: still polling it",
+                    job.run_id,
+                    job.name,
+                    state,
+                )
             if state == "initial" and now - job.created > defaults.ADSP_START_DEADLINE_SECONDS:
-                log.error("ADSP job %s did not start within %.0f min: stopping it", job.name,
-                          defaults.ADSP_START_DEADLINE_SECONDS / 60)
-                self._quietly(lambda: self.session.run_stop(job.run_id))
+                log.error(
+                    "ADSP job %s did not start within %.0f min: stopping it",
+                    job.name,
+                    defaults.ADSP_START_DEADLINE_SECONDS / 60,
+                )
+                self._quietly(lambda job=job: self.session.run_stop(job.run_id))
                 state = "failed"
             job.state = state
             if state in TERMINAL:
@@ -199,7 +239,7 @@ class AdspLauncher(jobs.JobLauncher):
         if job.state in TERMINAL:
             return False  # ended: the next poll reaps it
         log.info("stopping ADSP job %s: %s", job.name, why)
-        if self._quietly(lambda: self.session.run_stop(job.run_id)) is None:
+        if self._quietly(lambda job=job: self.session.run_stop(job.run_id)) is None:
             return False
         job.next_poll = now  # see it end on the next tick
         return True
@@ -236,8 +276,7 @@ class AdspLauncher(jobs.JobLauncher):
         return sorted(self.jobs) + sorted(self._undeleted)
 
     def left_behind(self, left: list[str], limit: float) -> None:
-        log.error("ADSP job(s) %s still on AE5 after %.0fs: stop and delete them in the AE5 UI",
-                  " ".join(left), limit)
+        log.error("ADSP job(s) %s still on AE5 after %.0fs: stop and delete them in the AE5 UI", " ".join(left), limit)
 
     def _adopt_created(self, job: Job) -> bool:
         """A job whose create call failed: find it on AE5 (the create may have gone through)

@@ -12,7 +12,6 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 
 # What a worker started elsewhere (an ADSP job, a Slurm job) must see of the daemon's
@@ -33,15 +32,21 @@ def plain_names(env: dict[str, str], where: str) -> dict[str, str]:
     skipped is logged (the name only, never its value)."""
     bad = [k for k in env if not ENV_NAME.fullmatch(k)]
     for k in bad:
-        log.warning("not passing variable %r to %s: not a plain environment variable name "
-                    "(letters, digits and _, not starting with a digit)", k, where)
+        log.warning(
+            "not passing variable %r to %s: not a plain environment variable name "
+            "(letters, digits and _, not starting with a digit)",
+            k,
+            where,
+        )
     return {k: v for k, v in env.items() if k not in bad}
 
 
 def worker_settings(environ) -> dict[str, str]:
-    return {k: v for k, v in environ.items()
-            if ((k.startswith("SDGEN_") and k != "SDGEN_TRACKING") or k in BACKEND_SETTINGS)
-            and not SECRET_NAME.search(k)}
+    return {
+        k: v
+        for k, v in environ.items()
+        if ((k.startswith("SDGEN_") and k != "SDGEN_TRACKING") or k in BACKEND_SETTINGS) and not SECRET_NAME.search(k)
+    }
 
 
 # How a launcher starts `python -m sdgen` in a folder it does not choose (the daemon's, or a
@@ -51,8 +56,10 @@ def worker_settings(environ) -> dict[str, str]:
 # an interpreter of unknown or older version, a `-c` bootstrap drops it ('' is what `-c`
 # puts first) and runs the module. "sdgen" stays one argument of its own either way (ps and
 # the tests find workers by it).
-SAFE_RUN_SDGEN = ("import runpy, sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
-                  "del sys.argv[0]; runpy.run_module('sdgen', run_name='__main__', alter_sys=True)")
+SAFE_RUN_SDGEN = (
+    "import runpy, sys; sys.path[:1] = [] if sys.path[:1] == [''] else sys.path[:1]; "
+    "del sys.argv[0]; runpy.run_module('sdgen', run_name='__main__', alter_sys=True)"
+)
 
 
 def sdgen_command(python: str, version: tuple[int, int] | None = None) -> list[str]:
@@ -66,9 +73,9 @@ def sdgen_command(python: str, version: tuple[int, int] | None = None) -> list[s
 @dataclass(frozen=True)
 class ExitedWorker:
     worker_id: str
-    returncode: int | None   # None: ended from outside (cancelled, timed out, preempted, node lost)
-    ran_seconds: float       # time it ran (for a batch job: not counting its wait in the queue)
-    detail: str = ""         # how it ended, in words, for logs and `sdgen status`
+    returncode: int | None  # None: ended from outside (cancelled, timed out, preempted, node lost)
+    ran_seconds: float  # time it ran (for a batch job: not counting its wait in the queue)
+    detail: str = ""  # how it ended, in words, for logs and `sdgen status`
 
 
 class Launcher(ABC):
@@ -133,8 +140,7 @@ def load_jobs(state_file: Path, job_cls) -> dict:
         # Postfix: never delete what cannot be read. The jobs it listed are not watched by
         # this daemon; their tickets come back through their leases if they die.
         reason = e.reason if isinstance(e, CorruptRecord) else f"not a list of jobs ({e})"
-        Spool(state_file.parent.parent).quarantine(state_file, f"{reason}; jobs it listed are not tracked",
-                                                   time.time())
+        Spool(state_file.parent.parent).quarantine(state_file, f"{reason}; jobs it listed are not tracked", time.time())
         return {}
 
 
@@ -145,4 +151,3 @@ def save_jobs(data_root: Path, launcher: str, jobs: dict) -> None:
 
     data = json.dumps({name: asdict(job) for name, job in jobs.items()}, indent=1).encode()
     Spool(data_root).save_jobs(launcher, data)
-

@@ -41,8 +41,10 @@ def env_kind() -> str:
         return "conda"
     if sys.prefix != sys.base_prefix:
         return "venv"
-    raise UserError("sdgen bootstrap packs a conda environment or a virtualenv; this Python is "
-                    "neither: activate the environment the workers should use")
+    raise UserError(
+        "sdgen bootstrap packs a conda environment or a virtualenv; this Python is "
+        "neither: activate the environment the workers should use"
+    )
 
 
 def _pack(kind: str, archive: Path) -> None:
@@ -57,8 +59,10 @@ def _pack(kind: str, archive: Path) -> None:
             venv_pack.pack(prefix=sys.prefix, output=str(archive))
     except ImportError as e:
         tool = "conda-pack" if kind == "conda" else "venv-pack"
-        raise UserError(f"{tool} is not installed ({e.name}): install it in this environment "
-                        f"(`pip install {tool}` or `conda install {tool}`)") from None
+        raise UserError(
+            f"{tool} is not installed ({e.name}): install it in this environment "
+            f"(`pip install {tool}` or `conda install {tool}`)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - e.g. editable installs, which cannot be packed
         raise UserError(f"could not pack {sys.prefix}: {' '.join(str(e).split())}") from None
 

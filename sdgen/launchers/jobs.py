@@ -22,7 +22,6 @@ from sdgen.spool.layout import Layout
 log = logging.getLogger(__name__)
 
 
-
 class WarnOnce:
     """Say once that something fails, not on every tick, and once more when it works again:
     `fail(key, now, msg, *args)` logs on the first failure of `key` only; `ok(key, now, msg)`
@@ -56,6 +55,7 @@ class WarnOnce:
 class Job:
     """One recorded worker; subclasses add their launcher's fields. Every field has a default
     except the name, so a saved file reads back into the same class."""
+
     name: str
     job_id: str = ""
     state: str = ""
@@ -70,7 +70,7 @@ class JobLauncher(Launcher):
     label = ""
     job_cls: type[Job] = Job
     initial_state = ""
-    wait_on_stop = True            # stop_all waits up to `grace` for jobs to leave by themselves
+    wait_on_stop = True  # stop_all waits up to `grace` for jobs to leave by themselves
     cancel_again_every: float | None = None  # end_all repeats cancel() this often (None: once)
     end_poll_every = defaults.JOB_END_POLL_SECONDS  # seconds between polls while end_all waits
 
@@ -79,7 +79,7 @@ class JobLauncher(Launcher):
         self.state_file = Layout(self.data_root).jobs_file(self.name)
         self.jobs: dict[str, Job] = {}
         self.warn = WarnOnce(logging.getLogger(type(self).__module__))
-        self.ending = False            # end_all runs: never submit again
+        self.ending = False  # end_all runs: never submit again
         self._stopped: set[str] = set()  # jobs sdgen itself ended: their end is no failure
         self._idle_since: dict[str, float] = {}
         self._refused: list[ExitedWorker] = []
@@ -140,8 +140,12 @@ class JobLauncher(Launcher):
             self._save()
 
     def log_adopted(self) -> None:
-        log.info("re-adopting %d %s job(s) of an earlier daemon: %s", len(self.jobs), self.label,
-                 ", ".join(self.describe(j) for j in self.jobs.values()))
+        log.info(
+            "re-adopting %d %s job(s) of an earlier daemon: %s",
+            len(self.jobs),
+            self.label,
+            ", ".join(self.describe(j) for j in self.jobs.values()),
+        )
 
     def _save(self) -> None:
         data = json.dumps({n: asdict(j) for n, j in self.jobs.items()}, sort_keys=True).encode()

@@ -31,8 +31,9 @@ def visible_gpus() -> list[str]:
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
-                             timeout=defaults.NVIDIA_SMI_TIMEOUT_SECONDS).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=defaults.NVIDIA_SMI_TIMEOUT_SECONDS
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
@@ -42,6 +43,7 @@ def visible_gpus() -> list[str]:
 class LocalJob(jobs.Job):
     """A worker process, as spool/local-jobs.json records it (name: the worker id; created:
     when it was started)."""
+
     pid: int = 0
     host: str = ""
     data_root: str = ""
@@ -76,10 +78,15 @@ class LocalLauncher(jobs.JobLauncher):
 
     name, label, job_cls, initial_state = "local", "local", LocalJob, "running"
 
-    def __init__(self, data_root: Path, max_workers: int | None = None,
-                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-                 heartbeat: float = defaults.HEARTBEAT_SECONDS, pin_gpus: bool = True,
-                 extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_root: Path,
+        max_workers: int | None = None,
+        idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+        heartbeat: float = defaults.HEARTBEAT_SECONDS,
+        pin_gpus: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ):
         super().__init__(data_root)
         self.gpus = visible_gpus() if pin_gpus else []
         self.max_workers = max_workers or max(1, len(self.gpus))
@@ -116,21 +123,35 @@ class LocalLauncher(jobs.JobLauncher):
         logs = self.data_root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_file = open(logs / f"worker-{worker_id}.log", "ab")
-        cmd = [*sdgen_command(sys.executable, sys.version_info[:2]), "--data", str(self.data_root), "worker",
-               "--worker-id", worker_id, "--idle-exit", str(self.idle_exit),
-               "--heartbeat", str(self.heartbeat)]
-        popen = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            *sdgen_command(sys.executable, sys.version_info[:2]),
+            "--data",
+            str(self.data_root),
+            "worker",
+            "--worker-id",
+            worker_id,
+            "--idle-exit",
+            str(self.idle_exit),
+            "--heartbeat",
+            str(self.heartbeat),
+        ]
+        popen = subprocess.Popen(
+            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self.procs[worker_id] = _Proc(popen, now, gpu, log_file)
         try:
             proc_start = psutil.Process(popen.pid).create_time()
         except psutil.Error:
             proc_start = 0.0  # already gone: the next poll reaps it
         job.job_id, job.pid, job.host, job.proc_start, job.gpu = (
-            str(popen.pid), popen.pid, socket.gethostname(), proc_start, gpu)
+            str(popen.pid),
+            popen.pid,
+            socket.gethostname(),
+            proc_start,
+            gpu,
+        )
         job.data_root = str(self.data_root.resolve())
-        log.info("started worker %s (pid %d%s)", worker_id, popen.pid,
-                 f", GPU {gpu}" if gpu is not None else "")
+        log.info("started worker %s (pid %d%s)", worker_id, popen.pid, f", GPU {gpu}" if gpu is not None else "")
 
     def poll(self, now: float) -> list[ExitedWorker]:
         exited = []

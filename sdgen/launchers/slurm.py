@@ -33,8 +33,21 @@ from sdgen.launchers.base import ENV_NAME, SECRET_NAME, ExitedWorker, plain_name
 
 log = logging.getLogger(__name__)
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZING",
-          "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+}
 # Final states and what they mean for the daemon. A worker that failed by itself gets its
 # exit code (the scheduler counts quick failures as start-up failures); a job ended from
 # outside (cancelled, timed out, preempted, node lost) gets None: not the worker's fault,
@@ -42,42 +55,56 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "RESIZ
 ENDED_BY_WORKER = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "BOOT_FAIL"}
 ENDED_FROM_OUTSIDE = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
 PASSED_ON = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "KERAS_HOME", "XDG_CACHE_HOME"}
-INSTALL_HINT = ("sbatch not found: run the daemon on a Slurm login node (or install slurm-client "
-                "and point SLURM_CONF at the cluster's slurm.conf)")
+INSTALL_HINT = (
+    "sbatch not found: run the daemon on a Slurm login node (or install slurm-client "
+    "and point SLURM_CONF at the cluster's slurm.conf)"
+)
 
 
 @dataclass(frozen=True)
 class JobOptions:
     """What a cluster user sets per job; None leaves the cluster's default."""
+
     partition: str | None = None
-    gres: str | None = None        # e.g. gpu:1
-    gpus: str | None = None        # e.g. 1 or a100:1 (--gpus)
+    gres: str | None = None  # e.g. gpu:1
+    gpus: str | None = None  # e.g. 1 or a100:1 (--gpus)
     time_limit: str | None = None  # e.g. 4:00:00
     account: str | None = None
     qos: str | None = None
     cpus: int | None = None
-    mem: str | None = None         # e.g. 32G
-    extra: tuple[str, ...] = ()    # more sbatch arguments, verbatim
-    env: tuple[str, ...] = ()      # names of daemon environment variables to pass on
-    python: str | None = None      # python with sdgen on the compute nodes (default: the daemon's)
+    mem: str | None = None  # e.g. 32G
+    extra: tuple[str, ...] = ()  # more sbatch arguments, verbatim
+    env: tuple[str, ...] = ()  # names of daemon environment variables to pass on
+    python: str | None = None  # python with sdgen on the compute nodes (default: the daemon's)
 
 
 def check_env_names(names: tuple[str, ...]) -> None:
     for name in names:
         if SECRET_NAME.search(name):
-            raise UserError(f"--slurm-env {name}: looks like a credential; sdgen never passes "
-                            "credentials to jobs (workers need only the data directory)")
+            raise UserError(
+                f"--slurm-env {name}: looks like a credential; sdgen never passes "
+                "credentials to jobs (workers need only the data directory)"
+            )
         if not ENV_NAME.fullmatch(name):
-            raise UserError(f"--slurm-env {name!r} is not an environment variable name: give a name "
-                            "of letters, digits and _ that does not start with a digit")
+            raise UserError(
+                f"--slurm-env {name!r} is not an environment variable name: give a name "
+                "of letters, digits and _ that does not start with a digit"
+            )
 
 
 def sbatch_args(name: str, output: Path, opts: JobOptions) -> list[str]:
     """The sbatch options of one worker job (pure)."""
     args = ["--parsable", f"--job-name={name}", f"--output={output}", "--export=NONE", "--no-requeue"]
-    for flag, value in (("--partition", opts.partition), ("--gres", opts.gres), ("--gpus", opts.gpus),
-                        ("--time", opts.time_limit), ("--account", opts.account), ("--qos", opts.qos),
-                        ("--cpus-per-task", opts.cpus), ("--mem", opts.mem)):
+    for flag, value in (
+        ("--partition", opts.partition),
+        ("--gres", opts.gres),
+        ("--gpus", opts.gpus),
+        ("--time", opts.time_limit),
+        ("--account", opts.account),
+        ("--qos", opts.qos),
+        ("--cpus-per-task", opts.cpus),
+        ("--mem", opts.mem),
+    ):
         if value is not None:
             args.append(f"{flag}={value}")
     return args + list(opts.extra)
@@ -140,9 +167,16 @@ class SlurmLauncher(jobs.JobLauncher):
     wait_on_stop = False
     cancel_again_every, end_poll_every = defaults.SLURM_CANCEL_AGAIN_SECONDS, defaults.SLURM_END_POLL_SECONDS
 
-    def __init__(self, data_root: Path, max_workers: int | None = None, job_options: JobOptions | None = None,
-                 idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-                 heartbeat: float = defaults.HEARTBEAT_SECONDS, poll: float = defaults.SLURM_POLL_SECONDS, **_ignored):
+    def __init__(
+        self,
+        data_root: Path,
+        max_workers: int | None = None,
+        job_options: JobOptions | None = None,
+        idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+        heartbeat: float = defaults.HEARTBEAT_SECONDS,
+        poll: float = defaults.SLURM_POLL_SECONDS,
+        **_ignored,
+    ):
         if not shutil.which("sbatch"):
             raise UserError(INSTALL_HINT)
         super().__init__(data_root)
@@ -158,8 +192,9 @@ class SlurmLauncher(jobs.JobLauncher):
         """A Slurm command; a hung slurmctld reads as a failed call (exit 124), never as an
         exception out of the daemon's tick."""
         try:
-            return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                list(cmd), capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(list(cmd), 124, "", f"{cmd[0]} timed out after {timeout:.0f}s")
 
@@ -174,9 +209,13 @@ class SlurmLauncher(jobs.JobLauncher):
         return f"{job.name} ({job.job_id})"
 
     def worker_env(self, name: str) -> dict[str, str]:
-        env = {"SDGEN_DATA": str(self.data_root), "SDGEN_WORKER_ID": name,
-               "SDGEN_IDLE_EXIT": str(self.idle_exit), "SDGEN_HEARTBEAT": str(self.heartbeat),
-               "PYTHONUNBUFFERED": "1"}
+        env = {
+            "SDGEN_DATA": str(self.data_root),
+            "SDGEN_WORKER_ID": name,
+            "SDGEN_IDLE_EXIT": str(self.idle_exit),
+            "SDGEN_HEARTBEAT": str(self.heartbeat),
+            "PYTHONUNBUFFERED": "1",
+        }
         settings = worker_settings(os.environ)  # sdgen's own, and what finds python and the weights
         settings.update((k, v) for k, v in os.environ.items() if k in PASSED_ON)
         for k, v in settings.items():
@@ -200,11 +239,14 @@ class SlurmLauncher(jobs.JobLauncher):
             # job never ran, so that file gets what sbatch said instead of a job's output.
             (self.logs / f"worker-{name}.log").write_text(
                 f"sbatch refused this job (exit {out.returncode}); batch script: {script}\n"
-                + (out.stderr or "") + (out.stdout or ""))
+                + (out.stderr or "")
+                + (out.stdout or "")
+            )
             log.error("sbatch refused worker job %s: %s", name, detail[-1] if detail else f"exit {out.returncode}")
             # reported as a worker that failed at once, so the scheduler backs off and stops
-            return ExitedWorker(name, 1, 0.0, "was refused by sbatch: " + (
-                detail[-1] if detail else f"exit {out.returncode}"))
+            return ExitedWorker(
+                name, 1, 0.0, "was refused by sbatch: " + (detail[-1] if detail else f"exit {out.returncode}")
+            )
         job.job_id, job.state = job_id, "PENDING"
         log.info("submitted Slurm job %s (%s)", job_id, name)
         return None
@@ -217,8 +259,12 @@ class SlurmLauncher(jobs.JobLauncher):
         ids = ",".join(j.job_id for j in self.jobs.values())
         out = self._slurm("squeue", "-h", "-t", "all", "-j", ids, "-o", "%i|%T|%r")
         if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            self.warn.fail("Slurm", now, "Slurm squeue failed (%s); retrying on later ticks",
-                           " ".join((out.stderr or out.stdout).split())[:200])
+            self.warn.fail(
+                "Slurm",
+                now,
+                "Slurm squeue failed (%s); retrying on later ticks",
+                " ".join((out.stderr or out.stdout).split())[:200],
+            )
             return []
         self.warn.ok("Slurm", now, "Slurm answers again after %.0fs")
         listed = {}
@@ -231,8 +277,13 @@ class SlurmLauncher(jobs.JobLauncher):
             state, reason = listed.get(job.job_id, ("", ""))
             if state in ACTIVE:
                 if state != job.state:
-                    log.info("Slurm job %s (%s): %s%s", job.job_id, job.name, state,
-                             f" ({reason})" if reason and reason != "None" else "")
+                    log.info(
+                        "Slurm job %s (%s): %s%s",
+                        job.job_id,
+                        job.name,
+                        state,
+                        f" ({reason})" if reason and reason != "None" else "",
+                    )
                 job.state = state
                 job.reason = reason if reason and reason != "None" else ""
                 continue
@@ -282,5 +333,8 @@ class SlurmLauncher(jobs.JobLauncher):
         self._next_poll = 0.0
 
     def left_behind(self, left: list[str], limit: float) -> None:
-        log.error("Slurm job(s) %s still in the queue after %.0fs: `scancel` them",
-                  " ".join(self.jobs[n].job_id for n in left if n in self.jobs), limit)
+        log.error(
+            "Slurm job(s) %s still in the queue after %.0fs: `scancel` them",
+            " ".join(self.jobs[n].job_id for n in left if n in self.jobs),
+            limit,
+        )

@@ -16,10 +16,9 @@ import logging
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from contextlib import contextmanager
 
 from filelock import FileLock, Timeout
 
@@ -70,15 +69,22 @@ class Lease:
             lease = cls(**d)
         except (ValueError, TypeError, RecursionError):
             return None
-        ok = (isinstance(lease.worker, str) and isinstance(lease.host, str)
-              and isinstance(lease.pid, int) and not isinstance(lease.pid, bool) and lease.pid > 0
-              and isinstance(lease.claimed_at, (int, float)) and isinstance(lease.beat, int))
+        ok = (
+            isinstance(lease.worker, str)
+            and isinstance(lease.host, str)
+            and isinstance(lease.pid, int)
+            and not isinstance(lease.pid, bool)
+            and lease.pid > 0
+            and isinstance(lease.claimed_at, (int, float))
+            and isinstance(lease.beat, int)
+        )
         return lease if ok else None
 
 
 @dataclass
 class Claim:
     """A ticket this worker holds, and everything it may do with it."""
+
     spool: Spool
     ticket: Ticket
     lease: Lease
@@ -96,8 +102,11 @@ class Claim:
         if self._lost:
             return False
         current = Lease.read(self._lease_path())
-        mine = (current is not None and current.worker == self.lease.worker
-                and self.spool.layout.ticket(TicketState.RUNNING, self.name).exists())
+        mine = (
+            current is not None
+            and current.worker == self.lease.worker
+            and self.spool.layout.ticket(TicketState.RUNNING, self.name).exists()
+        )
         self._lost = not mine
         return mine
 
@@ -183,7 +192,7 @@ class PendingView:
 
     def count_ahead(self, request_id: str, look_ahead: int) -> int:
         """Names of `request_id` among the next `look_ahead` of the listing."""
-        return sum(1 for name in self.names[self.pos:self.pos + look_ahead] if name.rsplit(".", 1)[-1] == request_id)
+        return sum(1 for name in self.names[self.pos : self.pos + look_ahead] if name.rsplit(".", 1)[-1] == request_id)
 
     def next_name(self) -> str | None:
         if self.pos >= len(self.names):
@@ -210,8 +219,13 @@ def host_claim_lock(spool: Spool, timeout: float = defaults.CLAIM_LOCK_TIMEOUT_S
         lock.release()
 
 
-def claim_next(spool: Spool, worker_id: str, now: float | None = None,
-               skip_request=lambda request_id: False, view: PendingView | None = None) -> Claim | None:
+def claim_next(
+    spool: Spool,
+    worker_id: str,
+    now: float | None = None,
+    skip_request=lambda request_id: False,
+    view: PendingView | None = None,
+) -> Claim | None:
     """Claim the first pending ticket in claim order, or return None if there is none.
     With a `view`, the listing is shared with this worker's earlier claims."""
     now = time.time() if now is None else now
@@ -239,8 +253,14 @@ def claim_next(spool: Spool, worker_id: str, now: float | None = None,
 LOOK_AHEAD = 256  # names a group claim looks through for its request's next ticket
 
 
-def claim_more(spool: Spool, worker_id: str, request_id: str, view: PendingView,
-               now: float | None = None, look_ahead: int = LOOK_AHEAD) -> Claim | None:
+def claim_more(
+    spool: Spool,
+    worker_id: str,
+    request_id: str,
+    view: PendingView,
+    now: float | None = None,
+    look_ahead: int = LOOK_AHEAD,
+) -> Claim | None:
     """Claim the next pending ticket of `request_id` within the next `look_ahead` names of
     the listing (a worker filling one batch with a request's small tickets). Tickets of
     other requests it passes stay where they are, next in line for the following claim."""

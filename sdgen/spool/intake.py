@@ -33,8 +33,7 @@ def is_stray(name: str) -> bool:
     return not (is_candidate(name) or name.startswith(".") or name.endswith((".part", ".tmp")))
 
 
-def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES,
-                      check_name: bool = True) -> Request:
+def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES, check_name: bool = True) -> Request:
     """Read and validate a request file: opened without blocking and without following
     links, checked on the open descriptor (so a file swapped for a FIFO or a link between a
     look and the open is still refused), size-capped, then parsed with the shape limits."""
@@ -51,8 +50,10 @@ def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES,
         raise RequestError(f"{shown} does not exist") from None
     except CorruptRecord as e:
         if "bytes; at most" in e.reason or "grew past" in e.reason:
-            raise RequestError(f"{shown} is over {max_bytes} bytes; a request file may be at most {max_bytes} bytes: "
-                               "split it into several requests") from None
+            raise RequestError(
+                f"{shown} is over {max_bytes} bytes; a request file may be at most {max_bytes} bytes: "
+                "split it into several requests"
+            ) from None
         if "symbolic link" in e.reason:
             raise RequestError(f"{shown} is a symbolic link: copy the request file itself into the inbox") from None
         if "regular file" in e.reason:

@@ -140,8 +140,19 @@ class Layout:
         return self.outputs / request_id
 
     def all_dirs(self) -> list[Path]:
-        return [self.tmp, self.inbox, self.incoming, self.rejected, self.corrupt, self.requests, self.leases,
-                self.workers, self.events, self.outputs, self.logs] + [self.tickets(s) for s in TICKET_STATES]
+        return [
+            self.tmp,
+            self.inbox,
+            self.incoming,
+            self.rejected,
+            self.corrupt,
+            self.requests,
+            self.leases,
+            self.workers,
+            self.events,
+            self.outputs,
+            self.logs,
+        ] + [self.tickets(s) for s in TICKET_STATES]
 
 
 def ticket_name(priority: int, index: int, request_id: str) -> str:

@@ -38,10 +38,12 @@ def summarize(meta: dict, tickets: dict[str, list[int]], cancelled: bool) -> dic
     done_images = sum(ticket_size(i, images, batch) for i in tickets.get(TicketState.DONE, ()))
     total = meta.get("tickets_total") or sum(len(v) for v in tickets.values())
     out = {
-        "id": meta["id"], "name": meta.get("name", ""),
+        "id": meta["id"],
+        "name": meta.get("name", ""),
         "state": request_state(tickets, total, cancelled),
         "priority": meta.get("priority", 0),
-        "images_total": meta["images_total"], "images_done": done_images,
+        "images_total": meta["images_total"],
+        "images_done": done_images,
         "tickets_total": total,
     }
     for state in TICKET_STATES:

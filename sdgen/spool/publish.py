@@ -12,7 +12,8 @@ from pathlib import Path
 
 # The atomic-file helpers live in sdgen/fsutil.py (the engine's snapshots use them too);
 # `publish` is the spool's name for atomic_write.
-from sdgen.fsutil import atomic_write as publish, fsync_dir, write_tmp  # noqa: F401
+from sdgen.fsutil import atomic_write as publish  # noqa: F401
+from sdgen.fsutil import fsync_dir, write_tmp
 
 
 def link_new(tmp_dir: Path, target: Path, data: bytes, mtime: float | None = None) -> bool:

@@ -84,17 +84,22 @@ def _yaml_error(e: yaml.YAMLError) -> RequestError:
             "strings, numbers and lists only"
         )
     if "nesting depth" in str(getattr(e, "problem", "")):  # libyaml's own limit, met before ours
-        return RequestError(f"the request is nested more than {defaults.MAX_REQUEST_DEPTH} levels deep; "
-                            "a request is a mapping of plain values and lists")
+        return RequestError(
+            f"the request is nested more than {defaults.MAX_REQUEST_DEPTH} levels deep; "
+            "a request is a mapping of plain values and lists"
+        )
     mark = getattr(e, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(e, "problem", None) or "syntax error"
     return RequestError(f"invalid YAML{where}: {_clip(problem)}; check quoting and indentation")
 
 
-def check_shape(text: str, max_depth: int = defaults.MAX_REQUEST_DEPTH,
-                max_keys: int = defaults.MAX_REQUEST_KEYS,
-                max_nodes: int = defaults.MAX_REQUEST_NODES) -> None:
+def check_shape(
+    text: str,
+    max_depth: int = defaults.MAX_REQUEST_DEPTH,
+    max_keys: int = defaults.MAX_REQUEST_KEYS,
+    max_nodes: int = defaults.MAX_REQUEST_NODES,
+) -> None:
     """Walk the YAML event stream (flat: no recursion, no objects built) and refuse, before
     any document exists, what no request needs: nesting past max_depth, more than max_keys
     keys in a mapping or max_nodes nodes in all, duplicate keys, non-scalar keys, aliases
@@ -105,15 +110,18 @@ def check_shape(text: str, max_depth: int = defaults.MAX_REQUEST_DEPTH,
         for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.AliasEvent):
                 raise RequestError(
-                    f"YAML aliases (*{_clip(event.anchor)}) are not allowed in a request: write the value out")
+                    f"YAML aliases (*{_clip(event.anchor)}) are not allowed in a request: write the value out"
+                )
             if not isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
                 if isinstance(event, yaml.CollectionEndEvent):
                     stack.pop()
                 continue
             nodes += 1
             if nodes > max_nodes:
-                raise RequestError(f"the request has more than {max_nodes} values; a request is a short "
-                                   "mapping of settings: split it into several requests")
+                raise RequestError(
+                    f"the request has more than {max_nodes} values; a request is a short "
+                    "mapping of settings: split it into several requests"
+                )
             if stack and stack[-1][0]:
                 top = stack[-1]
                 if top[2]:
@@ -123,13 +131,16 @@ def check_shape(text: str, max_depth: int = defaults.MAX_REQUEST_DEPTH,
                         raise RequestError(f"key {_clip(event.value)!r} is given twice: keep one")
                     top[1].add(event.value)
                     if len(top[1]) > max_keys:
-                        raise RequestError(f"a mapping in the request has more than {max_keys} keys; "
-                                           "the schema has 17: see the README")
+                        raise RequestError(
+                            f"a mapping in the request has more than {max_keys} keys; the schema has 17: see the README"
+                        )
                 top[2] = not top[2]
             if isinstance(event, yaml.CollectionStartEvent):
                 if len(stack) >= max_depth:
-                    raise RequestError(f"the request is nested more than {max_depth} levels deep; "
-                                       "a request is a mapping of plain values and lists")
+                    raise RequestError(
+                        f"the request is nested more than {max_depth} levels deep; "
+                        "a request is a mapping of plain values and lists"
+                    )
                 stack.append([isinstance(event, yaml.MappingStartEvent), set(), True])
     except yaml.YAMLError as e:
         raise _yaml_error(e) from None
@@ -148,17 +159,16 @@ def parse_yaml(text: str) -> dict:
     if data is None:
         raise RequestError("the request is empty: write at least `prompt: <text>`")
     if not isinstance(data, dict):
-        raise RequestError(
-            f"a request must be a YAML mapping (key: value lines), not a {_kind(data)}"
-        )
+        raise RequestError(f"a request must be a YAML mapping (key: value lines), not a {_kind(data)}")
     return data
 
 
 def _clip(text, limit: int = 60) -> str:
     """A piece of user input quoted in a message: short and printable."""
     text = str(text)
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in text[: limit + 1])
+    text = "".join(
+        c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text[: limit + 1]
+    )
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -295,8 +305,22 @@ def _prompts(d, errors) -> tuple[str, ...]:
 
 
 KNOWN_KEYS = {
-    "version", "prompt", "prompts", "negative_prompt", "images", "batch_size", "steps",
-    "width", "height", "guidance", "seed", "model", "engine", "weights", "priority", "name",
+    "version",
+    "prompt",
+    "prompts",
+    "negative_prompt",
+    "images",
+    "batch_size",
+    "steps",
+    "width",
+    "height",
+    "guidance",
+    "seed",
+    "model",
+    "engine",
+    "weights",
+    "priority",
+    "name",
     "experiment",
 }
 
@@ -314,7 +338,9 @@ def validate(d: dict) -> Request:
         if more or not all(_closest(k) for k in unknown[:3]):
             errors.append(f"allowed keys: {', '.join(sorted(KNOWN_KEYS))}{more}")
     if "version" in d and (isinstance(d["version"], bool) or d["version"] != SCHEMA_VERSION):
-        errors.append(f"version must be {SCHEMA_VERSION} (this sdgen reads schema version 1), got {_clip(repr(d['version']))}")
+        errors.append(
+            f"version must be {SCHEMA_VERSION} (this sdgen reads schema version 1), got {_clip(repr(d['version']))}"
+        )
     prompts = _prompts(d, errors)
     images = _int(d, "images", 9, 1, MAX_IMAGES, errors)
     batch_size = _int(d, "batch_size", 1, 1, 64, errors)
@@ -346,9 +372,21 @@ def validate(d: dict) -> Request:
     if errors:
         raise RequestError(_bounded("; ".join(errors)))
     return Request(
-        prompts=prompts, negative_prompt=negative, images=images, batch_size=batch_size,
-        steps=steps, width=width, height=height, guidance=guidance, seed=seed, model=model,
-        engine=engine, weights=weights, priority=priority, name=name, experiment=experiment,
+        prompts=prompts,
+        negative_prompt=negative,
+        images=images,
+        batch_size=batch_size,
+        steps=steps,
+        width=width,
+        height=height,
+        guidance=guidance,
+        seed=seed,
+        model=model,
+        engine=engine,
+        weights=weights,
+        priority=priority,
+        name=name,
+        experiment=experiment,
     )
 
 

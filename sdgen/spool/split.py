@@ -28,10 +28,18 @@ def ticket_at(request_id: str, request: Request, index: int) -> Ticket:
     stop = min(start + request.batch_size, request.images)
     images = tuple(ImageSpec(p, i, image_seed(request.seed, i)) for i in range(start, stop))
     return Ticket(
-        request_id=request_id, index=index, priority=request.priority,
-        prompt=request.prompts[p], negative_prompt=request.negative_prompt, images=images,
-        steps=request.steps, width=request.width, height=request.height,
-        guidance=request.guidance, model=request.model, engine=request.engine,
+        request_id=request_id,
+        index=index,
+        priority=request.priority,
+        prompt=request.prompts[p],
+        negative_prompt=request.negative_prompt,
+        images=images,
+        steps=request.steps,
+        width=request.width,
+        height=request.height,
+        guidance=request.guidance,
+        model=request.model,
+        engine=request.engine,
         weights=request.weights,
     )
 

@@ -18,6 +18,7 @@ class _StrState(str, Enum):
 
 class TicketState(_StrState):
     """A ticket's state is the folder it is in: spool/tickets/<state>/ (docs/spool.md)."""
+
     PENDING = "pending"
     DEFERRED = "deferred"
     RUNNING = "running"
@@ -33,6 +34,7 @@ class RequestState(_StrState):
     three are status-only rows, never written to state.json: `corrupt` (a spool file moved
     to spool/corrupt/), `stuck` (an inbox entry that can be neither accepted nor rejected)
     and `ignored` (an inbox file the daemon does not take)."""
+
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
@@ -48,15 +50,28 @@ class RequestState(_StrState):
 TICKET_STATES: tuple[TicketState, ...] = tuple(TicketState)
 
 # When a crash leaves one ticket in two folders, the first state here wins.
-PRECEDENCE = (TicketState.DONE, TicketState.CANCELLED, TicketState.FAILED, TicketState.HELD,
-              TicketState.PENDING, TicketState.DEFERRED, TicketState.RUNNING)
+PRECEDENCE = (
+    TicketState.DONE,
+    TicketState.CANCELLED,
+    TicketState.FAILED,
+    TicketState.HELD,
+    TicketState.PENDING,
+    TicketState.DEFERRED,
+    TicketState.RUNNING,
+)
 
 # States a request keeps once in them; a request in them has no tickets left to run.
 REQUEST_TERMINAL = (RequestState.DONE, RequestState.FAILED, RequestState.CANCELLED)
 
 # States of a request proper (state.json); the status-only rows come after them.
-REQUEST_STATES = (RequestState.PENDING, RequestState.RUNNING, RequestState.DONE, RequestState.FAILED,
-                  RequestState.CANCELLED, RequestState.REJECTED)
+REQUEST_STATES = (
+    RequestState.PENDING,
+    RequestState.RUNNING,
+    RequestState.DONE,
+    RequestState.FAILED,
+    RequestState.CANCELLED,
+    RequestState.REJECTED,
+)
 STATUS_ONLY = (RequestState.CORRUPT, RequestState.STUCK, RequestState.IGNORED)
 
 

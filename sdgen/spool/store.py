@@ -27,9 +27,14 @@ from sdgen.spool.layout import REQUEST_ID, Layout, parse_ticket_name
 from sdgen.spool.publish import link_new, publish
 from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes, require
 from sdgen.spool.request import Request, parse_request
-from sdgen.spool.states import (PRECEDENCE, REQUEST_STATES, TICKET_STATES, RequestState,  # noqa: F401
-                                TicketState, ticket_state)
 from sdgen.spool.split import ticket_at, ticket_count
+from sdgen.spool.states import (
+    PRECEDENCE,
+    TICKET_STATES,
+    RequestState,  # noqa: F401
+    TicketState,
+    ticket_state,
+)
 from sdgen.spool.ticket import Ticket
 from sdgen.textsafe import printable
 
@@ -137,11 +142,20 @@ class Spool:
     @staticmethod
     def initial_state(request_id: str, request: Request, source: str, now: float) -> dict:
         return {
-            "id": request_id, "state": RequestState.PENDING, "source": source, "accepted_at": now,
-            "name": request.name, "priority": request.priority, "seed": request.seed,
-            "prompts": len(request.prompts), "images": request.images,
-            "batch_size": request.batch_size, "images_total": request.images_total,
-            "tickets_total": ticket_count(request), "engine": request.engine, "model": request.model,
+            "id": request_id,
+            "state": RequestState.PENDING,
+            "source": source,
+            "accepted_at": now,
+            "name": request.name,
+            "priority": request.priority,
+            "seed": request.seed,
+            "prompts": len(request.prompts),
+            "images": request.images,
+            "batch_size": request.batch_size,
+            "images_total": request.images_total,
+            "tickets_total": ticket_count(request),
+            "engine": request.engine,
+            "model": request.model,
         }
 
     def continue_split(self, request_id: str, request: Request, deadline: float) -> bool:
@@ -202,7 +216,9 @@ class Spool:
         except FileNotFoundError:
             return target
         except OSError as e:
-            raise StuckEntry(path, f"cannot be moved to rejected/ ({e.strerror or e}): {one_line(reason, 300)}") from None
+            raise StuckEntry(
+                path, f"cannot be moved to rejected/ ({e.strerror or e}): {one_line(reason, 300)}"
+            ) from None
         self.write(target.with_name(target.name + ".reason"), (one_line(reason) + "\n").encode())
         log.warning("rejected %s: %s", printable(path.name), printable(one_line(reason)))
         return target
@@ -219,10 +235,13 @@ class Spool:
             os.rename(path, target)
         except FileNotFoundError:
             return None
-        self.write(target.with_name(target.name + ".reason"),
-                   (f"{rel}: {one_line(reason)}\n").encode())
-        log.error("moved damaged spool file %s to %s: %s", printable(str(rel)),
-                  printable(target.name), printable(one_line(reason)))
+        self.write(target.with_name(target.name + ".reason"), (f"{rel}: {one_line(reason)}\n").encode())
+        log.error(
+            "moved damaged spool file %s to %s: %s",
+            printable(str(rel)),
+            printable(target.name),
+            printable(one_line(reason)),
+        )
         return target
 
     @staticmethod
@@ -418,8 +437,18 @@ class Spool:
             record = load_json_object(path)
         except FileNotFoundError:
             return None
-        return require(path, record, id=str, state=str, priority=int, images=int, batch_size=int,
-                       images_total=int, tickets_total=int, name=(str, type(None)))
+        return require(
+            path,
+            record,
+            id=str,
+            state=str,
+            priority=int,
+            images=int,
+            batch_size=int,
+            images_total=int,
+            tickets_total=int,
+            name=(str, type(None)),
+        )
 
     def rebuild_state(self, request_id: str, reason: str, now: float) -> dict | None:
         """A damaged state.json goes to corrupt/ and is made again from request.yaml (its
@@ -491,7 +520,7 @@ class Spool:
         quarantine to move it to)."""
         path = self.layout.event(name)
         try:
-            os.rename(path, path.with_name(path.name[:-len(".json")] + ".corrupt"))
+            os.rename(path, path.with_name(path.name[: -len(".json")] + ".corrupt"))
         except FileNotFoundError:
             pass
 

@@ -33,14 +33,14 @@ class Ticket:
     model: str
     engine: str
     weights: str
-    attempt: int = 0        # attempts that ended without a result (failures and deaths)
-    deaths: int = 0         # attempts whose worker died without a word
+    attempt: int = 0  # attempts that ended without a result (failures and deaths)
+    deaths: int = 0  # attempts whose worker died without a word
     # attempts made before the last `sdgen retry`: `attempt` restarts at 0 there (it decides
     # backoff and holding), but attempt numbers in events and MLflow keep counting
     attempts_before: int = 0
-    wait_s: float = 0.0      # deferred: how long to wait, counted from when the daemon sees it
+    wait_s: float = 0.0  # deferred: how long to wait, counted from when the daemon sees it
     not_before: float = 0.0  # deferred until this time, stamped by the daemon on its own clock
-    reason: str = ""        # why it is failed, held or deferred
+    reason: str = ""  # why it is failed, held or deferred
     history: tuple[dict, ...] = field(default_factory=tuple)
 
     @property
@@ -86,14 +86,30 @@ class Ticket:
 
 _NUMBER = (int, float)
 _FIELD_TYPES = {
-    "request_id": str, "index": int, "priority": int, "prompt": str, "negative_prompt": str,
-    "steps": int, "width": int, "height": int, "guidance": _NUMBER, "model": str, "engine": str,
-    "weights": str, "attempt": int, "deaths": int, "attempts_before": int, "wait_s": _NUMBER, "not_before": _NUMBER, "reason": str,
+    "request_id": str,
+    "index": int,
+    "priority": int,
+    "prompt": str,
+    "negative_prompt": str,
+    "steps": int,
+    "width": int,
+    "height": int,
+    "guidance": _NUMBER,
+    "model": str,
+    "engine": str,
+    "weights": str,
+    "attempt": int,
+    "deaths": int,
+    "attempts_before": int,
+    "wait_s": _NUMBER,
+    "not_before": _NUMBER,
+    "reason": str,
 }
 
 
-def backoff_seconds(attempt: int, base: float = defaults.BACKOFF_BASE_SECONDS,
-                    cap: float = defaults.BACKOFF_CAP_SECONDS) -> float:
+def backoff_seconds(
+    attempt: int, base: float = defaults.BACKOFF_BASE_SECONDS, cap: float = defaults.BACKOFF_CAP_SECONDS
+) -> float:
     """Capped exponential backoff after the `attempt`-th failed attempt (1-based)."""
     return min(cap, base * 2 ** max(0, attempt - 1))
 
@@ -111,8 +127,9 @@ def due_at(ticket: Ticket, now: float) -> float:
     return ticket.not_before if ticket.not_before else now + ticket.wait_s
 
 
-def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now: float,
-                  max_attempts: int = defaults.MAX_ATTEMPTS) -> tuple[TicketState, Ticket]:
+def after_failure(
+    ticket: Ticket, error: str, transient: bool, worker: str, now: float, max_attempts: int = defaults.MAX_ATTEMPTS
+) -> tuple[TicketState, Ticket]:
     """Where a ticket goes when its attempt raised: (state, updated ticket)."""
     attempt = ticket.attempt + 1
     history = _record(ticket, "failed" if not transient else "error", error, worker, now)
@@ -121,24 +138,30 @@ def after_failure(ticket: Ticket, error: str, transient: bool, worker: str, now:
     if attempt >= max_attempts:
         reason = f"gave up after {attempt} attempts; last error: {error}"
         return TicketState.HELD, replace(ticket, attempt=attempt, reason=reason, history=history)
-    return TicketState.DEFERRED, replace(ticket, attempt=attempt, reason=error, history=history,
-                               wait_s=backoff_seconds(attempt), not_before=0.0)
+    return TicketState.DEFERRED, replace(
+        ticket, attempt=attempt, reason=error, history=history, wait_s=backoff_seconds(attempt), not_before=0.0
+    )
 
 
 def after_pause(ticket: Ticket, reason: str, worker: str, now: float, wait: float) -> tuple[TicketState, Ticket]:
     """An environmental stop (the disk is full): deferred, but not a failed attempt, so a
     long outage can never hold or poison a ticket."""
-    return TicketState.DEFERRED, replace(ticket, wait_s=wait, not_before=0.0, reason=f"waiting: {reason}",
-                               history=_record(ticket, "paused", reason, worker, now))
+    return TicketState.DEFERRED, replace(
+        ticket,
+        wait_s=wait,
+        not_before=0.0,
+        reason=f"waiting: {reason}",
+        history=_record(ticket, "paused", reason, worker, now),
+    )
 
 
-def after_death(ticket: Ticket, detail: str, worker: str, now: float,
-                max_deaths: int = defaults.MAX_WORKER_DEATHS) -> tuple[TicketState, Ticket]:
+def after_death(
+    ticket: Ticket, detail: str, worker: str, now: float, max_deaths: int = defaults.MAX_WORKER_DEATHS
+) -> tuple[TicketState, Ticket]:
     """Where a ticket goes when its worker died or its lease expired."""
     deaths = ticket.deaths + 1
     history = _record(ticket, "worker-lost", detail, worker, now)
-    updated = replace(ticket, attempt=ticket.attempt + 1, deaths=deaths, history=history,
-                      reason=detail)
+    updated = replace(ticket, attempt=ticket.attempt + 1, deaths=deaths, history=history, reason=detail)
     if deaths >= max_deaths:
         reason = f"poison ticket: its worker died {deaths} times without a result ({detail})"
         return TicketState.HELD, replace(updated, reason=reason)
@@ -149,18 +172,45 @@ def after_retry(ticket: Ticket, now: float) -> Ticket:
     """`sdgen retry`: a fresh start for a failed or held ticket, history kept. Only what
     decides backoff and holding restarts; the attempts made so far are kept as a total, so
     the next attempt is not numbered 1 again (two MLflow runs `ticket 1 attempt 1`)."""
-    return replace(ticket, attempt=0, attempts_before=ticket.attempts_before + ticket.attempt, deaths=0, wait_s=0.0, not_before=0.0, reason="",
-                   history=_record(ticket, "retry", "retried by user", "", now))
+    return replace(
+        ticket,
+        attempt=0,
+        attempts_before=ticket.attempts_before + ticket.attempt,
+        deaths=0,
+        wait_s=0.0,
+        not_before=0.0,
+        reason="",
+        history=_record(ticket, "retry", "retried by user", "", now),
+    )
 
 
-def attempt_event(ticket: Ticket, status: str, worker: str, host: str, started_at: float,
-                  ended_at: float, error: str = "", result: dict | None = None,
-                  engine: dict | None = None, gpu: str | None = None) -> dict:
+def attempt_event(
+    ticket: Ticket,
+    status: str,
+    worker: str,
+    host: str,
+    started_at: float,
+    ended_at: float,
+    error: str = "",
+    result: dict | None = None,
+    engine: dict | None = None,
+    gpu: str | None = None,
+) -> dict:
     """What the tracker needs to log one attempt as an MLflow child run.
     status: FINISHED, FAILED or KILLED (worker lost, or cancelled)."""
     return {
-        "kind": "attempt", "request_id": ticket.request_id, "ticket": ticket.name,
-        "attempt": ticket.attempt_number, "status": status, "worker": worker, "host": host,
-        "gpu": gpu, "started_at": started_at, "ended_at": ended_at, "error": error[:4000],
-        "result": result or {}, "engine": engine or {}, "ticket_data": json.loads(ticket.to_json()),
+        "kind": "attempt",
+        "request_id": ticket.request_id,
+        "ticket": ticket.name,
+        "attempt": ticket.attempt_number,
+        "status": status,
+        "worker": worker,
+        "host": host,
+        "gpu": gpu,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "error": error[:4000],
+        "result": result or {},
+        "engine": engine or {},
+        "ticket_data": json.loads(ticket.to_json()),
     }

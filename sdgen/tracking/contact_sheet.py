@@ -33,8 +33,7 @@ def contact_sheet(paths: list[Path], thumb: int = 128, columns: int = 16) -> Ima
                 img = img.convert("RGB")
                 img.thumbnail((thumb, thumb))
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds for damaged files
-            log.warning("contact sheet: skipped %s (%s)", printable(path.name),
-                        type(e).__name__)
+            log.warning("contact sheet: skipped %s (%s)", printable(path.name), type(e).__name__)
             continue
         x, y = (i % columns) * thumb, (i // columns) * thumb
         sheet.paste(img, (x + (thumb - img.width) // 2, y + (thumb - img.height) // 2))

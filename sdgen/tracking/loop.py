@@ -13,8 +13,14 @@ log = logging.getLogger(__name__)
 
 
 class TrackerThread:
-    def __init__(self, spool: Spool, launcher: str = "local", images: str = "all",
-                 interval: float = 1.0, max_backoff: float = 30.0):
+    def __init__(
+        self,
+        spool: Spool,
+        launcher: str = "local",
+        images: str = "all",
+        interval: float = 1.0,
+        max_backoff: float = 30.0,
+    ):
         self.spool, self.launcher, self.images = spool, launcher, images
         self.interval, self.max_backoff = interval, max_backoff
         self.tracker = None
@@ -54,8 +60,10 @@ class TrackerThread:
         deadline = time.monotonic() + flush_seconds
         while time.monotonic() < deadline:
             if not self.tracker.step(time.time()):
-                log.warning("MLflow unreachable at shutdown: %d event(s) wait in spool/events for "
-                            "the next daemon", self.tracker.backlog())
+                log.warning(
+                    "MLflow unreachable at shutdown: %d event(s) wait in spool/events for the next daemon",
+                    self.tracker.backlog(),
+                )
                 return
             if self.tracker.settled():
                 return

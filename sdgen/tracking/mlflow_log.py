@@ -43,19 +43,31 @@ FINAL_STATUS = {RequestState.DONE: "FINISHED", RequestState.FAILED: "FAILED", Re
 IMAGE_MODES = ("all", "sample", "none")
 SAMPLE_IMAGES = 4
 LOG_TAIL_LINES = 60
-REQUEST_BACKOFF = 2.0        # seconds before a request whose logging failed is tried again...
+REQUEST_BACKOFF = 2.0  # seconds before a request whose logging failed is tried again...
 REQUEST_MAX_BACKOFF = 300.0  # ... doubling up to this
 EVENT_KINDS = ("attempt", "worker-failed")
 EVENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
 EVENT_NAME = re.compile(r"^\d+-(\d{8}-\d{6}-[0-9a-f]{6})-[0-9a-f]+\.json$")
 
 # errno values that mean "cannot reach the server", not "this request is wrong"
-_OUTAGE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH,
-                  errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.ETIMEDOUT, errno.EPIPE}
+_OUTAGE_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EHOSTDOWN,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+}
 # mlflow's own wording for server-side unavailability (it wraps requests' errors in text)
-_OUTAGE_TEXT = re.compile(r"too many (429|502|503|504) error responses|Max retries exceeded|"
-                          r"Connection (refused|reset|aborted)|Failed to establish a new connection|"
-                          r"timed out|database is locked|unable to open database file", re.IGNORECASE)
+_OUTAGE_TEXT = re.compile(
+    r"too many (429|502|503|504) error responses|Max retries exceeded|"
+    r"Connection (refused|reset|aborted)|Failed to establish a new connection|"
+    r"timed out|database is locked|unable to open database file",
+    re.IGNORECASE,
+)
 
 
 def is_outage(e: BaseException) -> bool:
@@ -118,23 +130,57 @@ def check_event(event) -> dict:
     if kind == "worker-failed":
         _need(event, "", error=str)
         return event
-    _need(event, "", ticket=str, attempt=int, status=str, started_at=(int, float),
-          host=(str, type(None)), gpu=(str, type(None)), error=(str, type(None)),
-          result=(dict, type(None)), engine=(dict, type(None)), ticket_data=dict)
+    _need(
+        event,
+        "",
+        ticket=str,
+        attempt=int,
+        status=str,
+        started_at=(int, float),
+        host=(str, type(None)),
+        gpu=(str, type(None)),
+        error=(str, type(None)),
+        result=(dict, type(None)),
+        engine=(dict, type(None)),
+        ticket_data=dict,
+    )
     if "run_id" in event:
         _need(event, "", run_id=str)
     if event["status"] not in EVENT_STATUSES:
         raise BadEvent(f"status is not one of {', '.join(EVENT_STATUSES)}")
     t = event["ticket_data"]
-    _need(t, "ticket_data.", index=int, prompt=str, negative_prompt=(str, type(None)), images=list,
-          steps=int, width=int, height=int, guidance=(int, float), model=str, weights=str, engine=str)
+    _need(
+        t,
+        "ticket_data.",
+        index=int,
+        prompt=str,
+        negative_prompt=(str, type(None)),
+        images=list,
+        steps=int,
+        width=int,
+        height=int,
+        guidance=(int, float),
+        model=str,
+        weights=str,
+        engine=str,
+    )
     for image in t["images"]:
         if not isinstance(image, dict):
             raise BadEvent("ticket_data.images holds a non-object")
         _need(image, "ticket_data.images[].", seed=int)
     result = event.get("result") or {}
-    _need(result | {"seconds": result.get("seconds") or {}, "outputs": result.get("outputs") or [],
-                    "system": result.get("system") or []}, "result.", seconds=dict, outputs=list, system=list)
+    _need(
+        result
+        | {
+            "seconds": result.get("seconds") or {},
+            "outputs": result.get("outputs") or [],
+            "system": result.get("system") or [],
+        },
+        "result.",
+        seconds=dict,
+        outputs=list,
+        system=list,
+    )
     for key, value in (result.get("seconds") or {}).items():
         if value is not None:
             _need({key: value}, "result.seconds.", **{key: (int, float)})
@@ -173,8 +219,7 @@ def _param(value) -> str:
 
 
 class Tracker:
-    def __init__(self, spool: Spool, launcher: str = "local", images: str = "all",
-                 uri: str | None = None):
+    def __init__(self, spool: Spool, launcher: str = "local", images: str = "all", uri: str | None = None):
         self.spool = spool
         self.launcher = launcher
         self.images = images
@@ -183,7 +228,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self._experiments: dict[str, str] = {}
         self._finalized: set[str] = set()
-        self._failed: set[str] = set()   # finalized as FAILED: `sdgen retry` may reopen them
+        self._failed: set[str] = set()  # finalized as FAILED: `sdgen retry` may reopen them
         self._progress: dict[str, tuple[int, float]] = {}
         self.down_since: float | None = None
         self.last_error = ""
@@ -262,10 +307,18 @@ class Tracker:
         delay = min(REQUEST_MAX_BACKOFF, REQUEST_BACKOFF * 2 ** min(attempts - 1, 20))
         text = _one_line(e)
         if old is None or old["error"] != text:
-            log.warning("MLflow logging of request %s failed (%s); the other requests go on, it is "
-                        "retried in %.0fs", request_id, printable(text), delay)
-        self.failures[request_id] = {"error": text, "since": old["since"] if old else now,
-                                     "attempts": attempts, "next_try": now + delay}
+            log.warning(
+                "MLflow logging of request %s failed (%s); the other requests go on, it is retried in %.0fs",
+                request_id,
+                printable(text),
+                delay,
+            )
+        self.failures[request_id] = {
+            "error": text,
+            "since": old["since"] if old else now,
+            "attempts": attempts,
+            "next_try": now + delay,
+        }
         self._write_status(now)
 
     def _recovered(self, request_ids: set[str], now: float) -> None:
@@ -287,8 +340,11 @@ class Tracker:
             if request_id in self._finalized or request_id in self.failures:
                 continue
             meta = self.spool.read_state(request_id)
-            if meta and summarize(meta, counts.get(request_id, {}),
-                                  self.spool.is_cancelled(request_id))["state"] in FINAL_STATUS:
+            if (
+                meta
+                and summarize(meta, counts.get(request_id, {}), self.spool.is_cancelled(request_id))["state"]
+                in FINAL_STATUS
+            ):
                 return False
         return True
 
@@ -299,8 +355,11 @@ class Tracker:
         text = _one_line(e)
         if self.down_since is None:
             self.down_since = now
-            log.warning("MLflow at %s is not answering (%s); generation goes on, tracking will "
-                        "catch up when it is back", redact(self.uri), printable(text))
+            log.warning(
+                "MLflow at %s is not answering (%s); generation goes on, tracking will catch up when it is back",
+                redact(self.uri),
+                printable(text),
+            )
         self.last_error = text
         self._write_status(now)
 
@@ -313,9 +372,14 @@ class Tracker:
             self._write_status(now)
 
     def _write_status(self, now: float) -> None:
-        status = {"uri": redact(self.uri), "ok": self.down_since is None,
-                  "down_since": self.down_since, "error": self.last_error if self.down_since else "",
-                  "updated": now, "requests": self.failures}
+        status = {
+            "uri": redact(self.uri),
+            "ok": self.down_since is None,
+            "down_since": self.down_since,
+            "error": self.last_error if self.down_since else "",
+            "updated": now,
+            "requests": self.failures,
+        }
         self.spool.write_tracking_status(status)
 
     # -- experiments and parent runs ------------------------------------------------------
@@ -348,10 +412,18 @@ class Tracker:
         if record is None:
             name = request.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "sdgen"
             exp_id = self.experiment_id(name)
-            run = self.client.create_run(exp_id, start_time=_ms(meta.get("accepted_at", now)), tags={
-                "sdgen.request_id": request_id, "sdgen.name": request.name, "sdgen.user": getpass.getuser(),
-                "sdgen.host": socket.gethostname(), "sdgen.launcher": self.launcher,
-            }, run_name=request.name or request_id)
+            run = self.client.create_run(
+                exp_id,
+                start_time=_ms(meta.get("accepted_at", now)),
+                tags={
+                    "sdgen.request_id": request_id,
+                    "sdgen.name": request.name,
+                    "sdgen.user": getpass.getuser(),
+                    "sdgen.host": socket.gethostname(),
+                    "sdgen.launcher": self.launcher,
+                },
+                run_name=request.name or request_id,
+            )
             # Remember the run before logging into it: an outage now must not make a twin.
             record = {"experiment_id": exp_id, "run_id": run.info.run_id, "finalized": False, "ready": False}
             self.spool.write_mlflow_record(request_id, record)
@@ -392,16 +464,21 @@ class Tracker:
                 result = marker.get("result") if isinstance(marker, dict) else None
                 outputs = result.get("outputs") if isinstance(result, dict) else None
                 # a marker is spool data: only well-formed entries go into the manifest
-                images.extend(o for o in outputs or [] if isinstance(o, dict) and isinstance(o.get("file"), str)
-                              and all(isinstance(o.get(k), int) for k in ("prompt_index", "image_index")))
+                images.extend(
+                    o
+                    for o in outputs or []
+                    if isinstance(o, dict)
+                    and isinstance(o.get("file"), str)
+                    and all(isinstance(o.get(k), int) for k in ("prompt_index", "image_index"))
+                )
         images.sort(key=lambda o: (o["prompt_index"], o["image_index"]))
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "manifest.json"
-            manifest.write_text(json.dumps({"request_id": request_id, "state": state,
-                                            "images": images}, indent=1))
+            manifest.write_text(json.dumps({"request_id": request_id, "state": state, "images": images}, indent=1))
             self.client.log_artifact(run_id, str(manifest))
-            sheet = contact_sheet([p for p in (self._output_file(request_id, o.get("file", ""))
-                                               for o in images) if p is not None])
+            sheet = contact_sheet(
+                [p for p in (self._output_file(request_id, o.get("file", "")) for o in images) if p is not None]
+            )
             if sheet is not None:
                 sheet.save(Path(tmp) / "contact_sheet.png")
                 self.client.log_artifact(run_id, str(Path(tmp) / "contact_sheet.png"))
@@ -435,8 +512,7 @@ class Tracker:
         if quarantine is not None:
             quarantine(path, f"a tracking event that cannot be logged: {reason}", now)
             return
-        log.error("tracking event %s cannot be logged (%s): set aside as .corrupt",
-                  printable(name), printable(reason))
+        log.error("tracking event %s cannot be logged (%s): set aside as .corrupt", printable(name), printable(reason))
         self.spool.set_aside_event(name)
 
     def _read_event(self, name: str, now: float) -> dict | None:
@@ -491,12 +567,21 @@ class Tracker:
             pass
         if "run_id" not in event:
             t = event["ticket_data"]
-            run = self.client.create_run(record["experiment_id"], start_time=_ms(event["started_at"]), tags={
-                "mlflow.parentRunId": record["run_id"], "sdgen.request_id": event["request_id"],
-                "sdgen.ticket": event["ticket"], "sdgen.attempt": str(event["attempt"]),
-                "sdgen.worker": event["worker"], "sdgen.host": event["host"] or "",
-                "sdgen.gpu": event.get("gpu") or "", "sdgen.launcher": self.launcher,
-            }, run_name=f"ticket {t['index']} attempt {event['attempt']}")
+            run = self.client.create_run(
+                record["experiment_id"],
+                start_time=_ms(event["started_at"]),
+                tags={
+                    "mlflow.parentRunId": record["run_id"],
+                    "sdgen.request_id": event["request_id"],
+                    "sdgen.ticket": event["ticket"],
+                    "sdgen.attempt": str(event["attempt"]),
+                    "sdgen.worker": event["worker"],
+                    "sdgen.host": event["host"] or "",
+                    "sdgen.gpu": event.get("gpu") or "",
+                    "sdgen.launcher": self.launcher,
+                },
+                run_name=f"ticket {t['index']} attempt {event['attempt']}",
+            )
             event["run_id"] = run.info.run_id
             # Remember the run before logging into it: a crash now cannot create a twin.
             self.spool.rewrite_event(name, event)
@@ -520,33 +605,49 @@ class Tracker:
         engine = event.get("engine") or {}
         seeds = [i["seed"] for i in t["images"]]
         params = {
-            "prompt": t["prompt"], "negative_prompt": t["negative_prompt"],
-            "seeds": ",".join(map(str, seeds)), "batch": len(seeds), "steps": t["steps"],
-            "size": f"{t['width']}x{t['height']}", "guidance": t["guidance"], "model": t["model"],
-            "weights": t["weights"], "engine": t["engine"],
-            "backend": engine.get("backend", ""), "precision": engine.get("precision", ""),
+            "prompt": t["prompt"],
+            "negative_prompt": t["negative_prompt"],
+            "seeds": ",".join(map(str, seeds)),
+            "batch": len(seeds),
+            "steps": t["steps"],
+            "size": f"{t['width']}x{t['height']}",
+            "guidance": t["guidance"],
+            "model": t["model"],
+            "weights": t["weights"],
+            "engine": t["engine"],
+            "backend": engine.get("backend", ""),
+            "precision": engine.get("precision", ""),
         }
         result = event.get("result") or {}
         seconds = result.get("seconds") or {}
         ts = _ms(event["ended_at"])
-        metrics = [Metric(k, float(v), ts, 0) for k, v in (
-            ("model_build_s", seconds.get("model_build")), ("compile_s", seconds.get("compile")),
-            ("peak_rss_mb", seconds.get("peak_rss_mb")), ("generate_s", seconds.get("generate")),
-            ("total_s", seconds.get("total"))) if v is not None]
+        metrics = [
+            Metric(k, float(v), ts, 0)
+            for k, v in (
+                ("model_build_s", seconds.get("model_build")),
+                ("compile_s", seconds.get("compile")),
+                ("peak_rss_mb", seconds.get("peak_rss_mb")),
+                ("generate_s", seconds.get("generate")),
+                ("total_s", seconds.get("total")),
+            )
+            if v is not None
+        ]
         made = result.get("images_made")
         if made:
             metrics.append(Metric("seconds_per_image", seconds.get("generate", 0.0) / made, ts, 0))
             metrics.append(Metric("images_made", made, ts, 0))
         for step, sample in enumerate(result.get("system") or []):
-            metrics.extend(Metric(f"system/{k}", float(v), _ms(sample["t"]), step)
-                           for k, v in sample.items() if k != "t")
+            metrics.extend(
+                Metric(f"system/{k}", float(v), _ms(sample["t"]), step) for k, v in sample.items() if k != "t"
+            )
         tags = []
         if event.get("error"):
             tags.append(RunTag("sdgen.error", _param(event["error"])))
-        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
-                              metrics=metrics[:1000], tags=tags)
+        self.client.log_batch(
+            run_id, params=[Param(k, _param(v)) for k, v in params.items()], metrics=metrics[:1000], tags=tags
+        )
         for i in range(1000, len(metrics), 1000):  # MLflow takes at most 1000 per batch
-            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
         outputs = result.get("outputs") or []
         chosen = {"all": outputs, "sample": outputs[:SAMPLE_IMAGES], "none": []}[self.images]
         for o in chosen:

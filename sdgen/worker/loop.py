@@ -31,8 +31,9 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, spool: Spool, worker_id: str | None = None,
-                 heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS):
+    def __init__(
+        self, spool: Spool, worker_id: str | None = None, heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
+    ):
         self.spool = spool
         self.worker_id = worker_id or new_worker_id()
         self.heartbeat_seconds = heartbeat_seconds
@@ -54,12 +55,13 @@ class Worker:
         """Claim and run one ticket, or a group of one request's small tickets as one batch
         (see _fill_group): the first ticket's outcome, the others' in its `others`. None when
         there was nothing to claim."""
-        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled,
-                           view=self.pending)
+        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled, view=self.pending)
         if claim is None:
             return None
         ticket = claim.ticket
-        log.info("ticket %s: %d image(s), attempt %d", printable(ticket.name), len(ticket.images), ticket.attempt_number)
+        log.info(
+            "ticket %s: %d image(s), attempt %d", printable(ticket.name), len(ticket.images), ticket.attempt_number
+        )
         try:
             engine = self.engine(ticket.engine)
         except EngineError as e:
@@ -69,8 +71,7 @@ class Worker:
             return Outcome(state or "lost", error=str(e), fatal_for_worker=isinstance(e, SettingError))
         claims = [claim] + self._fill_group(claim, engine, now)
         with contextlib.ExitStack() as stack:
-            stops = [self._stop_check(c, stack.enter_context(Heartbeat(c, self.heartbeat_seconds)))
-                     for c in claims]
+            stops = [self._stop_check(c, stack.enter_context(Heartbeat(c, self.heartbeat_seconds))) for c in claims]
             if len(claims) == 1:
                 outcomes = [run_ticket(claim, engine, stops[0], self.worker_id)]
             else:
@@ -78,10 +79,15 @@ class Worker:
         for c, outcome in zip(claims, outcomes):
             self.tickets_run += 1
             secs = outcome.seconds.get("total")
-            log.info("ticket %s: %s, %d made, %d already there%s%s", printable(c.name), outcome.state,
-                     outcome.images_made, outcome.images_skipped,
-                     f", {secs:.2f}s" if secs is not None else "",
-                     f" ({printable(outcome.error)})" if outcome.error else "")
+            log.info(
+                "ticket %s: %s, %d made, %d already there%s%s",
+                printable(c.name),
+                outcome.state,
+                outcome.images_made,
+                outcome.images_skipped,
+                f", {secs:.2f}s" if secs is not None else "",
+                f" ({printable(outcome.error)})" if outcome.error else "",
+            )
         first = outcomes[0]
         first.others = outcomes[1:]
         return first
@@ -98,8 +104,13 @@ class Worker:
             extra = claim_more(self.spool, self.worker_id, claim.ticket.request_id, self.pending, now)
             if extra is None:
                 break
-            log.info("ticket %s: %d image(s), attempt %d, grouped with %s", extra.name, len(extra.ticket.images),
-                     extra.ticket.attempt_number, claim.name)
+            log.info(
+                "ticket %s: %d image(s), attempt %d, grouped with %s",
+                extra.name,
+                len(extra.ticket.images),
+                extra.ticket.attempt_number,
+                claim.name,
+            )
             more.append(extra)
             images += len(extra.ticket.images)
         return more
@@ -127,8 +138,12 @@ class Worker:
 
         return should_stop
 
-    def work(self, idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
-             max_tickets: int | None = None, poll: float = defaults.WORKER_POLL_SECONDS) -> int:
+    def work(
+        self,
+        idle_exit: float = defaults.WORKER_IDLE_EXIT_SECONDS,
+        max_tickets: int | None = None,
+        poll: float = defaults.WORKER_POLL_SECONDS,
+    ) -> int:
         """Run tickets until idle for `idle_exit` seconds, `max_tickets` ran, or a signal."""
         self._install_signals()
         idle_since = time.monotonic()

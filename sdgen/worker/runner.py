@@ -6,17 +6,17 @@ loop never sees a traceback from a ticket.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import secrets
 import socket
 import time
-import contextlib
-import csv
-import errno
-import json
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -25,40 +25,47 @@ from typing import Callable
 from sdgen import defaults
 from sdgen.engine.base import Engine, ImageJob
 from sdgen.exceptions import EngineError, UserError
+from sdgen.fsutil import fsync_dir
+from sdgen.pngmeta import png_info
 from sdgen.spool.claim import Claim, pid_alive
 from sdgen.spool.layout import image_file_name
-from sdgen.fsutil import fsync_dir
 from sdgen.spool.records import CorruptRecord
 from sdgen.spool.split import image_seed
 from sdgen.spool.states import TicketState
 from sdgen.spool.ticket import attempt_event
 from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
-from sdgen.pngmeta import png_info
 from sdgen.worker.sysmetrics import SystemSampler
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Outcome:
-    state: str                 # a TicketState (done, cancelled, deferred, failed, held), or handed-back, lost
+    state: str  # a TicketState (done, cancelled, deferred, failed, held), or handed-back, lost
     images_made: int = 0
     images_skipped: int = 0
     seconds: dict = field(default_factory=dict)
     error: str = ""
     fatal_for_worker: bool = False  # e.g. out of memory: this process should exit
-    pause: bool = False             # e.g. the disk is full: wait before claiming again
+    pause: bool = False  # e.g. the disk is full: wait before claiming again
     others: list = field(default_factory=list)  # the other tickets' outcomes when run as a group
 
 
 def image_job(ticket) -> ImageJob:
     """What the engine is given of a ticket: prompts, sizes, seeds (its image records pass
     through, so the images come back in their order); never the ticket itself."""
-    return ImageJob(prompt=ticket.prompt, negative_prompt=ticket.negative_prompt, images=ticket.images,
-                    steps=ticket.steps, width=ticket.width, height=ticket.height, guidance=ticket.guidance,
-                    model=ticket.model, weights=ticket.weights)
+    return ImageJob(
+        prompt=ticket.prompt,
+        negative_prompt=ticket.negative_prompt,
+        images=ticket.images,
+        steps=ticket.steps,
+        width=ticket.width,
+        height=ticket.height,
+        guidance=ticket.guidance,
+        model=ticket.model,
+        weights=ticket.weights,
+    )
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -87,13 +94,11 @@ def _sweep_parts(out_dir) -> None:
     host = socket.gethostname()
     for part in out_dir.glob(".*.part"):
         try:
-            part_host, pid = part.name[:-len(".part")].rsplit(".", 2)[-2:]
+            part_host, pid = part.name[: -len(".part")].rsplit(".", 2)[-2:]
             if part_host == host and not pid_alive(int(pid)):
                 part.unlink(missing_ok=True)
         except (ValueError, OSError):
             continue
-
-
 
 
 INDEX_JSON = "index.json"
@@ -131,15 +136,29 @@ def write_index(spool, request_id: str, out_dir) -> None:
         log.warning("no index for outputs/%s: %s", printable(request_id), printable(e))
         return
     seed = request.seed or 0
-    _publish_text(out_dir / INDEX_JSON, json.dumps({
-        "request_id": request_id, "name": request.name,
-        "files": "<prompt index, 4 digits>-<image index, 6 digits>-<seed>.png; index.csv lists them",
-        "prompts": {str(i): p for i, p in enumerate(request.prompts)},
-        "negative_prompt": request.negative_prompt, "seed": seed,
-        "steps": request.steps, "width": request.width, "height": request.height,
-        "guidance": request.guidance, "model": request.model, "engine": request.engine,
-        "weights": request.weights,
-    }, indent=1, ensure_ascii=False) + "\n")
+    _publish_text(
+        out_dir / INDEX_JSON,
+        json.dumps(
+            {
+                "request_id": request_id,
+                "name": request.name,
+                "files": "<prompt index, 4 digits>-<image index, 6 digits>-<seed>.png; index.csv lists them",
+                "prompts": {str(i): p for i, p in enumerate(request.prompts)},
+                "negative_prompt": request.negative_prompt,
+                "seed": seed,
+                "steps": request.steps,
+                "width": request.width,
+                "height": request.height,
+                "guidance": request.guidance,
+                "model": request.model,
+                "engine": request.engine,
+                "weights": request.weights,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n",
+    )
     buf = io.StringIO()
     rows = csv.writer(buf)
     rows.writerow(["file", "prompt_index", "image_index", "seed", "prompt"])
@@ -178,8 +197,13 @@ def _write_png(path, image, pnginfo=None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | None],
-               worker_id: str, now: Callable[[], float] = time.time) -> Outcome:
+def run_ticket(
+    claim: Claim,
+    engine: Engine,
+    should_stop: Callable[[], str | None],
+    worker_id: str,
+    now: Callable[[], float] = time.time,
+) -> Outcome:
     """Generate what `claim`'s ticket still lacks. `should_stop` returns a reason to stop
     at the next image boundary ('cancelled', 'shutdown', 'lost') or None."""
     ticket = claim.ticket
@@ -217,12 +241,24 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         timings["total"] = round(time.perf_counter() - started, 4)
         outputs.sort(key=lambda o: (o[0].prompt_index, o[0].image_index))
         result = {
-            "worker": worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "attempt": ticket.attempt_number, "finished_at": now(), "seconds": timings,
-            "images_made": made, "images_skipped": skipped,
-            "outputs": [{"file": str(p.relative_to(spool.layout.root)), "seed": s.seed,
-                         "prompt_index": s.prompt_index, "image_index": s.image_index,
-                         "sha256": d} for s, p, d in outputs],
+            "worker": worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "attempt": ticket.attempt_number,
+            "finished_at": now(),
+            "seconds": timings,
+            "images_made": made,
+            "images_skipped": skipped,
+            "outputs": [
+                {
+                    "file": str(p.relative_to(spool.layout.root)),
+                    "seed": s.seed,
+                    "prompt_index": s.prompt_index,
+                    "image_index": s.image_index,
+                    "sha256": d,
+                }
+                for s, p, d in outputs
+            ],
         }
         if isinstance(sampler, SystemSampler):
             result["system"] = sampler.samples
@@ -234,16 +270,21 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
         if is_disk_full(e):
             log.error("ticket %s: disk full (%s); deferred without counting an attempt", ticket.name, e)
             try:
-                state = claim.pause(f"{e.strerror} ({spool.layout.root}): free some space", now(),
-                                    defaults.DISK_FULL_WAIT_SECONDS)
+                state = claim.pause(
+                    f"{e.strerror} ({spool.layout.root}): free some space", now(), defaults.DISK_FULL_WAIT_SECONDS
+                )
             except OSError:
                 state = "lost"
             return Outcome(state, 0, skipped, timings, f"OSError: {e}", pause=True)
         transient, fatal = classify(e)
         detail = f"{type(e).__name__}: {e}"
         # an error's text may quote the prompt or a file name: inert in the worker's log
-        log.error("ticket %s failed (%s): %s", printable(ticket.name), "transient" if transient else "permanent",
-                  printable(detail))
+        log.error(
+            "ticket %s failed (%s): %s",
+            printable(ticket.name),
+            "transient" if transient else "permanent",
+            printable(detail),
+        )
         log.debug("%s", traceback.format_exc())
         try:
             state = claim.fail(detail, transient, now()) or "lost"
@@ -257,8 +298,11 @@ def run_ticket(claim: Claim, engine: Engine, should_stop: Callable[[], str | Non
 
 def _missing(claim: Claim) -> list:
     out_dir = claim.spool.layout.output_dir(claim.ticket.request_id)
-    return [spec for spec in claim.ticket.images
-            if not (out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)).exists()]
+    return [
+        spec
+        for spec in claim.ticket.images
+        if not (out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)).exists()
+    ]
 
 
 class Pregenerated(Engine):
@@ -283,12 +327,19 @@ class Pregenerated(Engine):
     def generate(self, job: ImageJob, images):
         missing = [s for s in images if (s.prompt_index, s.image_index) not in self.images]
         made = iter(self.engine.generate(job, missing) if missing else [])
-        return [self.images[key] if key in self.images else next(made)
-                for key in ((s.prompt_index, s.image_index) for s in images)]
+        return [
+            self.images[key] if key in self.images else next(made)
+            for key in ((s.prompt_index, s.image_index) for s in images)
+        ]
 
 
-def run_group(claims: list[Claim], engine: Engine, stops: list[Callable[[], str | None]],
-              worker_id: str, now: Callable[[], float] = time.time) -> list[Outcome]:
+def run_group(
+    claims: list[Claim],
+    engine: Engine,
+    stops: list[Callable[[], str | None]],
+    worker_id: str,
+    now: Callable[[], float] = time.time,
+) -> list[Outcome]:
     """Several small tickets of one request as one batch (the GPU makes images ~1.8x faster
     in batches of 16 than one by one), then each ticket written, marked and tracked on its
     own by `run_ticket`. A group that fails or is stopped leaves the rest to `run_ticket`
@@ -314,8 +365,12 @@ def run_group(claims: list[Claim], engine: Engine, stops: list[Callable[[], str 
                 for (ticket, specs), images in zip(chunk, made, strict=True):
                     ready[ticket.name].update(((s.prompt_index, s.image_index), im) for s, im in zip(specs, images))
         except Exception as e:  # noqa: BLE001 - each ticket then runs, and fails, alone
-            log.warning("a group of %d tickets failed as one batch (%s: %s); running them one by one",
-                        len(claims), type(e).__name__, e)
+            log.warning(
+                "a group of %d tickets failed as one batch (%s: %s); running them one by one",
+                len(claims),
+                type(e).__name__,
+                e,
+            )
             ready = {claim.name: {} for claim in claims}  # out of memory too: single tickets are smaller
     per_image = seconds / total if total else 0.0
 
@@ -342,10 +397,10 @@ def _chunks(items: list, limit: int) -> list[list]:
     for ticket, specs in items:
         specs = list(specs)
         while specs:
-            take = specs[:limit - size]
+            take = specs[: limit - size]
             current.append((ticket, take))
             size += len(take)
-            specs = specs[len(take):]
+            specs = specs[len(take) :]
             if size == limit:
                 chunks.append(current)
                 current, size = [], 0
@@ -366,7 +421,7 @@ def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tu
         reason = should_stop()
         if reason:
             return made, reason
-        part = todo[i:i + chunk]
+        part = todo[i : i + chunk]
         t0 = time.perf_counter()
         images = engine.generate(job, [spec for spec, _ in part])
         gen_seconds += time.perf_counter() - t0
@@ -374,8 +429,12 @@ def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tu
         # an H100 a 16-image batch took 0.9 s to write one by one beside 3.5 s of sampling
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=min(len(part), os.cpu_count() or 1, 16)) as pool:
-            shas = list(pool.map(lambda job: _write_png(job[0][1], job[1], png_info(ticket, job[0][0], described)),
-                                 zip(part, images, strict=True)))
+            shas = list(
+                pool.map(
+                    lambda job: _write_png(job[0][1], job[1], png_info(ticket, job[0][0], described)),
+                    zip(part, images, strict=True),
+                )
+            )
         write_seconds += time.perf_counter() - t0
         for (spec, path), sha in zip(part, shas):
             outputs.append((spec, path, sha))
@@ -385,15 +444,26 @@ def _generate(engine: Engine, ticket, todo, should_stop, outputs, timings) -> tu
     return made, None
 
 
-def _event(claim: Claim, status: str, engine: Engine, ended_at: float, error: str = "",
-           result: dict | None = None) -> None:
+def _event(
+    claim: Claim, status: str, engine: Engine, ended_at: float, error: str = "", result: dict | None = None
+) -> None:
     """Tell the tracker how this attempt ended. Never fails the ticket: a lost event only
     means a missing MLflow child run, not a lost image."""
     try:
-        claim.spool.record_event(attempt_event(
-            claim.ticket, status, claim.lease.worker, socket.gethostname(), claim.lease.claimed_at,
-            ended_at, error=error, result=result, engine=engine.describe(),
-            gpu=os.environ.get("CUDA_VISIBLE_DEVICES")))
+        claim.spool.record_event(
+            attempt_event(
+                claim.ticket,
+                status,
+                claim.lease.worker,
+                socket.gethostname(),
+                claim.lease.claimed_at,
+                ended_at,
+                error=error,
+                result=result,
+                engine=engine.describe(),
+                gpu=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            )
+        )
     except OSError as e:
         log.warning("could not record the tracking event of %s: %s", claim.name, e)
 

@@ -53,8 +53,12 @@ class SystemSampler(Background):
         proc, gpu = psutil.Process(), _Gpu()
         proc.cpu_percent(None)
         while True:
-            sample = {"t": time.time(), "cpu_percent": proc.cpu_percent(None),
-                      "rss_mb": proc.memory_info().rss / 2**20, **gpu.sample()}
+            sample = {
+                "t": time.time(),
+                "cpu_percent": proc.cpu_percent(None),
+                "rss_mb": proc.memory_info().rss / 2**20,
+                **gpu.sample(),
+            }
             if len(self.samples) < defaults.SYSMETRICS_MAX_SAMPLES:
                 self.samples.append(sample)
             if self.stopping.wait(self.interval):

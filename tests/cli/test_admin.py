@@ -1,14 +1,28 @@
 """`sdgen cancel` agrees with what the daemon does: a cancel before acceptance holds, and a
 request whose tickets are all done is not cancelled, whatever state.json says yet."""
 
-
 from sdgen.spool.request import parse_request
 from tests.conftest import FAST, sdgen, status_json
 
 
 def test_a_cancel_while_in_the_inbox_holds_when_the_daemon_accepts(data, daemon):
-    rid = sdgen(data, "submit", "--prompt", "a", "--images", "4", "--engine", "dry-run", "--weights", "random",
-                "--width", "128", "--height", "128", check=True).stdout.strip()
+    rid = sdgen(
+        data,
+        "submit",
+        "--prompt",
+        "a",
+        "--images",
+        "4",
+        "--engine",
+        "dry-run",
+        "--weights",
+        "random",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        check=True,
+    ).stdout.strip()
     assert (data / "spool" / "inbox" / f"{rid}.yaml").exists()
     proc = sdgen(data, "cancel", rid)
     assert proc.returncode == 0 and "cancelled" in proc.stdout, proc.stderr

@@ -60,7 +60,8 @@ def caches(tmp_path):
         "inplace": root / "sd-v2-pretrained-bfloat16-eeee",
         "writing": root / "tmp-sd-v2-pretrained-bfloat16-ffff-123",
         "dead": root / "tmp-sd-v2-pretrained-bfloat16-ffff-99",
-        "old_weights": old_weights, "new_weights": new_weights,
+        "old_weights": old_weights,
+        "new_weights": new_weights,
     }
     paths["inplace"].mkdir()
     (paths["inplace"] / "weights.bin").write_bytes(b"\0" * 10)  # no meta.json
@@ -89,8 +90,10 @@ def test_status_lists_every_cache_with_size_and_last_use(caches):
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert out.startswith("weights ") and "9.0 KB in 2 entries" in out
     assert "last used 90 d ago" in lines["kcv_diffusion_model.h5"]
-    assert "current" in lines["sd-v1-pretrained-bfloat16-aaaa"] and "last used 1 d ago" in lines[
-        "sd-v1-pretrained-bfloat16-aaaa"]
+    assert (
+        "current" in lines["sd-v1-pretrained-bfloat16-aaaa"]
+        and "last used 1 d ago" in lines["sd-v1-pretrained-bfloat16-aaaa"]
+    )
     assert "last used 45 d ago" in lines["sd-v1-random-bfloat16-bbbb"]
     assert "made by other software" in lines["sd-v1-pretrained-bfloat16-cccc"]
     assert "damaged, set aside" in lines[paths["aside"].name]

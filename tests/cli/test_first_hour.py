@@ -22,9 +22,14 @@ def test_run_from_a_folder_holding_a_folder_named_sdgen(data, tmp_path):
     (tmp_path / "sdgen").mkdir()
     (tmp_path / "sdgen" / "README.md").write_text("a clone, say\n")
     try:
-        proc = subprocess.run([SDGEN, "run", "--prompt", "x", "--images", "2", *REQUEST, *FAST],
-                              env=sdgen_env(data), cwd=tmp_path, capture_output=True, text=True,
-                              timeout=90)
+        proc = subprocess.run(
+            [SDGEN, "run", "--prompt", "x", "--images", "2", *REQUEST, *FAST],
+            env=sdgen_env(data),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
     finally:
         kill_workers(data)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,8 +43,13 @@ def test_the_worker_commands_ignore_the_working_directory(tmp_path):
 
     (tmp_path / "sdgen").mkdir()
     for version in (sys.version_info[:2], None):
-        out = subprocess.run([*sdgen_command(sys.executable, version), "--version"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [*sdgen_command(sys.executable, version), "--version"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert out.returncode == 0 and out.stdout.startswith("sdgen "), (version, out.stderr[-2000:])
 
 
@@ -60,8 +70,18 @@ def test_ui_on_a_busy_port_exits_2_naming_port(data, spool):
 
 
 def test_progress_in_a_pipe_is_whole_lines(data):
-    proc = sdgen(data, "run", "--prompt", "x", "--images", "4", *REQUEST, *FAST,
-                 env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.3"), timeout=90)
+    proc = sdgen(
+        data,
+        "run",
+        "--prompt",
+        "x",
+        "--images",
+        "4",
+        *REQUEST,
+        *FAST,
+        env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.3"),
+        timeout=90,
+    )
     kill_workers(data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "\r" not in proc.stderr and "\033" not in proc.stderr
@@ -77,15 +97,22 @@ def _slow_run(data, images=30):
     data.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-m", "sdgen", "run", "--prompt", "x", "--images", str(images), *REQUEST, *FAST],
-        env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="1"), cwd=data.parent,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="1"),
+        cwd=data.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _workers_left(data) -> list:
     import psutil
 
-    return [p for p in psutil.process_iter(["cmdline"])
-            if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
+    ]
 
 
 def _wait_for_an_image(data):

@@ -5,11 +5,10 @@ per-user weight cache and resubmit. Each runs the real CLI in processes."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from sdgen.spool.request import parse_request
-from tests.conftest import sdgen, status_json
+from tests.conftest import sdgen
 
 DRY = "engine: dry-run\nweights: random\nwidth: 128\nheight: 128\n"
 
@@ -56,14 +55,22 @@ def test_the_output_folder_says_which_prompt_each_image_is(spool):
     for _ in range(4):
         assert worker_once(data).returncode == 0
     assert sorted(p.name for p in out.glob("*.png")) == [
-        "0000-000000-7.png", "0000-000001-8.png", "0001-000000-7.png", "0001-000001-8.png"]
+        "0000-000000-7.png",
+        "0000-000001-8.png",
+        "0001-000000-7.png",
+        "0001-000001-8.png",
+    ]
     index = json.loads((out / "index.json").read_text())
     assert index["prompts"] == {"0": "a red fox", "1": "a grey wolf, at night"} and index["seed"] == 7
     import csv
+
     rows = list(csv.DictReader((out / "index.csv").open()))
     assert [(r["file"], r["seed"], r["prompt"]) for r in rows] == [
-        ("0000-000000-7.png", "7", "a red fox"), ("0000-000001-8.png", "8", "a red fox"),
-        ("0001-000000-7.png", "7", "a grey wolf, at night"), ("0001-000001-8.png", "8", "a grey wolf, at night")]
+        ("0000-000000-7.png", "7", "a red fox"),
+        ("0000-000001-8.png", "8", "a red fox"),
+        ("0001-000000-7.png", "7", "a grey wolf, at night"),
+        ("0001-000001-8.png", "8", "a grey wolf, at night"),
+    ]
     assert not list(out.glob(".*.part"))
 
 
@@ -84,9 +91,18 @@ def test_status_of_one_request_is_a_detail_view_named_by_id_prefix_or_name(spool
     worker_once(data)
     for name in ("foxes", "20261126-000000", fox):
         out = sdgen(data, "status", name, check=True).stdout
-        for text in ("a red fox", "a fox at night", "seed      5", "128x128, 3 steps, guidance 7.5",
-                     "engine dry-run", "weights random", "batch size 1", str(data / "outputs" / fox),
-                     "ticket 0: deferred, 1 attempt(s):", "daemon: not running"):
+        for text in (
+            "a red fox",
+            "a fox at night",
+            "seed      5",
+            "128x128, 3 steps, guidance 7.5",
+            "engine dry-run",
+            "weights random",
+            "batch size 1",
+            str(data / "outputs" / fox),
+            "ticket 0: deferred, 1 attempt(s):",
+            "daemon: not running",
+        ):
             assert text in out, (name, text, out)
     d = json.loads(sdgen(data, "status", "foxes", "--json", check=True).stdout)
     assert d["id"] == fox and d["prompts"] == ["a red fox", "a fox at night"] and d["seed"] == 5
@@ -110,8 +126,20 @@ def test_list_filters_and_json_help_and_descriptions(spool):
     plain = sdgen(data)
     assert plain.returncode == 0 and "usage: sdgen" in plain.stdout and "resubmit" in plain.stdout
     assert "(default: local)" in sdgen(data, "daemon", "--help", check=True).stdout
-    for command in ("submit", "resubmit", "status", "list", "cancel", "retry", "daemon", "worker",
-                    "run", "weights", "show", "ui"):
+    for command in (
+        "submit",
+        "resubmit",
+        "status",
+        "list",
+        "cancel",
+        "retry",
+        "daemon",
+        "worker",
+        "run",
+        "weights",
+        "show",
+        "ui",
+    ):
         text = sdgen(data, command, "--help", check=True).stdout
         description = text.split("\n\n")[1]
         assert not description.startswith(("positional", "options")), (command, text)
@@ -122,13 +150,15 @@ def test_status_says_whether_a_daemon_runs_and_hides_stale_worker_counts(spool, 
     accept(spool, rid, "prompt: a fox\nimages: 1\nseed: 1\n")
     data = spool.layout.root
     # what a daemon that was killed leaves behind
-    (data / "spool" / "launcher.json").write_text(json.dumps(
-        {"launcher": "local", "blocked": None, "since": 0, "workers": {"running": 1}}))
+    (data / "spool" / "launcher.json").write_text(
+        json.dumps({"launcher": "local", "blocked": None, "since": 0, "workers": {"running": 1}})
+    )
     (data / "spool" / "daemon.json").write_text(json.dumps({"pid": 1, "host": "gone", "started": 0}))
     out = sdgen(data, "status", check=True).stdout
     assert "daemon: not running — start `sdgen daemon" in out and "workers (local)" not in out
     d = daemon("--workers", "1", "--rescan", "0.2", SDGEN_DRY_RUN_DELAY="30")
     from tests.conftest import wait_for
+
     wait_for(lambda: "daemon: running (pid " in sdgen(data, "status").stdout, what="daemon line")
     out = sdgen(data, "status", check=True).stdout
     assert f"(pid {d.proc.pid} on " in out
@@ -145,8 +175,7 @@ def test_flag_typos_get_a_hint_and_options_override_a_request_file(data, tmp_pat
     request.write_text("prompt: a red fox\nsteps: 40\nseed: 3\nname: foxes\n" + DRY)
     rid = sdgen(data, "submit", str(request), "--steps", "3", "--images", "2", check=True).stdout.strip()
     queued = parse_request((data / "spool" / "inbox" / f"{rid}.yaml").read_text())
-    assert (queued.prompts, queued.steps, queued.images, queued.seed, queued.name) == (
-        ("a red fox",), 3, 2, 3, "foxes")
+    assert (queued.prompts, queued.steps, queued.images, queued.seed, queued.name) == (("a red fox",), 3, 2, 3, "foxes")
     rid = sdgen(data, "submit", str(request), "--prompt", "a wolf", check=True).stdout.strip()
     assert parse_request((data / "spool" / "inbox" / f"{rid}.yaml").read_text()).prompts == ("a wolf",)
     one_line_error(sdgen(data, "submit", str(request), "--width", "320"), "--width", "256", "384")

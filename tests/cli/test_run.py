@@ -6,7 +6,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, wait_for
+
+pytestmark = pytest.mark.slow  # real daemons and workers racing on one data directory
 
 REQUEST = ("--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128")
 
@@ -21,12 +25,14 @@ def test_run_ends_when_every_worker_fails_at_start_up(data, tmp_path):
         "import os, sys\n"
         "if 'worker' in sys.orig_argv:\n"
         "    print('worker environment broken: no module named keras', flush=True)\n"
-        "    os._exit(1)\n")
+        "    os._exit(1)\n"
+    )
     env = sdgen_env(data, PYTHONPATH=os.pathsep.join([str(broken), os.environ.get("PYTHONPATH", "")]))
     started = time.monotonic()
     try:
-        proc = sdgen(data, "run", "--prompt", "a", "--images", "2", *REQUEST, *FAST, "--workers", "1",
-                     env=env, timeout=60)
+        proc = sdgen(
+            data, "run", "--prompt", "a", "--images", "2", *REQUEST, *FAST, "--workers", "1", env=env, timeout=60
+        )
     finally:
         kill_workers(data)
     assert time.monotonic() - started < 30
@@ -44,10 +50,29 @@ def test_concurrent_runs_on_one_data_directory_all_finish(data):
     data.mkdir(parents=True)
     procs = []
     for i in range(3):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "sdgen", "run", "--prompt", f"p{i}", "--images", "3", "--seed", str(i),
-             *REQUEST, *FAST], env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.2"), cwd=data.parent,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sdgen",
+                    "run",
+                    "--prompt",
+                    f"p{i}",
+                    "--images",
+                    "3",
+                    "--seed",
+                    str(i),
+                    *REQUEST,
+                    *FAST,
+                ],
+                env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.2"),
+                cwd=data.parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         outs = [p.communicate(timeout=150) for p in procs]
     finally:
@@ -68,9 +93,14 @@ def test_a_run_takes_over_when_the_daemon_it_follows_exits(data, daemon):
     starts its own and finishes."""
     d = daemon("--workers", "1", *FAST, SDGEN_DRY_RUN_DELAY="1")
     wait_for(lambda: "daemon up" in d.output(), what="the daemon")
-    run = subprocess.Popen([sys.executable, "-m", "sdgen", "run", "--prompt", "a", "--images", "6",
-                            "--seed", "1", *REQUEST, *FAST], env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.5"),
-                           cwd=data.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "sdgen", "run", "--prompt", "a", "--images", "6", "--seed", "1", *REQUEST, *FAST],
+        env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="0.5"),
+        cwd=data.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(3)
         d.signal()

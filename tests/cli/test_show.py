@@ -13,9 +13,16 @@ RID = "20261126-000000-aaaaaa"
 
 
 def make_images(spool):
-    spool.accept(RID, parse_request("prompt: a fox\nnegative_prompt: fog\nimages: 2\nbatch_size: 2\n"
-                                    "seed: 40\nengine: dry-run\nwidth: 128\nheight: 256\nsteps: 7\n"
-                                    "guidance: 3\n"), source="t", now=0.0)
+    spool.accept(
+        RID,
+        parse_request(
+            "prompt: a fox\nnegative_prompt: fog\nimages: 2\nbatch_size: 2\n"
+            "seed: 40\nengine: dry-run\nwidth: 128\nheight: 256\nsteps: 7\n"
+            "guidance: 3\n"
+        ),
+        source="t",
+        now=0.0,
+    )
     Worker(spool, "w1").step()
     return spool.layout.output_dir(RID) / "0000-000001-41.png"
 
@@ -23,8 +30,9 @@ def make_images(spool):
 def test_pngs_carry_parameters_and_sdgen_metadata(spool):
     png = make_images(spool)
     text = Image.open(png).text
-    assert text["parameters"] == ("a fox\nNegative prompt: fog\nSteps: 7, Sampler: DDIM, CFG scale: 3, "
-                                  "Seed: 41, Size: 128x256, Model: sd-v1")
+    assert text["parameters"] == (
+        "a fox\nNegative prompt: fog\nSteps: 7, Sampler: DDIM, CFG scale: 3, Seed: 41, Size: 128x256, Model: sd-v1"
+    )
     meta = json.loads(text["sdgen"])
     assert (meta["request_id"], meta["image_index"], meta["seed"], meta["engine"]) == (RID, 1, 41, "dry-run")
     assert "test pattern" in meta["note"]
@@ -37,8 +45,16 @@ def test_show_and_submit_from_an_image(spool):
     assert shown["seed"] == 41 and shown["prompt"] == "a fox"
     request_id = sdgen(data, "submit", "--from", str(png), check=True).stdout.strip()
     again = parse_request((spool.layout.inbox / f"{request_id}.yaml").read_text())
-    assert (again.prompts, again.negative_prompt, again.seed, again.images, again.steps, again.width,
-            again.height, again.guidance) == (("a fox",), "fog", 41, 1, 7, 128, 256, 3.0)
+    assert (
+        again.prompts,
+        again.negative_prompt,
+        again.seed,
+        again.images,
+        again.steps,
+        again.width,
+        again.height,
+        again.guidance,
+    ) == (("a fox",), "fog", 41, 1, 7, 128, 256, 3.0)
     # options override the image's values
     rid2 = sdgen(data, "submit", "--from", str(png), "--images", "4", check=True).stdout.strip()
     assert yaml.safe_load((spool.layout.inbox / f"{rid2}.yaml").read_text())["images"] == 4
@@ -72,8 +88,13 @@ def test_show_and_from_end_in_one_line_on_crafted_files(tmp_path, spool):
     os.mkfifo(fifo)
     trunc = tmp_path / "trunc.png"
     trunc.write_bytes(png.read_bytes()[:100])
-    for path, why in ((bad, "steps is a str"), (fifo, "not a regular file"), (tmp_path, "is a directory"),
-                      (tmp_path / "none.png", "does not exist"), (trunc, "truncated")):
+    for path, why in (
+        (bad, "steps is a str"),
+        (fifo, "not a regular file"),
+        (tmp_path, "is a directory"),
+        (tmp_path / "none.png", "does not exist"),
+        (trunc, "truncated"),
+    ):
         for args in (("show", str(path)), ("submit", "--from", str(path))):
             proc = sdgen(data, *args, timeout=30)
             assert proc.returncode == 2 and why in proc.stderr, (args, proc.stderr)

@@ -11,8 +11,21 @@ from tests.conftest import sdgen
 
 
 def test_submit_prints_an_id_and_publishes_to_the_inbox(data):
-    proc = sdgen(data, "submit", "--prompt", "a red fox", "--total-batch-size", "10",
-                 "--per-worker-batch-size", "3", "--engine", "dry-run", "--seed", "5", check=True)
+    proc = sdgen(
+        data,
+        "submit",
+        "--prompt",
+        "a red fox",
+        "--total-batch-size",
+        "10",
+        "--per-worker-batch-size",
+        "3",
+        "--engine",
+        "dry-run",
+        "--seed",
+        "5",
+        check=True,
+    )
     request_id = proc.stdout.strip()
     body = yaml.safe_load((data / "spool" / "inbox" / f"{request_id}.yaml").read_text())
     assert body["prompt"] == "a red fox" and body["images"] == 10 and body["batch_size"] == 3

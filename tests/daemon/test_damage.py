@@ -76,19 +76,32 @@ def test_a_damaged_spool_and_a_hostile_inbox_stop_nothing(data, daemon):
     assert len(reasons) == 9, reasons
     assert all(len(r) <= 1001 and r.count("\n") == 1 for r in reasons.values())
     joined = "".join(reasons.values())
-    for expected in ("given twice", "nested", "more than 64 keys", "control character", "aliases",
-                     "not a regular file", "symbolic link"):
+    for expected in (
+        "given twice",
+        "nested",
+        "more than 64 keys",
+        "control character",
+        "aliases",
+        "not a regular file",
+        "symbolic link",
+    ):
         assert expected in joined, expected
     assert any(name.endswith(".reason") and "x" * 50 in name for name in reasons)
 
     # the good work still gets done, and a new request too
     (spool.layout.inbox / ".new.yaml.part").write_text(GOOD)
     os.rename(spool.layout.inbox / ".new.yaml.part", spool.layout.inbox / "new.yaml")
-    wait_for(lambda: [r for r in status_json(data) if r["state"] == "done" and r["images_total"] == 2
-                      and r["id"] != RID], timeout=60, what="the new request done")
+    wait_for(
+        lambda: [r for r in status_json(data) if r["state"] == "done" and r["images_total"] == 2 and r["id"] != RID],
+        timeout=60,
+        what="the new request done",
+    )
     # the junk running ticket goes once its (damaged, so absent) lease has been silent 4 s
-    wait_for(lambda: len([p for p in spool.layout.corrupt.iterdir() if p.name.endswith(".reason")]) == 5,
-             timeout=20, what="five damaged files moved aside")
+    wait_for(
+        lambda: len([p for p in spool.layout.corrupt.iterdir() if p.name.endswith(".reason")]) == 5,
+        timeout=20,
+        what="five damaged files moved aside",
+    )
     assert d.proc.poll() is None, d.output()[-3000:]
 
     # SIGKILL and restart on what is left: it comes up and serves
@@ -97,8 +110,11 @@ def test_a_damaged_spool_and_a_hostile_inbox_stop_nothing(data, daemon):
     damage_again.write_bytes(b"\x00")
     d2 = daemon("--workers", "1", *FAST)
     wait_for(lambda: "daemon up" in d2.output(), what="restarted daemon")
-    wait_for(lambda: any(r["id"] == RID and r["state"] == "done" for r in status_json(data)),
-             timeout=60, what="the damaged request rebuilt and done")
+    wait_for(
+        lambda: any(r["id"] == RID and r["state"] == "done" for r in status_json(data)),
+        timeout=60,
+        what="the damaged request rebuilt and done",
+    )
     out = sdgen(data, "status")
     assert out.returncode == 0 and "corrupt/" in out.stdout and "\x1b" not in out.stdout
     assert "Traceback" not in d.output() + d2.output() or "tick step" in d.output() + d2.output()
@@ -120,8 +136,7 @@ def test_a_file_written_in_place_in_two_writes_is_taken_whole(data, daemon):
     time.sleep(0.5)
     with open(inbox / "twice.yaml", "a") as f:
         f.write("images: 2\nwidth: 128\nheight: 128\n")
-    wait_for(lambda: len([r for r in status_json(data) if r["state"] == "done"]) == 2, timeout=60,
-             what="both done")
+    wait_for(lambda: len([r for r in status_json(data) if r["state"] == "done"]) == 2, timeout=60, what="both done")
     totals = sorted(r["images_total"] for r in status_json(data))
     assert totals == [2, 3]
 
@@ -218,8 +233,12 @@ def test_a_daemon_stopped_mid_split_finishes_it_exactly_after_restart(data, daem
     else:
         d.signal(signal.SIGTERM)
         # the loop ends within a tick (the intake budget), then hands its worker's ticket back
-        wait_for(lambda: d.proc.poll() is not None or "stopping 1 worker" in d.output()
-                 or "exiting" in d.output(), timeout=10, interval=0.02, what="the loop to stop")
+        wait_for(
+            lambda: d.proc.poll() is not None or "stopping 1 worker" in d.output() or "exiting" in d.output(),
+            timeout=10,
+            interval=0.02,
+            what="the loop to stop",
+        )
         d.wait(timeout=40)
     split = {n for s in ("pending", "running", "done") for n in os.listdir(data / "spool" / "tickets" / s)}
     assert len(split) < 6000  # it really was interrupted mid-split

@@ -20,8 +20,10 @@ def test_lease_expiry_counts_the_daemons_own_monotonic_seconds():
     assert lease_expired(100.0, 120.0, 20)
 
 
-@pytest.mark.parametrize("max_workers,pending,running,wanted", [
-    (4, 0, 0, 0), (4, 1, 0, 1), (4, 10, 0, 4), (4, 2, 3, 4), (1, 0, 1, 1), (0, 5, 0, 0)])
+@pytest.mark.parametrize(
+    "max_workers,pending,running,wanted",
+    [(4, 0, 0, 0), (4, 1, 0, 1), (4, 10, 0, 4), (4, 2, 3, 4), (1, 0, 1, 1), (0, 5, 0, 0)],
+)
 def test_workers_wanted_follows_the_queue_up_to_the_limit(max_workers, pending, running, wanted):
     assert workers_wanted(max_workers, pending, running) == wanted
 
@@ -37,8 +39,9 @@ def test_startup_failures_back_off_then_block():
     assert not guard.may_launch(10_000.0) and guard.blocked_since == 120.0
 
 
-@pytest.mark.parametrize("returncode,ran", [(0, 1.0), (defaults.WORKER_EXIT_FATAL, 1.0), (None, 1.0),
-                                            (1, defaults.STARTUP_SECONDS)])
+@pytest.mark.parametrize(
+    "returncode,ran", [(0, 1.0), (defaults.WORKER_EXIT_FATAL, 1.0), (None, 1.0), (1, defaults.STARTUP_SECONDS)]
+)
 def test_a_clean_exit_an_outside_end_or_a_long_run_resets_the_streak(returncode, ran):
     guard = StartupGuard(max_failures=3)
     guard.note_exit("w1", 1, 1.0, "", now=0.0)

@@ -28,14 +28,18 @@ def test_a_silent_lease_is_reclaimed_after_the_timeout_of_the_daemons_clock(spoo
     sched = Scheduler(spool, launcher=None, lease_timeout=20)
     claim = claim_next(spool, "remote-worker")
     # a worker on another host: its pid means nothing here
-    spool.write(spool.layout.lease(claim.name), json.dumps(
-        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode())
+    spool.write(
+        spool.layout.lease(claim.name),
+        json.dumps({"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode(),
+    )
     sched.tick(now=1000.0, mono=1000.0)
     sched.tick(now=1019.0, mono=1019.0)
     assert spool.ticket_names("running") == [claim.name]
     # a heartbeat resets the clock, whatever the writer's own clock says
-    spool.write(spool.layout.lease(claim.name), json.dumps(
-        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": -9e9, "beat": 1}).encode())
+    spool.write(
+        spool.layout.lease(claim.name),
+        json.dumps({"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": -9e9, "beat": 1}).encode(),
+    )
     sched.tick(now=1030.0, mono=1030.0)
     sched.tick(now=1049.0, mono=1049.0)
     assert spool.ticket_names("running") == [claim.name]
@@ -52,8 +56,10 @@ def test_a_step_of_the_wall_clock_expires_no_lease(spool):
     accepted(spool)
     sched = Scheduler(spool, launcher=None, lease_timeout=20)
     claim = claim_next(spool, "remote-worker")
-    spool.write(spool.layout.lease(claim.name), json.dumps(
-        {"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode())
+    spool.write(
+        spool.layout.lease(claim.name),
+        json.dumps({"worker": "remote-worker", "host": "elsewhere", "pid": 1, "claimed_at": 0.0, "beat": 0}).encode(),
+    )
     sched.tick(now=1000.0, mono=50.0)
     report = sched.tick(now=1060.0, mono=51.0)  # +60 s of wall clock, 1 s of real time
     assert report.reclaimed == [] and spool.ticket_names("running") == [claim.name]

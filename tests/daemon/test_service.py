@@ -22,9 +22,6 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 
-
-
-
 def pngs(data, rid) -> list[str]:
     out = data / "outputs" / rid
     return sorted(p.name for p in out.glob("*.png")) if out.exists() else []
@@ -32,8 +29,6 @@ def pngs(data, rid) -> list[str]:
 
 def expected_pngs(seed: int, n: int, prompts: int = 1) -> list[str]:
     return sorted(f"{p:04d}-{i:06d}-{seed + i}.png" for p in range(prompts) for i in range(n))
-
-
 
 
 def assert_no_leftovers(data):
@@ -146,8 +141,9 @@ def test_a_dropped_file_is_picked_up_quickly(data, daemon, mode):
     os.utime(inbox / ".drop.yaml.part", (old, old))
     t0 = time.monotonic()
     os.rename(inbox / ".drop.yaml.part", inbox / "drop.yaml")
-    wait_for(lambda: list((data / "spool" / "requests").glob("*/state.json")), timeout=10, interval=0.01,
-             what="acceptance")
+    wait_for(
+        lambda: list((data / "spool" / "requests").glob("*/state.json")), timeout=10, interval=0.01, what="acceptance"
+    )
     accepted = time.monotonic() - t0
     assert accepted < 1.0, f"{mode}: accepted after {accepted:.2f}s"
     wait_for(lambda: status_json(data)[0]["state"] == "done", timeout=30, what="done")
@@ -196,8 +192,24 @@ def test_priority_runs_first(data, daemon):
 
 
 def test_run_is_one_command_end_to_end(data):
-    proc = sdgen(data, "run", "--prompt", "a", "--images", "3", "--engine", "dry-run", "--width", "128",
-                 "--height", "128", "--seed", "4", *FAST, timeout=120)
+    proc = sdgen(
+        data,
+        "run",
+        "--prompt",
+        "a",
+        "--images",
+        "3",
+        "--engine",
+        "dry-run",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--seed",
+        "4",
+        *FAST,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out_dir = proc.stdout.strip().splitlines()[-1]
     assert sorted(n for n in os.listdir(out_dir) if n.endswith(".png")) == expected_pngs(4, 3)
@@ -212,8 +224,10 @@ def test_a_full_disk_defers_work_until_space_is_freed(tmp_path):
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a tmpfs needs root")
     try:
         data = mnt / "data"

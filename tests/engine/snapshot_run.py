@@ -19,9 +19,13 @@ from sdgen.spool.request import parse_request  # noqa: E402
 from sdgen.spool.split import split_request  # noqa: E402
 
 data, out, mode = sys.argv[1:4]
-ticket = split_request("20261126-000000-aaaaaa", parse_request(
-    "prompt: a lighthouse at dawn\nnegative_prompt: fog\nimages: 2\nbatch_size: 2\nsteps: 2\n"
-    "width: 128\nheight: 128\nweights: random\nseed: 7\nengine: keras-cv\n"))[0]
+ticket = split_request(
+    "20261126-000000-aaaaaa",
+    parse_request(
+        "prompt: a lighthouse at dawn\nnegative_prompt: fog\nimages: 2\nbatch_size: 2\nsteps: 2\n"
+        "width: 128\nheight: 128\nweights: random\nseed: 7\nengine: keras-cv\n"
+    ),
+)[0]
 engine = get_engine("keras-cv", data)
 report = {"engine": type(engine).__name__}
 if mode == "build":
@@ -50,9 +54,13 @@ report["prepare"] = engine.prepare(ticket)
 np.save(out, np.stack([np.asarray(i) for i in engine.generate(ticket, ticket.images)]))
 if mode == "build":
     # two tickets of one request (two prompts) as one batch, against each alone
-    pair = split_request("20261126-000000-bbbbbb", parse_request(
-        "prompts: [a lighthouse at dawn, a red barn in snow]\nnegative_prompt: fog\nimages: 1\nsteps: 2\n"
-        "width: 128\nheight: 128\nweights: random\nseed: 7\nengine: keras-cv\n"))
+    pair = split_request(
+        "20261126-000000-bbbbbb",
+        parse_request(
+            "prompts: [a lighthouse at dawn, a red barn in snow]\nnegative_prompt: fog\nimages: 1\nsteps: 2\n"
+            "width: 128\nheight: 128\nweights: random\nseed: 7\nengine: keras-cv\n"
+        ),
+    )
     grouped = [np.asarray(ims[0], dtype=int) for ims in engine.generate_group([(t, t.images) for t in pair])]
     alone = [np.asarray(engine.generate(t, t.images)[0], dtype=int) for t in pair]
     report["group_vs_alone_max_diff"] = int(max(np.abs(g - a).max() for g, a in zip(grouped, alone)))

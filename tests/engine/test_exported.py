@@ -1,6 +1,7 @@
 """Model snapshots on JAX (CPU, random weights, 128x128): a snapshot written from the
 keras-cv models gives their images exactly, a new worker generates from it without
-importing keras, and a worker that cannot write one generates through keras. Each run is a fresh process: the backend is fixed per process and the rest
+importing keras, and a worker that cannot write one generates through keras. Each run is a fresh
+process: the backend is fixed per process and the rest
 of the suite runs TensorFlow."""
 
 import json
@@ -15,14 +16,16 @@ import pytest
 pytest.importorskip("jax")
 
 from sdgen.engine import snapshot  # noqa: E402
+
 SCRIPT = Path(__file__).with_name("snapshot_run.py")
 
 
 def run(data, out, mode):
     env = dict(os.environ, KERAS_BACKEND="jax", SDGEN_SNAPSHOT="on", JAX_PLATFORMS="cpu")
     env.pop("SDGEN_SAMPLER", None)
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(data), str(out), mode], env=env,
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(data), str(out), mode], env=env, capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -46,8 +49,15 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     assert sorted(f.name for f in folders) == [built["describe"]["snapshot"], built["describe"]["snapshot"] + ".lock"]
     folder = data / "cache" / "snapshots" / built["describe"]["snapshot"]
     assert sorted(p.name for p in folder.iterdir()) == [
-        "encode.jaxexport", "last-used", "merges.txt.gz", "meta.json", "sample-128x128-b1.jaxexport",
-        "sample-128x128-b2.jaxexport", "weights.bin", "weights.json"]
+        "encode.jaxexport",
+        "last-used",
+        "merges.txt.gz",
+        "meta.json",
+        "sample-128x128-b1.jaxexport",
+        "sample-128x128-b2.jaxexport",
+        "weights.bin",
+        "weights.json",
+    ]
 
     loaded = run(data, tmp_path / "loaded.npy", "load")
     assert loaded["keras_imported"] is False
@@ -59,15 +69,24 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
 def test_the_folder_name_changes_with_anything_the_programs_depend_on(tmp_path):
     base = snapshot.identity("sd-v1", "random", "bfloat16", "fused")
     names = {snapshot.folder_for(tmp_path, base).name}
-    for field, value in (("weights", "pretrained"), ("precision", "float16"), ("attention", "stock"),
-                         ("jax", "0.0.1"), ("keras", "9.9"), ("platform", "other"), ("sources", "edited"),
-                         ("cudnn", "9.9"), ("cuda_plugin", "0.0.1")):
+    for field, value in (
+        ("weights", "pretrained"),
+        ("precision", "float16"),
+        ("attention", "stock"),
+        ("jax", "0.0.1"),
+        ("keras", "9.9"),
+        ("platform", "other"),
+        ("sources", "edited"),
+        ("cudnn", "9.9"),
+        ("cuda_plugin", "0.0.1"),
+    ):
         names.add(snapshot.folder_for(tmp_path, dict(base, **{field: value})).name)
     assert len(names) == 10
     assert snapshot.folder_for(tmp_path, dict(base)).name in names  # and stays the same otherwise
 
 
 # -- the engine's snapshot life cycle, with the keras build and write mocked by a small fake --
+
 
 def _engine(tmp_path, monkeypatch):
     from types import SimpleNamespace

@@ -42,8 +42,7 @@ def test_an_image_is_the_same_alone_and_inside_a_batch(kerascv_engine):
 
 @pytest.mark.slow
 def test_a_worker_runs_a_keras_cv_ticket_with_its_warm_engine(spool, kerascv_engine):
-    spool.accept(RID, parse_request("prompt: a fox\nimages: 3\nbatch_size: 2\nseed: 3\n" + SMALL),
-                 source="t", now=0.0)
+    spool.accept(RID, parse_request("prompt: a fox\nimages: 3\nbatch_size: 2\nseed: 3\n" + SMALL), source="t", now=0.0)
     worker = Worker(spool, "w1")
     worker.engines["keras-cv"] = kerascv_engine  # the session's engine, already built
     outcomes = [worker.step(), worker.step()]
@@ -66,12 +65,12 @@ def test_the_batch_that_fits_follows_memory_size_and_precision():
 @pytest.mark.slow
 def test_a_ticket_bigger_than_the_batch_cap_runs_in_chunks(spool, kerascv_engine, monkeypatch):
     monkeypatch.setenv("SDGEN_MAX_BATCH", "2")
-    spool.accept(RID, parse_request("prompt: a fox\nimages: 4\nbatch_size: 4\nseed: 30\n" + SMALL),
-                 source="t", now=0.0)
+    spool.accept(RID, parse_request("prompt: a fox\nimages: 4\nbatch_size: 4\nseed: 30\n" + SMALL), source="t", now=0.0)
     calls = []
     generate = kerascv_engine.generate
-    monkeypatch.setattr(kerascv_engine, "generate", lambda t, images, **kw: calls.append(len(images))
-                        or generate(t, images, **kw))
+    monkeypatch.setattr(
+        kerascv_engine, "generate", lambda t, images, **kw: calls.append(len(images)) or generate(t, images, **kw)
+    )
     worker = Worker(spool, "w1")
     worker.engines["keras-cv"] = kerascv_engine
     assert worker.step().state == "done"
@@ -83,8 +82,7 @@ def test_missing_pretrained_weights_fail_the_ticket_at_once(spool):
     from sdgen.engine.kerascv import KerasCVEngine
 
     engine = KerasCVEngine(spool.layout.root)
-    spool.accept(RID, parse_request("prompt: a\nimages: 1\nseed: 1\nwidth: 128\nheight: 128\n"),
-                 source="t", now=0.0)
+    spool.accept(RID, parse_request("prompt: a\nimages: 1\nseed: 1\nwidth: 128\nheight: 128\n"), source="t", now=0.0)
     worker = Worker(spool, "w1")
     worker.engines["keras-cv"] = engine
     outcome = worker.step()
@@ -122,9 +120,29 @@ def test_the_whole_path_daemon_worker_engine_png(tmp_path):
     from tests.conftest import sdgen
 
     data = tmp_path / "data"
-    proc = sdgen(data, "run", "--prompt", "a red fox", "--images", "2", "--batch-size", "2", "--steps", "1",
-                 "--width", "128", "--height", "128", "--weights", "random", "--seed", "8",
-                 "--worker-idle-exit", "1", timeout=600)
+    proc = sdgen(
+        data,
+        "run",
+        "--prompt",
+        "a red fox",
+        "--images",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--weights",
+        "random",
+        "--seed",
+        "8",
+        "--worker-idle-exit",
+        "1",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = data / "outputs" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
     files = sorted(out.iterdir())
@@ -198,8 +216,9 @@ def test_weights_held_in_the_compute_dtype_give_the_mixed_policys_images(tmp_pat
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", PRECISION_SCRIPT, str(tmp_path / "data")],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", PRECISION_SCRIPT, str(tmp_path / "data")], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     mixed, pure = r["mixed_bfloat16"], r["bfloat16"]
@@ -220,8 +239,7 @@ def test_an_unknown_precision_is_refused_with_the_choices(monkeypatch, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-def test_pretrained_weights_load_into_every_variable_of_zero_initialised_models(kerascv_engine, tmp_path,
-                                                                               monkeypatch):
+def test_pretrained_weights_load_into_every_variable_of_zero_initialised_models(kerascv_engine, tmp_path, monkeypatch):
     """The real loading path up to the file boundary: weight files in keras-cv's (legacy
     HDF5) format, written here from the session's random model, are loaded by `build` into
     models constructed without random initialisation; every variable must come back."""

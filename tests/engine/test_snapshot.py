@@ -19,8 +19,8 @@ from sdgen.engine import snapshot  # noqa: E402
 from sdgen.engine.tokenizer import CONTEXT_LENGTH  # noqa: E402
 from sdgen.engine.weights import random_tokenizer_file  # noqa: E402
 
-
 # -- identity ---------------------------------------------------------------------------------
+
 
 def test_the_traced_sources_are_hashed_and_exist():
     names = {p.name for p in snapshot.TRACED_SOURCES}
@@ -68,6 +68,7 @@ def test_is_current_compares_the_software_not_the_device():
 
 # -- a small fake snapshot --------------------------------------------------------------------
 
+
 def fake_snapshot(folder: Path) -> Path:
     """A snapshot folder with one 4-float weight and an encoder program that ignores it."""
     folder.mkdir(parents=True)
@@ -83,8 +84,13 @@ def fake_snapshot(folder: Path) -> Path:
 
     tokens = np.zeros((1, CONTEXT_LENGTH), np.int32)
     (folder / "encode.jaxexport").write_bytes(snapshot._export(encode, ([weights], []), tokens, tokens))
-    meta = {"identity": {"model": "sd-v1"}, "unconditional_tokens": [49406] + [49407] * (CONTEXT_LENGTH - 1),
-            "alphas_cumprod": [0.5], "written_at": time.time(), "bytes": weights.nbytes}
+    meta = {
+        "identity": {"model": "sd-v1"},
+        "unconditional_tokens": [49406] + [49407] * (CONTEXT_LENGTH - 1),
+        "alphas_cumprod": [0.5],
+        "written_at": time.time(),
+        "bytes": weights.nbytes,
+    }
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
@@ -160,6 +166,7 @@ def test_a_damaged_sampler_program_is_set_aside_to_be_exported_again(folder):
 
 
 # -- one writer per folder --------------------------------------------------------------------
+
 
 def _race(folder: str, log: str, start: float) -> str:
     def write():

@@ -70,9 +70,7 @@ def test_random_tokenizer_keeps_clips_special_token_ids(tmp_path):
 
 
 def test_weights_status_cli(tmp_path):
-    from tests.conftest import sdgen
-
-    from tests.conftest import sdgen_env
+    from tests.conftest import sdgen, sdgen_env
 
     data = tmp_path / "data"
     env = sdgen_env(data, XDG_CACHE_HOME=tmp_path / "xdg")
@@ -87,7 +85,7 @@ def test_weights_status_cli(tmp_path):
     (user / "bpe_simple_vocab_16e6.txt.gz").write_bytes(b"x" * 1_356_917)
     other = tmp_path / "other"
     proc = sdgen(other, "weights", "status", "--model", "sd-v1", "--quick", env=dict(env, SDGEN_DATA=str(other)))
-    line = next(l for l in proc.stdout.splitlines() if "bpe_simple_vocab" in l)
+    line = next(ln for ln in proc.stdout.splitlines() if "bpe_simple_vocab" in ln)
     assert "unverified" in line  # found there (not hashed with --quick), not missing
 
 
@@ -96,8 +94,9 @@ def test_fetch_into_the_data_directory_for_jobs_without_a_shared_home(tmp_path):
 
     data = tmp_path / "data"
     # no internet here: a refused proxy fails the download at once, naming where it went
-    env = sdgen_env(data, XDG_CACHE_HOME=tmp_path / "xdg", https_proxy="http://127.0.0.1:9",
-                    HTTPS_PROXY="http://127.0.0.1:9")
+    env = sdgen_env(
+        data, XDG_CACHE_HOME=tmp_path / "xdg", https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9"
+    )
     env.pop("KERAS_HOME", None)
     proc = sdgen(data, "weights", "fetch", "--model", "sd-v1", "--into", "data", env=env)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -11,7 +11,7 @@ class FakeLauncher(Launcher):
 
     def __init__(self, max_workers: int = 2):
         self.max_workers = max_workers
-        self.started: list[str] = []      # every worker ever launched, in order
+        self.started: list[str] = []  # every worker ever launched, in order
         self.alive: list[str] = []
         self.trimmed: list[str] = []
         self._exits: list[ExitedWorker] = []

@@ -20,9 +20,14 @@ FAST = ("--launcher", "adsp", "--rescan", "0.3", "--lease-timeout", "4", "--work
 @pytest.fixture
 def ae5(tmp_path):
     fake_dir = tmp_path / "fake-ae5"
-    env = dict(PYTHONPATH=f"{REPO / 'tests' / 'fakes'}{os.pathsep}{REPO}", FAKE_AE5_DIR=str(fake_dir),
-               AE5_HOSTNAME="ae5.example.com", AE5_USERNAME="alice", AE5_PASSWORD=PASSWORD,
-               TOOL_PROJECT_URL=f"https://ae5.example.com/projects/{secrets.token_hex(16)}/sessions/x")
+    env = dict(
+        PYTHONPATH=f"{REPO / 'tests' / 'fakes'}{os.pathsep}{REPO}",
+        FAKE_AE5_DIR=str(fake_dir),
+        AE5_HOSTNAME="ae5.example.com",
+        AE5_USERNAME="alice",
+        AE5_PASSWORD=PASSWORD,
+        TOOL_PROJECT_URL=f"https://ae5.example.com/projects/{secrets.token_hex(16)}/sessions/x",
+    )
     env["dir"] = fake_dir
     yield env
     state = fake_state(fake_dir)
@@ -48,8 +53,6 @@ def start(daemon, ae5, *args, **env):
     e = {k: v for k, v in ae5.items() if k != "dir"}
     e.update(env)
     return daemon(*FAST, *args, **e)
-
-
 
 
 def flag(ae5, name, on=True):
@@ -100,7 +103,9 @@ def test_a_failing_job_is_logged_and_the_work_goes_on(data, daemon, ae5):
 def test_a_stopped_run_gives_its_ticket_to_another_job(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "6", "--batch-size", "6", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="0.4")
-    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
+    wait_for(
+        lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
+    )
     [run] = fake_state(ae5["dir"])["runs"].values()
     from tests.fakes.ae5_tools import api  # noqa: F401 - same module the daemon uses
 
@@ -153,7 +158,9 @@ def test_an_unreachable_ae5_is_waited_out(data, daemon, ae5):
 def test_a_restarted_daemon_re_adopts_its_jobs(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "8", "--batch-size", "2", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", SDGEN_DRY_RUN_DELAY="0.3")
-    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
+    wait_for(
+        lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
+    )
     os.killpg(d.proc.pid, signal.SIGKILL)  # the daemon only: ADSP jobs live on
     d.proc.wait()
     d2 = start(daemon, ae5, "--workers", "1", "--exit-when-idle")
@@ -166,7 +173,9 @@ def test_a_restarted_daemon_re_adopts_its_jobs(data, daemon, ae5):
 def test_cancel_stops_jobs_left_without_work(data, daemon, ae5):
     rid = submit(data, "--prompt", "a", "--images", "30", "--batch-size", "3", "--seed", "1")
     d = start(daemon, ae5, "--workers", "1", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.3")
-    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
+    wait_for(
+        lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
+    )
     sdgen(data, "cancel", rid, check=True)
     wait_for(lambda: "no work left for it" in d.output(), timeout=60, what="the job to be stopped")
     wait_for(lambda: fake_state(ae5["dir"])["runs"] == {}, timeout=60, what="the run to be cleaned up")
@@ -191,8 +200,16 @@ def test_anaconda_project_commands_exist():
     import yaml
 
     spec = yaml.safe_load((REPO / "anaconda-project.yml").read_text())
-    assert {"workflow:main:local", "workflow:main:adsp", "daemon", "worker", "submit", "status",
-            "bootstrap", "test"} <= set(spec["commands"])
+    assert {
+        "workflow:main:local",
+        "workflow:main:adsp",
+        "daemon",
+        "worker",
+        "submit",
+        "status",
+        "bootstrap",
+        "test",
+    } <= set(spec["commands"])
     assert {"MLFLOW_EXPERIMENT_NAME", "ADSP_WORKER_MAX"} <= set(spec["variables"])
     assert "ae5-admin::ae5-tools" in spec["packages"]
     for name, cmd in spec["commands"].items():
@@ -208,12 +225,23 @@ def test_anaconda_project_commands_exist():
 def test_job_variables_carry_the_engine_settings_and_no_credential(monkeypatch, tmp_path):
     from sdgen.launchers.adsp import worker_variables
 
-    for k, v in {"SDGEN_PRECISION": "float16", "SDGEN_GROUP_IMAGES": "8", "KERAS_BACKEND": "jax",
-                 "SDGEN_API_TOKEN": "t0ken", "AE5_PASSWORD": "pw", "MLFLOW_TRACKING_PASSWORD": "pw2",
-                 "SDGEN_TRACKING": "on", "SDGEN_WORKER_ID": "the-daemons-own"}.items():
+    for k, v in {
+        "SDGEN_PRECISION": "float16",
+        "SDGEN_GROUP_IMAGES": "8",
+        "KERAS_BACKEND": "jax",
+        "SDGEN_API_TOKEN": "t0ken",
+        "AE5_PASSWORD": "pw",
+        "MLFLOW_TRACKING_PASSWORD": "pw2",
+        "SDGEN_TRACKING": "on",
+        "SDGEN_WORKER_ID": "the-daemons-own",
+    }.items():
         monkeypatch.setenv(k, v)
     variables = worker_variables(tmp_path, "w-1", 30.0, 5.0)
-    assert {"SDGEN_PRECISION": "float16", "SDGEN_GROUP_IMAGES": "8", "KERAS_BACKEND": "jax"}.items() <= variables.items()
+    assert {
+        "SDGEN_PRECISION": "float16",
+        "SDGEN_GROUP_IMAGES": "8",
+        "KERAS_BACKEND": "jax",
+    }.items() <= variables.items()
     assert variables["SDGEN_WORKER_ID"] == "w-1" and variables["SDGEN_DATA"] == str(tmp_path)
     assert not {"SDGEN_API_TOKEN", "AE5_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "SDGEN_TRACKING"} & set(variables)
 

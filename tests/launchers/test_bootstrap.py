@@ -20,16 +20,23 @@ def small_venv(tmp_path_factory):
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    subprocess.run(pip + [str(REPO), "venv-pack"], check=True, timeout=600,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        pip + [str(REPO), "venv-pack"], check=True, timeout=600, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return venv
 
 
 def bootstrap(venv, data, **kw):
     env = dict(os.environ, VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}:{os.environ['PATH']}")
     env.pop("CONDA_PREFIX", None)
-    return subprocess.run([str(venv / "bin" / "sdgen"), "--data", str(data), "bootstrap"],
-                          capture_output=True, text=True, env=env, timeout=600, **kw)
+    return subprocess.run(
+        [str(venv / "bin" / "sdgen"), "--data", str(data), "bootstrap"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        **kw,
+    )
 
 
 def test_built_once_skipped_when_unchanged_rebuilt_when_changed(small_venv, tmp_path):
@@ -45,8 +52,12 @@ def test_built_once_skipped_when_unchanged_rebuilt_when_changed(small_venv, tmp_
     assert "already up to date" in again.stdout
     assert (env_dir / ".sdgen-fingerprint").stat().st_mtime_ns == stamp
 
-    subprocess.run([str(small_venv / "bin" / "python"), "-m", "pip", "install", "-q", "six"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(small_venv / "bin" / "python"), "-m", "pip", "install", "-q", "six"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     changed = bootstrap(small_venv, data)
     assert "built" in changed.stdout, changed.stderr
     assert list(env_dir.glob("lib/python*/site-packages/six.py"))
@@ -57,8 +68,13 @@ def test_a_build_killed_half_way_is_never_used(small_venv, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     env = dict(os.environ, VIRTUAL_ENV=str(small_venv))
-    proc = subprocess.Popen([str(small_venv / "bin" / "sdgen"), "--data", str(data), "bootstrap"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(small_venv / "bin" / "sdgen"), "--data", str(data), "bootstrap"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_for(lambda: list(data.glob(".worker_env-*")), timeout=120, interval=0.01, what="a build in progress")
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)

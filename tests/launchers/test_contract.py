@@ -41,8 +41,12 @@ def make_launcher(request, spool, tmp_path, monkeypatch):
 
             from sdgen.launchers.adsp import AdspLauncher
 
-            launcher = AdspLauncher(root, session=AEUserSession("ae5.example.com", "alice", "pw"),
-                                    project="a0-" + secrets.token_hex(16), **opts)
+            launcher = AdspLauncher(
+                root,
+                session=AEUserSession("ae5.example.com", "alice", "pw"),
+                project="a0-" + secrets.token_hex(16),
+                **opts,
+            )
         else:
             cluster = request.getfixturevalue("slurm_cluster")
             monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
@@ -61,8 +65,14 @@ def make_launcher(request, spool, tmp_path, monkeypatch):
 
 
 def queue(spool, images: int, batch: int = 1) -> None:
-    spool.accept(RID, parse_request(f"prompt: a\nimages: {images}\nbatch_size: {batch}\nseed: 1\n"
-                                    "engine: dry-run\nwidth: 128\nheight: 128\n"), source="t", now=0.0)
+    spool.accept(
+        RID,
+        parse_request(
+            f"prompt: a\nimages: {images}\nbatch_size: {batch}\nseed: 1\nengine: dry-run\nwidth: 128\nheight: 128\n"
+        ),
+        source="t",
+        now=0.0,
+    )
 
 
 def reap_until(launcher, ids, timeout=90):
@@ -99,8 +109,9 @@ def test_workers_work_under_their_ids_and_are_reaped_once_idle(make_launcher, sp
     exited = reap_until(launcher, ids)
     assert {w.returncode for w in exited.values()} == {0}
     assert launcher.running() == []
-    done_by = {json.loads(spool.layout.ticket("done", n).read_text())["result"]["worker"]
-               for n in spool.ticket_names("done")}
+    done_by = {
+        json.loads(spool.layout.ticket("done", n).read_text())["result"]["worker"] for n in spool.ticket_names("done")
+    }
     assert done_by <= set(ids)
 
 

@@ -31,8 +31,8 @@ class MemLauncher(jobs.JobLauncher):
         super().__init__(data_root)
         self.max_workers = max_workers
         self.service = service
-        self.down = False       # poll raises, like an unreachable service
-        self.refuse = False     # submit is refused
+        self.down = False  # poll raises, like an unreachable service
+        self.refuse = False  # submit is refused
         self.cancels: list[str] = []
 
     def submit(self, job, now):

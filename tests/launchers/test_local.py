@@ -65,9 +65,17 @@ def test_a_recorded_pid_taken_by_another_process_is_not_adopted(spool):
 
     jobs_file = spool.layout.root / "spool" / "local-jobs.json"
     me = psutil.Process(os.getpid())  # alive, but not the worker the record describes
-    record = {"name": "w-gone", "job_id": str(me.pid), "state": "running", "created": 1.0, "pid": me.pid,
-              "host": __import__("socket").gethostname(), "data_root": str(spool.layout.root),
-              "proc_start": me.create_time() - 100.0, "gpu": None}
+    record = {
+        "name": "w-gone",
+        "job_id": str(me.pid),
+        "state": "running",
+        "created": 1.0,
+        "pid": me.pid,
+        "host": __import__("socket").gethostname(),
+        "data_root": str(spool.layout.root),
+        "proc_start": me.create_time() - 100.0,
+        "gpu": None,
+    }
     jobs_file.write_text(json.dumps({"w-gone": record}))
     launcher = LocalLauncher(spool.layout.root, max_workers=1, pin_gpus=False)
     assert launcher.running() == [] and launcher.stop_all(grace=1) == []

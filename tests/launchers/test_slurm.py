@@ -27,13 +27,36 @@ FAST = ("--launcher", "slurm", "--rescan", "0.3", "--lease-timeout", "4")
 
 # -- pure parts -----------------------------------------------------------------------------
 def test_sbatch_args_carry_every_cluster_option():
-    opts = JobOptions(partition="gpu", gres="gpu:1", gpus="a100:1", time_limit="4:00:00", account="proj",
-                      qos="high", cpus=8, mem="32G", extra=("--constraint=a100",))
+    opts = JobOptions(
+        partition="gpu",
+        gres="gpu:1",
+        gpus="a100:1",
+        time_limit="4:00:00",
+        account="proj",
+        qos="high",
+        cpus=8,
+        mem="32G",
+        extra=("--constraint=a100",),
+    )
     args = sbatch_args("sdgen-w-x", "/d/logs/worker-sdgen-w-x.log", opts)
-    assert args[:5] == ["--parsable", "--job-name=sdgen-w-x", "--output=/d/logs/worker-sdgen-w-x.log",
-                        "--export=NONE", "--no-requeue"]
-    assert args[5:] == ["--partition=gpu", "--gres=gpu:1", "--gpus=a100:1", "--time=4:00:00", "--account=proj",
-                        "--qos=high", "--cpus-per-task=8", "--mem=32G", "--constraint=a100"]
+    assert args[:5] == [
+        "--parsable",
+        "--job-name=sdgen-w-x",
+        "--output=/d/logs/worker-sdgen-w-x.log",
+        "--export=NONE",
+        "--no-requeue",
+    ]
+    assert args[5:] == [
+        "--partition=gpu",
+        "--gres=gpu:1",
+        "--gpus=a100:1",
+        "--time=4:00:00",
+        "--account=proj",
+        "--qos=high",
+        "--cpus-per-task=8",
+        "--mem=32G",
+        "--constraint=a100",
+    ]
     assert sbatch_args("n", "o", JobOptions())[5:] == []
 
 
@@ -92,8 +115,6 @@ def submitted_since(cluster, before: set[str]) -> dict[str, str]:
     return {i: s for i, s in jobs(cluster).items() if i not in before}
 
 
-
-
 def start(daemon, slurm, *args, **env):
     return daemon(*FAST, *args, **slurm.env, **env)
 
@@ -101,8 +122,18 @@ def start(daemon, slurm, *args, **env):
 def test_a_request_completes_through_slurm_jobs_with_at_most_n_running(data, daemon, slurm):
     before = set(jobs(slurm))
     rid = submit(data, "--prompt", "a", "--images", "24", "--batch-size", "2", "--seed", "1")
-    d = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "2", "--exit-when-idle",
-              SDGEN_DRY_RUN_DELAY="0.2", AE5_PASSWORD=SECRET, MLFLOW_TRACKING_TOKEN=SECRET)
+    d = start(
+        daemon,
+        slurm,
+        "--max-jobs",
+        "2",
+        "--worker-idle-exit",
+        "2",
+        "--exit-when-idle",
+        SDGEN_DRY_RUN_DELAY="0.2",
+        AE5_PASSWORD=SECRET,
+        MLFLOW_TRACKING_TOKEN=SECRET,
+    )
     most = 0
     while d.proc.poll() is None:
         most = max(most, sum(1 for s in submitted_since(slurm, before).values() if s in ("PENDING", "RUNNING")))
@@ -133,8 +164,26 @@ def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data,
     before = set(jobs(slurm))
     exp = "slurm-start-up-" + str(time.time_ns())
     tracked = {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": mlflow_server.uri}
-    sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128", "--prompt", "a",
-          "--images", "4", "--seed", "1", "--experiment", exp, env=sdgen_env(data, **tracked), check=True)
+    sdgen(
+        data,
+        "submit",
+        "--engine",
+        "dry-run",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--prompt",
+        "a",
+        "--images",
+        "4",
+        "--seed",
+        "1",
+        "--experiment",
+        exp,
+        env=sdgen_env(data, **tracked),
+        check=True,
+    )
     d = start(daemon, slurm, "--max-jobs", "1", "--slurm-python", "/nonexistent/bin/python", **tracked)
     wait_for(lambda: "no more workers will be launched" in d.output(), timeout=90, what="the launcher to stop")
     time.sleep(3)
@@ -177,8 +226,9 @@ def test_sbatch_refusing_a_job_is_reported_the_same_way(data, daemon, slurm):
 def test_a_job_cancelled_from_outside_has_its_tickets_finished_by_another(data, daemon, slurm):
     before = set(jobs(slurm))
     rid = submit(data, "--prompt", "a", "--images", "12", "--batch-size", "4", "--seed", "1")
-    d = start(daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle",
-              SDGEN_DRY_RUN_DELAY="0.5")
+    d = start(
+        daemon, slurm, "--max-jobs", "1", "--worker-idle-exit", "2", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="0.5"
+    )
     leases = data / "spool" / "leases"
     wait_for(lambda: leases.exists() and list(leases.iterdir()), timeout=60, what="a job to claim a ticket")
     [first] = submitted_since(slurm, before)
@@ -202,12 +252,14 @@ def test_a_restarted_daemon_re_adopts_its_running_jobs(data, daemon, slurm):
     before = set(jobs(slurm))
     rid = submit(data, "--prompt", "a", "--images", "24", "--batch-size", "2", "--seed", "1")
     d = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "3", SDGEN_DRY_RUN_DELAY="0.3")
-    wait_for(lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 2, timeout=60,
-             what="two running jobs")
+    wait_for(
+        lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 2, timeout=60, what="two running jobs"
+    )
     d.signal(signal.SIGKILL)
     d.wait(10)
-    d2 = start(daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "3", "--exit-when-idle",
-               SDGEN_DRY_RUN_DELAY="0.3")
+    d2 = start(
+        daemon, slurm, "--max-jobs", "2", "--worker-idle-exit", "3", "--exit-when-idle", SDGEN_DRY_RUN_DELAY="0.3"
+    )
     assert d2.wait(120) == 0, d2.output()[-3000:]
     assert "re-adopting 2 Slurm job(s)" in d2.output()
     assert len(submitted_since(slurm, before)) == 2  # no duplicate was submitted
@@ -218,13 +270,22 @@ def test_cancelling_a_request_cancels_its_slurm_jobs(data, daemon, slurm):
     before = set(jobs(slurm))
     rid = submit(data, "--prompt", "a", "--images", "40", "--batch-size", "2", "--seed", "1")
     d = start(daemon, slurm, "--max-jobs", "3", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.5")
-    wait_for(lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 3, timeout=60,
-             what="three running jobs")
-    wait_for(lambda: "workers (slurm): 3 RUNNING" in sdgen(data, "status").stdout, timeout=30,
-             what="sdgen status to show the jobs")
+    wait_for(
+        lambda: list(submitted_since(slurm, before).values()).count("RUNNING") == 3,
+        timeout=60,
+        what="three running jobs",
+    )
+    wait_for(
+        lambda: "workers (slurm): 3 RUNNING" in sdgen(data, "status").stdout,
+        timeout=30,
+        what="sdgen status to show the jobs",
+    )
     sdgen(data, "cancel", rid, check=True)
-    wait_for(lambda: set(submitted_since(slurm, before).values()) == {"CANCELLED"}, timeout=60,
-             what="every job of the request to be cancelled")
+    wait_for(
+        lambda: set(submitted_since(slurm, before).values()) == {"CANCELLED"},
+        timeout=60,
+        what="every job of the request to be cancelled",
+    )
     out = d.output()
     assert out.count("no work left for it") == 3
     assert status_json(data)[0]["state"] == "cancelled"
@@ -233,10 +294,13 @@ def test_cancelling_a_request_cancels_its_slurm_jobs(data, daemon, slurm):
 def test_status_says_why_jobs_wait(data, daemon, slurm):
     """Each job asks for all 8 cores of the node: one runs, the other waits for resources."""
     submit(data, "--prompt", "a", "--images", "40", "--batch-size", "2", "--seed", "1")
-    start(daemon, slurm, "--max-jobs", "2", "--slurm-cpus", "8", "--worker-idle-exit", "300",
-          SDGEN_DRY_RUN_DELAY="0.5")
-    wait_for(lambda: "workers (slurm): 1 PENDING (Resources), 1 RUNNING" in sdgen(data, "status").stdout,
-             timeout=60, interval=0.5, what="a job pending for resources in sdgen status")
+    start(daemon, slurm, "--max-jobs", "2", "--slurm-cpus", "8", "--worker-idle-exit", "300", SDGEN_DRY_RUN_DELAY="0.5")
+    wait_for(
+        lambda: "workers (slurm): 1 PENDING (Resources), 1 RUNNING" in sdgen(data, "status").stdout,
+        timeout=60,
+        interval=0.5,
+        what="a job pending for resources in sdgen status",
+    )
 
 
 def test_a_hung_slurm_command_is_a_failed_call_not_an_exception(tmp_path, monkeypatch):
@@ -271,10 +335,33 @@ def our_active_jobs(slurm, before: set[str]) -> list[str]:
 def test_a_one_shot_run_leaves_no_job_in_the_queue(data, slurm):
     """Workers that would idle 300 s: the run cancels them and waits until they are gone."""
     before = set(jobs(slurm))
-    proc = sdgen(data, "run", "--prompt", "a", "--images", "4", "--batch-size", "2", "--seed", "1",
-                 "--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128",
-                 *FAST, "--workers", "2", "--worker-idle-exit", "300", env=sdgen_env(data, **slurm.env),
-                 timeout=150)
+    proc = sdgen(
+        data,
+        "run",
+        "--prompt",
+        "a",
+        "--images",
+        "4",
+        "--batch-size",
+        "2",
+        "--seed",
+        "1",
+        "--engine",
+        "dry-run",
+        "--weights",
+        "random",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        *FAST,
+        "--workers",
+        "2",
+        "--worker-idle-exit",
+        "300",
+        env=sdgen_env(data, **slurm.env),
+        timeout=150,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list((data / "outputs").rglob("*.png"))) == 4
     assert submitted_since(slurm, before), "no job was submitted"
@@ -286,8 +373,16 @@ def test_a_one_shot_run_leaves_no_job_in_the_queue(data, slurm):
 def test_a_refused_sbatch_ends_an_exit_when_idle_daemon(data, slurm):
     submit(data, "--prompt", "a", "--images", "2", "--seed", "1")
     started = time.monotonic()
-    proc = sdgen(data, "daemon", *FAST, "--slurm-partition", "nosuchpartition", "--exit-when-idle",
-                 env=sdgen_env(data, **slurm.env), timeout=60)
+    proc = sdgen(
+        data,
+        "daemon",
+        *FAST,
+        "--slurm-partition",
+        "nosuchpartition",
+        "--exit-when-idle",
+        env=sdgen_env(data, **slurm.env),
+        timeout=60,
+    )
     assert proc.returncode == 4, proc.stderr[-3000:]
     assert time.monotonic() - started < 40
     last = proc.stderr.strip().splitlines()[-1]

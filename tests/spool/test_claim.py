@@ -137,10 +137,19 @@ def test_a_stopped_worker_holding_the_claim_lock_does_not_stall_the_host(spool):
     import sys
 
     accept(spool, "prompt: a\nimages: 2\nengine: dry-run\nseed: 1\n")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import os, signal, sys; from filelock import FileLock; "
-        f"lock = FileLock({str(spool.layout.claim_lock)!r}); lock.acquire(); "
-        "print('held', flush=True); os.kill(os.getpid(), signal.SIGSTOP)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, signal, sys; from filelock import FileLock; "
+                f"lock = FileLock({str(spool.layout.claim_lock)!r}); lock.acquire(); "
+                "print('held', flush=True); os.kill(os.getpid(), signal.SIGSTOP)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()

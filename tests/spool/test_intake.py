@@ -21,7 +21,7 @@ def reasons(spool) -> dict[str, str]:
     out = {}
     for p in spool.layout.rejected.iterdir():
         if p.name.endswith(".reason"):
-            original = p.name[:-len(".reason")].split("-", 3)[-1]
+            original = p.name[: -len(".reason")].split("-", 3)[-1]
             out[original] = p.read_text()
     return out
 
@@ -29,10 +29,15 @@ def reasons(spool) -> dict[str, str]:
 HOSTILE = {
     "bad-syntax.yaml": (b"prompt: [unclosed\n", "invalid YAML at line"),
     "a-list.yaml": (b"- prompt: a\n- prompt: b\n", "must be a YAML mapping"),
-    "object-tag.yaml": (b"prompt: !!python/object/apply:os.system ['touch /tmp/sdgen-pwned']\n",
-                        "unsupported YAML tag"),
-    "bomb.yaml": (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                  b"c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nprompt: x\n", "aliases"),
+    "object-tag.yaml": (
+        b"prompt: !!python/object/apply:os.system ['touch /tmp/sdgen-pwned']\n",
+        "unsupported YAML tag",
+    ),
+    "bomb.yaml": (
+        b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        b"c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nprompt: x\n",
+        "aliases",
+    ),
     "huge.yaml": (b"prompt: " + b"x" * (10 * 1024 * 1024) + b"\n", "may be at most 1048576 bytes"),
     "latin1.yaml": (b"prompt: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at offset 11)"),
     "binary.yaml": (bytes(range(256)) * 4, "is not UTF-8"),

@@ -51,31 +51,36 @@ def spool_writes(root: Path, allowed: set[str] = ALLOWED) -> list[str]:
                 tainted.add(m.group(1))
             if not PRIMITIVE.search(code):
                 continue
-            if SPOOL_REF.search(code) or "spool.write(" in code or any(
-                    re.search(rf"\b{re.escape(name)}\b", code) for name in tainted):
+            if (
+                SPOOL_REF.search(code)
+                or "spool.write(" in code
+                or any(re.search(rf"\b{re.escape(name)}\b", code) for name in tainted)
+            ):
                 found.append(f"{rel}:{number}: {line.strip()}")
     return found
 
 
 def test_nothing_outside_spool_writes_the_spool():
     found = spool_writes(SDGEN)
-    assert found == [], ("write to spool/ outside Spool (add a Spool method named for the protocol "
-                         "step, and a row in docs/spool.md's Protocol steps):\n" + "\n".join(found))
+    assert found == [], (
+        "write to spool/ outside Spool (add a Spool method named for the protocol "
+        "step, and a row in docs/spool.md's Protocol steps):\n" + "\n".join(found)
+    )
 
 
 def test_the_check_sees_the_writes_it_is_for(tmp_path):
     """The kinds of direct writes this rule replaced are all caught."""
     bad = [
-        'layout.lease(name).unlink(missing_ok=True)',
+        "layout.lease(name).unlink(missing_ok=True)",
         'os.rename(layout.ticket("pending", name), layout.ticket("running", name))',
-        'self.spool.write(self.spool.layout.launcher_status, data)',
+        "self.spool.write(self.spool.layout.launcher_status, data)",
         'publish(state_file.parent / "tmp", state_file, data)',
-        'os.unlink(spool.layout.events / name)',
-        'spool.layout.request_dir(request_id).mkdir(parents=True, exist_ok=True)',
-        'path = self.spool.layout.events / name\npath.unlink(missing_ok=True)',
+        "os.unlink(spool.layout.events / name)",
+        "spool.layout.request_dir(request_id).mkdir(parents=True, exist_ok=True)",
+        "path = self.spool.layout.events / name\npath.unlink(missing_ok=True)",
         'won = link_new(self.spool.layout.tmp, self.spool.layout.ticket("done", name), data)',
         'open(root / "spool" / "x.json", "w")',
-        'for entry in os.scandir(spool.layout.tmp):\n    os.unlink(entry.path)',
+        "for entry in os.scandir(spool.layout.tmp):\n    os.unlink(entry.path)",
     ]
     for i, text in enumerate(bad):
         (tmp_path / f"m{i}.py").write_text(text + "\n")
@@ -85,8 +90,8 @@ def test_the_check_sees_the_writes_it_is_for(tmp_path):
 def test_writes_elsewhere_are_not_spool_writes(tmp_path):
     ok = [
         'logs = self.data_root / "logs"\nlogs.mkdir(parents=True, exist_ok=True)',
-        'self.spool.layout.output_dir(request_id).mkdir(parents=True, exist_ok=True)',
-        'self.spool.renew_lease(self.name, data)',
+        "self.spool.layout.output_dir(request_id).mkdir(parents=True, exist_ok=True)",
+        "self.spool.renew_lease(self.name, data)",
         'marker = json.loads(self.spool.layout.ticket("done", name).read_text())',
     ]
     for i, text in enumerate(ok):

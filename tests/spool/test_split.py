@@ -15,8 +15,7 @@ def test_ten_images_at_three_per_ticket_make_3_3_3_1():
 def test_every_prompt_gets_its_own_images_and_seeds():
     r = parse_request("prompts: [a, b]\nimages: 4\nbatch_size: 4\nseed: 7\n")
     tickets = split_request("20261126-000000-abcdef", r)
-    assert [(t.prompt, [i.seed for i in t.images]) for t in tickets] == [
-        ("a", [7, 8, 9, 10]), ("b", [7, 8, 9, 10])]
+    assert [(t.prompt, [i.seed for i in t.images]) for t in tickets] == [("a", [7, 8, 9, 10]), ("b", [7, 8, 9, 10])]
     assert [t.index for t in tickets] == [0, 1]
     assert len({t.name for t in tickets}) == 2
 

@@ -27,7 +27,9 @@ def test_a_ticket_folder_is_only_a_ticket_state(tmp_path):
 
 def test_the_check_survives_python_O(tmp_path):
     """Not an assert: `python -O` keeps it."""
-    code = ("from pathlib import Path\nfrom sdgen.spool.layout import Layout\n"
-            "try:\n    Layout(Path('.')).tickets('nope')\nexcept ValueError:\n    print('refused')\n")
+    code = (
+        "from pathlib import Path\nfrom sdgen.spool.layout import Layout\n"
+        "try:\n    Layout(Path('.')).tickets('nope')\nexcept ValueError:\n    print('refused')\n"
+    )
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "refused"

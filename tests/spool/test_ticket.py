@@ -62,12 +62,14 @@ def test_retry_resets_counters_but_keeps_history():
 
 
 def test_names_sort_by_priority_then_turn_then_submission():
-    names = sorted([
-        ticket_name(0, 1, "20261126-000000-aaaaaa"),
-        ticket_name(0, 0, "20261126-000001-bbbbbb"),
-        ticket_name(5, 3, "20261126-000002-cccccc"),
-        ticket_name(0, 0, "20261126-000000-aaaaaa"),
-        ticket_name(-3, 0, "20261126-000000-dddddd"),
-    ])
+    names = sorted(
+        [
+            ticket_name(0, 1, "20261126-000000-aaaaaa"),
+            ticket_name(0, 0, "20261126-000001-bbbbbb"),
+            ticket_name(5, 3, "20261126-000002-cccccc"),
+            ticket_name(0, 0, "20261126-000000-aaaaaa"),
+            ticket_name(-3, 0, "20261126-000000-dddddd"),
+        ]
+    )
     assert [parse_ticket_name(n)[:2] for n in names] == [(5, 3), (0, 0), (0, 0), (0, 1), (-3, 0)]
     assert parse_ticket_name(names[1])[2] == "20261126-000000-aaaaaa"

@@ -23,8 +23,9 @@ from sdgen.spool.store import Spool
 
 RID = "20261126-000000-aaaaaa"
 TICKET = f"1000.000000.{RID}"
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+FAST = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40))
 keys = st.one_of(st.sampled_from(sorted(KNOWN_KEYS)), st.text(max_size=12))
@@ -60,16 +61,42 @@ def test_any_text_ends_in_a_request_or_one_line(text):
 
 
 @FAST
-@given(st.lists(st.sampled_from(["[", "{", "- ", "a: ", "\n  ", "&x ", "*x", "!!python/object ", "? ",
-                                 "]", "}", ",", '"', "'", "\t", "images: 1\n", "prompt: a\n"]),
-                max_size=300))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "[",
+                "{",
+                "- ",
+                "a: ",
+                "\n  ",
+                "&x ",
+                "*x",
+                "!!python/object ",
+                "? ",
+                "]",
+                "}",
+                ",",
+                '"',
+                "'",
+                "\t",
+                "images: 1\n",
+                "prompt: a\n",
+            ]
+        ),
+        max_size=300,
+    )
+)
 def test_yaml_shaped_fragments_end_in_a_request_or_one_line(parts):
     parse_cleanly("".join(parts))
 
 
 def test_the_limits_are_checked_before_any_document_is_built():
-    for text in ("[" * 100_000, "a:\n" + "".join(f" {' ' * i}b{i}:\n" for i in range(2000)),
-                 "".join(f"k{i}: {i}\n" for i in range(100_000))):
+    for text in (
+        "[" * 100_000,
+        "a:\n" + "".join(f" {' ' * i}b{i}:\n" for i in range(2000)),
+        "".join(f"k{i}: {i}\n" for i in range(100_000)),
+    ):
         t0 = time.monotonic()
         try:
             parse_request(text)
@@ -83,8 +110,12 @@ def test_the_limits_are_checked_before_any_document_is_built():
 def read_all(spool: Spool) -> None:
     """Every reader of a spool file, each ending in a value or its clean error."""
     layout = spool.layout
-    for reader in (lambda: spool.read_ticket("pending", TICKET), lambda: spool.read_state(RID),
-                   lambda: spool.read_request(RID), lambda: load_json_object(layout.launcher_status)):
+    for reader in (
+        lambda: spool.read_ticket("pending", TICKET),
+        lambda: spool.read_state(RID),
+        lambda: spool.read_request(RID),
+        lambda: load_json_object(layout.launcher_status),
+    ):
         try:
             reader()
         except CorruptRecord as e:
@@ -105,9 +136,15 @@ def test_every_spool_reader_survives_any_bytes(tmp_path_factory, raw):
     spool = Spool(tmp_path_factory.mktemp("d")).ensure()
     layout = spool.layout
     layout.request_dir(RID).mkdir(parents=True)
-    for path in (layout.ticket("pending", TICKET), layout.request_state(RID), layout.request_file(RID),
-                 layout.lease(TICKET), layout.launcher_status, layout.inbox / "drop.yaml",
-                 layout.spool / "slurm-jobs.json"):
+    for path in (
+        layout.ticket("pending", TICKET),
+        layout.request_state(RID),
+        layout.request_file(RID),
+        layout.lease(TICKET),
+        layout.launcher_status,
+        layout.inbox / "drop.yaml",
+        layout.spool / "slurm-jobs.json",
+    ):
         path.write_bytes(raw)
     read_all(spool)
 
@@ -117,11 +154,40 @@ json_values = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=6)),
     max_leaves=30,
 )
-ticket_like = st.fixed_dictionaries({}, optional={
-    k: json_values for k in ("request_id", "index", "priority", "prompt", "negative_prompt", "images",
-                             "steps", "width", "height", "guidance", "model", "engine", "weights",
-                             "attempt", "deaths", "history", "id", "state", "images_total",
-                             "tickets_total", "batch_size", "worker", "host", "pid", "claimed_at", "beat")})
+ticket_like = st.fixed_dictionaries(
+    {},
+    optional={
+        k: json_values
+        for k in (
+            "request_id",
+            "index",
+            "priority",
+            "prompt",
+            "negative_prompt",
+            "images",
+            "steps",
+            "width",
+            "height",
+            "guidance",
+            "model",
+            "engine",
+            "weights",
+            "attempt",
+            "deaths",
+            "history",
+            "id",
+            "state",
+            "images_total",
+            "tickets_total",
+            "batch_size",
+            "worker",
+            "host",
+            "pid",
+            "claimed_at",
+            "beat",
+        )
+    },
+)
 
 
 @FAST
@@ -131,8 +197,13 @@ def test_every_spool_reader_survives_any_json(tmp_path_factory, value):
     layout = spool.layout
     layout.request_dir(RID).mkdir(parents=True)
     raw = json.dumps(value).encode()
-    for path in (layout.ticket("pending", TICKET), layout.request_state(RID), layout.lease(TICKET),
-                 layout.launcher_status, layout.spool / "slurm-jobs.json"):
+    for path in (
+        layout.ticket("pending", TICKET),
+        layout.request_state(RID),
+        layout.lease(TICKET),
+        layout.launcher_status,
+        layout.spool / "slurm-jobs.json",
+    ):
         path.write_bytes(raw)
     read_all(spool)
 

@@ -13,8 +13,21 @@ def test_a_daemon_without_tracking_leaves_no_events(spool, data):
     """A real daemon (in this process) with real worker processes, tracking off."""
     from sdgen.daemon.service import Daemon
 
-    sdgen(data, "submit", "--prompt", "a fox", "--images", "3", "--engine", "dry-run", "--width", "128",
-          "--height", "128", check=True)
+    sdgen(
+        data,
+        "submit",
+        "--prompt",
+        "a fox",
+        "--images",
+        "3",
+        "--engine",
+        "dry-run",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        check=True,
+    )
     launcher = LocalLauncher(data, max_workers=1, idle_exit=2, pin_gpus=False)
     daemon = Daemon(spool, launcher, poll=0.2, rescan=0.3, exit_when_idle=True, tracker=EventDrain(spool, 0.2))
     assert daemon.run() == 0

@@ -13,15 +13,27 @@ from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wa
 pytestmark = pytest.mark.slow
 
 
-
 def tracked(server, **extra):
     return dict(SDGEN_TRACKING="on", MLFLOW_TRACKING_URI=server.uri, **extra)
 
 
 def submit(data, server, experiment, *args) -> str:
     env = sdgen_env(data, **tracked(server))
-    return sdgen(data, "submit", "--engine", "dry-run", "--width", "128", "--height", "128",
-                 "--experiment", experiment, *args, env=env, check=True).stdout.strip()
+    return sdgen(
+        data,
+        "submit",
+        "--engine",
+        "dry-run",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        "--experiment",
+        experiment,
+        *args,
+        env=env,
+        check=True,
+    ).stdout.strip()
 
 
 def runs_of(client, experiment):
@@ -39,8 +51,21 @@ def artifacts(client, run_id, path=None):
 
 def test_a_multi_ticket_request_makes_a_run_tree(data, daemon, mlflow_server):
     exp = f"tree-{uuid.uuid4().hex[:6]}"
-    rid = submit(data, mlflow_server, exp, "--prompt", "a fox", "--images", "5", "--batch-size", "2",
-                 "--seed", "10", "--name", "foxes")
+    rid = submit(
+        data,
+        mlflow_server,
+        exp,
+        "--prompt",
+        "a fox",
+        "--images",
+        "5",
+        "--batch-size",
+        "2",
+        "--seed",
+        "10",
+        "--name",
+        "foxes",
+    )
     d = daemon("--workers", "2", "--exit-when-idle", "--system-metrics", *FAST, **tracked(mlflow_server))
     assert d.wait(120) == 0, d.output()
     client = MlflowClient(mlflow_server.uri)
@@ -87,11 +112,16 @@ def test_a_killed_worker_leaves_a_killed_run(data, daemon, mlflow_server):
     exp = f"killed-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "4", "--batch-size", "4", "--seed", "1")
     d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.5"))
-    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
+    wait_for(
+        lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
+    )
     import psutil
 
-    [worker] = [p for p in psutil.process_iter(["cmdline"]) if "worker" in (p.info["cmdline"] or [])
-                and str(data) in (p.info["cmdline"] or [])]
+    [worker] = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
+    ]
     worker.send_signal(signal.SIGKILL)
     assert d.wait(120) == 0, d.output()
     client = MlflowClient(mlflow_server.uri)
@@ -108,7 +138,9 @@ def test_a_cancelled_request_ends_killed(data, daemon, mlflow_server):
     exp = f"cancel-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "20", "--batch-size", "5", "--seed", "1")
     d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.3"))
-    wait_for(lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image")
+    wait_for(
+        lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
+    )
     sdgen(data, "cancel", rid, check=True)
     assert d.wait(120) == 0, d.output()
     [parent], children = runs_of(MlflowClient(mlflow_server.uri), exp)
@@ -118,8 +150,23 @@ def test_a_cancelled_request_ends_killed(data, daemon, mlflow_server):
 
 def test_the_embedded_default_needs_no_server(data):
     env = sdgen_env(data, SDGEN_TRACKING="on")
-    proc = sdgen(data, "run", "--prompt", "a", "--images", "3", "--engine", "dry-run", "--width", "128",
-                 "--height", "128", *FAST, env=env, timeout=180)
+    proc = sdgen(
+        data,
+        "run",
+        "--prompt",
+        "a",
+        "--images",
+        "3",
+        "--engine",
+        "dry-run",
+        "--width",
+        "128",
+        "--height",
+        "128",
+        *FAST,
+        env=env,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     client = MlflowClient(f"sqlite:///{data / 'mlflow' / 'mlflow.db'}")
     [parent], children = runs_of(client, "sdgen")

@@ -28,8 +28,15 @@ def tracker(spool, monkeypatch):
 
 
 def make(spool, rid, experiment, images=1):
-    spool.accept(rid, parse_request(f"prompt: a fox\nimages: {images}\nengine: dry-run\nwidth: 128\n"
-                                    f"height: 128\nexperiment: {json.dumps(experiment)}\n"), source="t", now=0.0)
+    spool.accept(
+        rid,
+        parse_request(
+            f"prompt: a fox\nimages: {images}\nengine: dry-run\nwidth: 128\n"
+            f"height: 128\nexperiment: {json.dumps(experiment)}\n"
+        ),
+        source="t",
+        now=0.0,
+    )
     while Worker(spool, "w1").step() is not None:
         pass
 
@@ -85,9 +92,11 @@ def test_events_that_can_never_be_logged_are_set_aside(spool, tracker):
         f"00000000000000000002-{A}-000002.json": b"[1, 2]",
         f"00000000000000000003-{A}-000003.json": json.dumps({"kind": "\x1b[2Jboom", "request_id": A}).encode(),
         f"00000000000000000004-{B}-000004.json": json.dumps(
-            {"kind": "worker-failed", "request_id": B, "worker": "w", "error": "x", "ended_at": 1}).encode(),
+            {"kind": "worker-failed", "request_id": B, "worker": "w", "error": "x", "ended_at": 1}
+        ).encode(),
         f"00000000000000000005-{A}-000005.json": json.dumps(
-            {"kind": "attempt", "request_id": A, "ended_at": 1, "worker": "w"}).encode(),
+            {"kind": "attempt", "request_id": A, "ended_at": 1, "worker": "w"}
+        ).encode(),
         "whatever.json": b"{}",
         f"00000000000000000006-{A}-000006.json": b"\xff\xfe",
     }

@@ -12,8 +12,15 @@ A, B = "20261126-000000-aaaaaa", "20261126-000001-bbbbbb"
 
 
 def accept(spool, rid, images=6, extra=""):
-    spool.accept(rid, parse_request(f"prompt: a fox\nimages: {images}\nbatch_size: 1\nseed: 10\n"
-                                    f"engine: dry-run\nwidth: 128\nheight: 128\n{extra}"), source="t", now=0.0)
+    spool.accept(
+        rid,
+        parse_request(
+            f"prompt: a fox\nimages: {images}\nbatch_size: 1\nseed: 10\n"
+            f"engine: dry-run\nwidth: 128\nheight: 128\n{extra}"
+        ),
+        source="t",
+        now=0.0,
+    )
 
 
 class CountingEngine(DryRunEngine):
@@ -75,8 +82,14 @@ def test_a_group_takes_its_requests_tickets_past_others_which_keep_their_turn(sp
 
 
 def test_a_group_that_fails_runs_its_tickets_alone_so_only_the_bad_one_fails(spool):
-    spool.accept(A, parse_request("prompts: [a fox, a bad fox, a cat]\nimages: 1\nseed: 3\nengine: dry-run\n"
-                                  "width: 128\nheight: 128\n"), source="t", now=0.0)
+    spool.accept(
+        A,
+        parse_request(
+            "prompts: [a fox, a bad fox, a cat]\nimages: 1\nseed: 3\nengine: dry-run\nwidth: 128\nheight: 128\n"
+        ),
+        source="t",
+        now=0.0,
+    )
     w, engine = worker(spool, 4)
     first = w.step()
     states = [first.state] + [o.state for o in first.others]
@@ -128,6 +141,9 @@ def test_a_bad_group_setting_fails_the_ticket_with_the_reason(spool, monkeypatch
     monkeypatch.setenv("SDGEN_GROUP_IMAGES", "lots")
     accept(spool, A, images=2)
     outcome = Worker(spool, "w1").step()
-    assert outcome.state == "failed" and "SDGEN_GROUP_IMAGES must be a whole number from 0 to 1024, got 'lots'" in outcome.error
+    assert (
+        outcome.state == "failed"
+        and "SDGEN_GROUP_IMAGES must be a whole number from 0 to 1024, got 'lots'" in outcome.error
+    )
     [name] = spool.ticket_names("failed")
     assert "SDGEN_GROUP_IMAGES" in spool.read_ticket("failed", name).reason

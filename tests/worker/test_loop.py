@@ -1,8 +1,8 @@
 """The worker in-process with the dry-run engine: outputs, markers, reruns, stops, failures."""
 
 import hashlib
-import os
 import json
+import os
 
 from sdgen.engine.dryrun import DryRunEngine
 from sdgen.spool.claim import claim_next
@@ -22,7 +22,10 @@ def test_a_ticket_makes_its_images_and_a_marker(spool):
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "done" and outcome.images_made == 4
     out = spool.layout.output_dir(RID)
-    assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)] + ["index.csv", "index.json"]
+    assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)] + [
+        "index.csv",
+        "index.json",
+    ]
     [name] = spool.ticket_names("done")
     marker = json.loads(spool.layout.ticket("done", name).read_text())
     r = marker["result"]
@@ -134,7 +137,8 @@ def test_a_late_writer_thawed_mid_ticket_replaces_nothing_and_reports_lost(spool
     assert marker["result"]["worker"] == "w2"
     for o in marker["result"]["outputs"]:
         assert hashlib.sha256((spool.layout.root / o["file"]).read_bytes()).hexdigest() == o["sha256"]
-    finished = [e for e in spool.event_names()
-                if json.loads((spool.layout.events / e).read_text())["status"] == "FINISHED"]
+    finished = [
+        e for e in spool.event_names() if json.loads((spool.layout.events / e).read_text())["status"] == "FINISHED"
+    ]
     assert len(finished) == 1
     assert not list(spool.layout.output_dir(RID).glob(".*.part"))

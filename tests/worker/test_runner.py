@@ -14,8 +14,12 @@ RID = "20261126-000000-aaaaaa"
 
 
 def test_a_symlink_planted_at_the_part_name_redirects_nothing(spool, tmp_path):
-    spool.accept(RID, parse_request("prompt: a fox\nimages: 2\nbatch_size: 2\nseed: 10\nengine: dry-run\n"
-                                    "width: 128\nheight: 128\n"), source="t", now=0.0)
+    spool.accept(
+        RID,
+        parse_request("prompt: a fox\nimages: 2\nbatch_size: 2\nseed: 10\nengine: dry-run\nwidth: 128\nheight: 128\n"),
+        source="t",
+        now=0.0,
+    )
     out = spool.layout.output_dir(RID)
     out.mkdir(parents=True)
     victim = tmp_path / "victim.txt"
@@ -27,7 +31,12 @@ def test_a_symlink_planted_at_the_part_name_redirects_nothing(spool, tmp_path):
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "done" and outcome.images_made == 2
     assert victim.read_text() == "precious" and not victim.is_symlink()
-    assert sorted(p.name for p in out.iterdir()) == ["0000-000000-10.png", "0000-000001-11.png", "index.csv", "index.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "0000-000000-10.png",
+        "0000-000001-11.png",
+        "index.csv",
+        "index.json",
+    ]
     [name] = spool.ticket_names("done")
     for o in json.loads(spool.layout.ticket("done", name).read_text())["result"]["outputs"]:
         path = spool.layout.root / o["file"]

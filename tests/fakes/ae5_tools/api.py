@@ -68,9 +68,21 @@ class AEUserSession:
             raise requests.exceptions.ConnectionError(f"HTTPSConnectionPool(host='{self.hostname}'): unreachable")
 
     # -- jobs ---------------------------------------------------------------------------
-    def job_create(self, ident, schedule=None, name=None, command=None, resource_profile=None,
-                   variables=None, run=None, wait=None, cleanup=False, make_unique=None,
-                   show_run=False, format=None):
+    def job_create(
+        self,
+        ident,
+        schedule=None,
+        name=None,
+        command=None,
+        resource_profile=None,
+        variables=None,
+        run=None,
+        wait=None,
+        cleanup=False,
+        make_unique=None,
+        show_run=False,
+        format=None,
+    ):
         self._check()
         if command is None:
             raise TypeError("'NoneType' object is not subscriptable")
@@ -78,16 +90,26 @@ class AEUserSession:
         if any(j["name"] == name for j in state["jobs"].values()):
             raise AEException(f"Error starting job: a job named {name} already exists")
         jid = "a2-" + secrets.token_hex(16)
-        job = {"id": jid, "name": name, "owner": self.username, "project_id": ident, "command": command,
-               "resource_profile": resource_profile or "default", "variables": dict(variables or {}),
-               "state": "created", "created": time.time()}
+        job = {
+            "id": jid,
+            "name": name,
+            "owner": self.username,
+            "project_id": ident,
+            "command": command,
+            "resource_profile": resource_profile or "default",
+            "variables": dict(variables or {}),
+            "state": "created",
+            "created": time.time(),
+        }
         state["jobs"][jid] = job
         _save(state)
         if run is not False:
             self._start_run(job)
         if _flag("create-502"):
             os.unlink(_dir() / "create-502")
-            raise requests.exceptions.RetryError("Max retries exceeded (Caused by ResponseError('too many 502 error responses'))")
+            raise requests.exceptions.RetryError(
+                "Max retries exceeded (Caused by ResponseError('too many 502 error responses'))"
+            )
         return job
 
     def _start_run(self, job: dict) -> dict:
@@ -106,11 +128,20 @@ class AEUserSession:
         else:
             cmd = f"exec {sys.executable} -m sdgen worker"
         script = f"( {cmd} ) > {rdir}/log 2>&1; echo $? > {rdir}/rc"
-        proc = subprocess.Popen(["sh", "-c", script], env=env,
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["sh", "-c", script], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         state = _load()
-        run = {"id": rid, "name": job["name"], "job_id": job["id"], "owner": job["owner"], "pid": proc.pid,
-               "state": "running", "variables": job["variables"], "created": time.time()}
+        run = {
+            "id": rid,
+            "name": job["name"],
+            "job_id": job["id"],
+            "owner": job["owner"],
+            "pid": proc.pid,
+            "state": "running",
+            "variables": job["variables"],
+            "created": time.time(),
+        }
         state["runs"][rid] = run
         _save(state)
         return run
@@ -184,5 +215,7 @@ class AEUserSession:
 
     def resource_profile_list(self, filter=None, format=None):
         self._check()
-        return [{"name": "default", "description": "Default", "cpu": "2", "memory": "4096Mi", "gpu": 0},
-                {"name": "gpu-large", "description": "1 GPU", "cpu": "8", "memory": "65536Mi", "gpu": 1}]
+        return [
+            {"name": "default", "description": "Default", "cpu": "2", "memory": "4096Mi", "gpu": 0},
+            {"name": "gpu-large", "description": "1 GPU", "cpu": "8", "memory": "65536Mi", "gpu": 1},
+        ]
