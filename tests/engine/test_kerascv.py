@@ -145,8 +145,13 @@ def test_the_whole_path_daemon_worker_engine_png(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = data / "outputs" / proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
-    files = sorted(out.iterdir())
-    assert [f.name for f in files] == ["0000-000000-8.png", "0000-000001-9.png"]
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in sorted(out.iterdir())] == [
+        "0000-000000-8.png",
+        "0000-000001-9.png",
+        "index.csv",
+        "index.json",
+    ]
     meta = json.loads(Image.open(files[1]).text["sdgen"])
     assert meta["engine"] == "keras-cv" and meta["seed"] == 9 and "noise" in meta["note"]
     assert meta["backend"] == "tensorflow" and meta["keras_cv"] == "0.9.0"
