@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import re
 import sys
 
 from sdgen import __version__
@@ -28,6 +29,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, no usage dump
+        choice = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # a mistyped command or choice: say the likely one first
+            near = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), 1, 0.6)
+            if near:
+                message = f"{message}: did you mean {near[0]!r}?"
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
     def parse_args(self, args=None, namespace=None):
@@ -42,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
                 if extra.startswith("-"):
                     near = difflib.get_close_matches(extra.split("=", 1)[0], options, 1, 0.6)
                     if near:
-                        hints.append(f"did you mean {near[0]} for {extra.split('=', 1)[0]}?")
+                        hints.append(f"{extra.split('=', 1)[0]}: did you mean {near[0]}?")
             hint = f" ({'; '.join(hints)})" if hints else ""
             parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return ns
@@ -91,7 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     adsp.register(sub)
     adsp.register_bootstrap(sub)
     _describe(parser)
+    _everywhere(parser, "--data", metavar="DIR", help="data directory (default: $SDGEN_DATA, else ./data)")
     return parser
+
+
+def _everywhere(parser: argparse.ArgumentParser, *flags, **kw) -> None:
+    """A global option accepted after the command too (`sdgen status --data DIR`), as the
+    hints sdgen prints write it. SUPPRESS: a command's parser leaves the value given before
+    the command alone when the option is not repeated after it."""
+    for action in _subcommands(parser):
+        for child in action.choices.values():
+            if not any(f in child._option_string_actions for f in flags):
+                child.add_argument(*flags, default=argparse.SUPPRESS, **kw)
+            _everywhere(child, *flags, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except SdgenError as e:
         print(f"sdgen {args.command}: {printable(e)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `sdgen status --json | head`: the reader has what it wanted
+        sys.stdout = None
+        return 0
     except OSError as e:  # e.g. a full disk: one line, not a traceback
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"sdgen {args.command}: error: {printable(e.strerror or e)}{printable(where)}", file=sys.stderr)

@@ -283,10 +283,19 @@ class Scheduler:
             report.wake_in = 0.0
 
     # -- leases -----------------------------------------------------------------------------
-    def reap(self, now: float, exited: dict[str, int | None], report: TickReport, mono: float | None = None) -> None:
+    def reap(
+        self,
+        now: float,
+        exited: dict[str, int | None],
+        report: TickReport,
+        mono: float | None = None,
+        stopped: bool = False,
+    ) -> None:
         """Give back tickets whose worker is gone: at once when we know it died (our own
         process exited, or its pid is gone on this host), else when its lease has not
-        changed for `lease_timeout` seconds of our own monotonic clock."""
+        changed for `lease_timeout` seconds of our own monotonic clock. `stopped`: the
+        workers in `exited` were stopped by this daemon (its shutdown had to kill them, e.g.
+        mid model build): their tickets go back as a hand-back, not as a death."""
         mono = time.monotonic() if mono is None else mono
         layout = self.spool.layout
         running = self.spool.ticket_names(TicketState.RUNNING)
@@ -313,7 +322,12 @@ class Scheduler:
                 self.busy_workers.add(lease.worker)
             if lease and lease.worker in exited:
                 self._reclaim(
-                    name, f"worker {lease.worker} exited with code {exited[lease.worker]}", lease.worker, now, report
+                    name,
+                    f"worker {lease.worker} exited with code {exited[lease.worker]}",
+                    lease.worker,
+                    now,
+                    report,
+                    death=not stopped,
                 )
                 continue
             if lease and lease.host == self.host and not pid_alive(lease.pid):
@@ -328,7 +342,7 @@ class Scheduler:
                     name, f"lease of {who} expired (no heartbeat for {mono - seen[1]:.0f}s)", who, now, report
                 )
 
-    def _reclaim(self, name: str, detail: str, worker: str, now: float, report: TickReport) -> None:
+    def _reclaim(self, name: str, detail: str, worker: str, now: float, report: TickReport, death: bool = True) -> None:
         layout = self.spool.layout
         self._leases.pop(name, None)
         try:
@@ -340,6 +354,13 @@ class Scheduler:
             self.spool.quarantine(layout.ticket(TicketState.RUNNING, name), e.reason, now)
             return
         lease = Lease.read(layout.lease(name))
+        if not death:
+            # Our own stop: the ticket goes back unchanged, as a worker's hand-back would
+            # (not an attempt, no event); a user's Ctrl-C must never poison a ticket.
+            if self.spool.reclaim(name, TicketState.PENDING, ticket):
+                log.info("ticket %s: handed back for its stopped worker %s", name, worker)
+            report.reclaimed.append(name)
+            return
         state, updated = after_death(ticket, detail, worker, now)
         # Spool.reclaim removes the lease before the ticket leaves running/ (the rule lives there).
         if self.spool.reclaim(name, state, updated):

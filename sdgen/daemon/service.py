@@ -183,7 +183,13 @@ class Daemon:
         # Through the scheduler's isolated steps: damage met now must not turn a clean stop
         # into a failed exit.
         self.scheduler._phase(
-            "reap", self.scheduler.reap, time.time(), {w.worker_id: w.returncode for w in exited}, TickReport()
+            "reap",
+            self.scheduler.reap,
+            time.time(),
+            {w.worker_id: w.returncode for w in exited},
+            TickReport(),
+            None,
+            True,  # stopped by us: hand-backs, not deaths
         )
         counts = self.spool.ticket_counts()
         self.scheduler._phase("requests", self.scheduler.update_requests, counts, time.time())

@@ -8,7 +8,7 @@ import pytest
 
 from sdgen import defaults
 from sdgen.daemon.policy import StartupGuard, lease_expired, workers_wanted
-from sdgen.daemon.scheduler import Scheduler
+from sdgen.daemon.scheduler import Scheduler, TickReport
 from sdgen.spool.request import parse_request
 from tests.fakes.launcher import FakeLauncher
 
@@ -98,3 +98,27 @@ def test_surplus_workers_are_trimmed_when_the_queue_shrinks(queued):
         queued.move_ticket(name, "pending", "done")
     sched.tick(now=time.time())
     assert len(launcher.running()) == 1 and len(launcher.trimmed) == 3
+
+
+def test_a_worker_the_daemons_own_stop_had_to_kill_hands_its_ticket_back_without_a_death(queued):
+    """Ctrl-C during a model build: the worker cannot hand back in time and is killed by the
+    daemon's shutdown. Twice in a row must not make a poison ticket."""
+    from sdgen.spool.claim import claim_next
+    from sdgen.spool.states import TicketState
+
+    sched = Scheduler(queued, FakeLauncher())
+    for _ in range(2):
+        claim = claim_next(queued, "w-killed")
+        sched.reap(time.time(), {"w-killed": -9}, TickReport(), stopped=True)
+        ticket = queued.read_ticket(TicketState.PENDING, claim.name)
+        assert ticket.deaths == 0 and ticket.attempt == 0
+    assert not list(queued.layout.events.iterdir())  # a hand-back is not an attempt
+
+
+def test_a_worker_that_died_on_its_own_still_counts_a_death(queued):
+    from sdgen.spool.claim import claim_next
+    from sdgen.spool.states import TicketState
+
+    claim = claim_next(queued, "w-died")
+    Scheduler(queued, FakeLauncher()).reap(time.time(), {"w-died": -9}, TickReport())
+    assert queued.read_ticket(TicketState.PENDING, claim.name).deaths == 1
