@@ -123,9 +123,16 @@ def weights(data: Path) -> list[Item]:
 
 def snapshots(data: Path) -> list[Item]:
     """Every entry of the snapshots folder but lock files, each with what it is."""
-    from sdgen.engine import snapshot  # imports jax: only this command's own work needs it
-
-    root, now, software = data / "cache" / "snapshots", time.time(), snapshot.software()
+    root = data / "cache" / "snapshots"
+    try:
+        from sdgen.engine import snapshot  # imports jax: only this command's own work needs it
+    except ImportError:  # `make run` installs no jax: list, never judge (prune then keeps them)
+        return [
+            Item(e, *_stat(e, atime=False), note="not judged: jax is not installed (pip install -e '.[jax-gpu]')")
+            for e in (sorted(root.iterdir()) if root.is_dir() else [])
+            if not e.name.endswith(".lock")
+        ]
+    now, software = time.time(), snapshot.software()
     items = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if entry.name.endswith(snapshot.LOCK):

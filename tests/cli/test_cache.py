@@ -144,3 +144,21 @@ def test_a_bad_age_is_a_one_line_usage_error(tmp_path, bad):
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "--older-than" in proc.stderr and "like 30d" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_status_and_prune_work_without_jax_and_judge_no_snapshot(data, monkeypatch):
+    """`make run` installs no jax: the listing still works, and prune keeps what it cannot judge."""
+    import sys
+
+    folder = data / "cache" / "snapshots" / "sd-v1-pretrained-bfloat16-0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"x" * 10)
+    monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` raises ImportError
+    monkeypatch.delitem(sys.modules, "sdgen.engine.snapshot", raising=False)
+    monkeypatch.delattr(sys.modules["sdgen.engine"], "snapshot", raising=False)
+    (data / "spool").mkdir(parents=True, exist_ok=True)
+    out = sdgen(data, "cache", "status")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "not judged: jax is not installed" in out.stdout
+    assert sdgen(data, "cache", "prune", "--older-than", "0d").returncode == 0
+    assert folder.exists()
