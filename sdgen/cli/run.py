@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -266,10 +267,16 @@ class _Progress:
         if final and self.last_key is not None and self.last_key[2] == row["state"]:
             return  # the final line is printed once
         if self.tty:
-            width = 30
+            # Cut to the terminal's width: a line that wraps cannot be redrawn by \r, and
+            # every redraw would scroll a new line (an 80-column terminal during the build).
+            columns = shutil.get_terminal_size((80, 24)).columns
+            width = max(10, min(30, columns // 4))
             filled = int(width * done / total) if total else 0
             bar = "#" * filled + "-" * (width - filled)
-            text = f"\r[{bar}] {done}/{total} images{rate}{eta} {what}\033[K"
+            line = f"[{bar}] {done}/{total} images{rate}{eta} {what}"
+            if len(line) > columns - 1:
+                line = line[: max(0, columns - 2)] + "…"
+            text = f"\r{line}\033[K"
             if text != self.last_text or self.mid_line is False:
                 self._write(text + ("\n" if final else ""))
             self.mid_line, self.last_text, self.last_key = not final, text, key

@@ -171,3 +171,25 @@ def test_sighup_stops_like_ctrl_c(data):
     (row,) = status_json(data)
     assert "stays queued" in err.strip().splitlines()[-1] and row["state"] != "cancelled"
     assert not _workers_left(data)
+
+
+def test_the_bar_fits_the_terminal_so_redraws_never_scroll(spool, monkeypatch):
+    """A bar wider than the terminal wraps, and every redraw then scrolls a new line."""
+    import io
+    import os
+    import shutil
+
+    from sdgen.cli.run import _Progress
+    from tests.conftest import accept
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    accept(spool, "prompt: a\nimages: 12\nengine: dry-run\n", "20261126-000000-aaaaaa")
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((60, 24)))
+    out = Tty()
+    progress = _Progress(spool, "20261126-000000-aaaaaa", stream=out)
+    progress.update()
+    drawn = [part.replace("\033[K", "") for part in out.getvalue().split("\r") if part]
+    assert drawn and all(len(line) < 60 for line in drawn), drawn
