@@ -35,3 +35,11 @@ def test_a_reader_that_closes_the_pipe_gets_no_error(data):
         cwd=data.parent,
     )
     assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_data_directory_that_cannot_be_one_is_a_one_line_mistake(data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "below"):
+        out = sdgen(data, "--data", str(bad), "submit", "--prompt", "a")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "check --data" in out.stderr, out.stderr
