@@ -145,3 +145,34 @@ LOCAL_STOP_POLL_SECONDS = 0.1
 # is redrawn at every change); following another daemon's run, look this often.
 PROGRESS_PLAIN_EVERY_SECONDS = 5.0
 PROGRESS_FOLLOW_SECONDS = 1.0
+
+
+# -- the daemon's and tracker's remaining waits (issue 16: no tunable hard-coded in a module) --
+
+# An inbox entry that cannot be moved is reported once and tried again this often, in case
+# someone fixed its permissions.
+STUCK_RETRY_SECONDS = 60.0
+
+# Tickets written per step of a split before the deadline is looked at again (the deadline
+# is also looked at every ticket; this only bounds the cursor's slice).
+SPLIT_SLICE_TICKETS = 200
+
+# Start-up crash backoff of the launcher: 2, 4, 8 ... s, capped (daemon/policy.py).
+STARTUP_BACKOFF_BASE_SECONDS = 2.0
+STARTUP_BACKOFF_CAP_SECONDS = 120.0
+
+# A worker relists pending/ at least this often, so a ticket that became pending since
+# (a hand-back, a new request) waits at most this long for its turn in claim order.
+CLAIM_RELIST_SECONDS = 1.0
+
+# The tracker polls spool/events this often, and backs off up to this while MLflow is down.
+TRACKER_POLL_SECONDS = 1.0
+TRACKER_MAX_BACKOFF_SECONDS = 30.0
+
+# A request whose logging failed (not an outage) is tried again after this, doubling up to
+# the cap, while the other requests go on being logged.
+TRACKING_REQUEST_BACKOFF_SECONDS = 2.0
+TRACKING_REQUEST_MAX_BACKOFF_SECONDS = 300.0
+
+# How long the daemon waits for its file watcher's thread to end on shutdown.
+WATCHER_STOP_SECONDS = 5.0

@@ -41,8 +41,8 @@ class StartupGuard:
 
     max_failures: int = defaults.MAX_STARTUP_FAILURES
     startup_seconds: float = defaults.STARTUP_SECONDS
-    backoff_base: float = 2.0
-    backoff_cap: float = 120.0
+    backoff_base: float = defaults.STARTUP_BACKOFF_BASE_SECONDS
+    backoff_cap: float = defaults.STARTUP_BACKOFF_CAP_SECONDS
     streak: int = 0
     launch_after: float = 0.0
     blocked: str | None = None

@@ -195,7 +195,7 @@ class Scheduler:
                 report.wake_in = 0.0
                 continue
             stuck = self._stuck.get(entry)
-            if stuck and now - stuck[1] < 60:
+            if stuck and now - stuck[1] < defaults.STUCK_RETRY_SECONDS:
                 continue  # reported once; tried again every minute in case someone fixed it
             path = layout.inbox / entry
             try:

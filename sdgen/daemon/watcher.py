@@ -10,6 +10,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from sdgen import defaults
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,6 @@ class Watcher:
             inotify_log.setLevel(logging.CRITICAL)
             try:
                 self.observer.stop()
-                self.observer.join(timeout=5)
+                self.observer.join(timeout=defaults.WATCHER_STOP_SECONDS)
             finally:
                 inotify_log.setLevel(level)

@@ -178,7 +178,7 @@ class PendingView:
     when used up or older than `refresh` seconds, so a ticket that became pending since
     (a new request, a hand-back) waits at most that long for its turn in claim order."""
 
-    def __init__(self, spool: Spool, refresh: float = 1.0):
+    def __init__(self, spool: Spool, refresh: float = defaults.CLAIM_RELIST_SECONDS):
         self.spool, self.refresh = spool, refresh
         self.names: list[str] = []
         self.pos = 0

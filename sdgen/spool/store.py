@@ -41,7 +41,7 @@ from sdgen.textsafe import printable
 log = logging.getLogger(__name__)
 
 # Tickets written per step of a split before the deadline is looked at again.
-SPLIT_SLICE = 200
+SPLIT_SLICE = defaults.SPLIT_SLICE_TICKETS
 
 
 class StuckEntry(SdgenError):

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+from sdgen import defaults
 from sdgen.spool.store import Spool
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,8 @@ class TrackerThread:
         spool: Spool,
         launcher: str = "local",
         images: str = "all",
-        interval: float = 1.0,
-        max_backoff: float = 30.0,
+        interval: float = defaults.TRACKER_POLL_SECONDS,
+        max_backoff: float = defaults.TRACKER_MAX_BACKOFF_SECONDS,
     ):
         self.spool, self.launcher, self.images = spool, launcher, images
         self.interval, self.max_backoff = interval, max_backoff

@@ -30,6 +30,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
+from sdgen import defaults
 from sdgen.spool.layout import REQUEST_ID  # noqa: E402
 from sdgen.spool.progress import summarize  # noqa: E402
 from sdgen.spool.states import RequestState, TicketState  # noqa: E402
@@ -43,8 +44,10 @@ FINAL_STATUS = {RequestState.DONE: "FINISHED", RequestState.FAILED: "FAILED", Re
 IMAGE_MODES = ("all", "sample", "none")
 SAMPLE_IMAGES = 4
 LOG_TAIL_LINES = 60
-REQUEST_BACKOFF = 2.0  # seconds before a request whose logging failed is tried again...
-REQUEST_MAX_BACKOFF = 300.0  # ... doubling up to this
+REQUEST_BACKOFF = (
+    defaults.TRACKING_REQUEST_BACKOFF_SECONDS
+)  # seconds before a request whose logging failed is tried again...
+REQUEST_MAX_BACKOFF = defaults.TRACKING_REQUEST_MAX_BACKOFF_SECONDS  # ... doubling up to this
 EVENT_KINDS = ("attempt", "worker-failed")
 EVENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
 EVENT_NAME = re.compile(r"^\d+-(\d{8}-\d{6}-[0-9a-f]{6})-[0-9a-f]+\.json$")
