@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,12 +41,25 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     # A child, not exec: its exit code is ours to check (mlflow ui exits 0 after its server
     # fails to bind, e.g. when another process took the port after our check).
-    proc = subprocess.Popen(cmd)
+    # Its own session: a SIGTERM/SIGHUP sent to us is passed on to the whole server (mlflow ui
+    # starts uvicorn workers of its own), which would otherwise outlive us.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def pass_on(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, pass_on)
     try:
         code = proc.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it finish stopping
-        code = proc.wait()
+    except KeyboardInterrupt:  # in its own session the child did not get the Ctrl-C: pass it on
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait()
         return 0
+    if code in (-signal.SIGTERM, -signal.SIGINT) or code in (128 + signal.SIGTERM, 130):
+        return 0  # stopped by the user (through us)
     if code:
         raise UserError(
             f"the MLflow UI exited with code {code} (its own messages are above): "

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for
 
 REQUEST = ("--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128")
@@ -193,3 +195,42 @@ def test_the_bar_fits_the_terminal_so_redraws_never_scroll(spool, monkeypatch):
     progress.update()
     drawn = [part.replace("\033[K", "") for part in out.getvalue().split("\r") if part]
     assert drawn and all(len(line) < 60 for line in drawn), drawn
+
+
+@pytest.mark.slow
+def test_ui_stopped_by_sigterm_leaves_no_server_behind(data, spool):
+    import urllib.request
+
+    import psutil
+
+    (data / "mlflow").mkdir()
+    (data / "mlflow" / "mlflow.db").touch()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdgen", "ui", "--port", str(port)],
+        env=sdgen_env(data),
+        cwd=data.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers():
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, timeout=90, interval=0.5, what="the MLflow UI")
+        servers = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert servers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        psutil.wait_procs(servers, timeout=30)
+        assert not [p for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not answers()
+    finally:
+        proc.kill()
