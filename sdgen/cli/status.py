@@ -421,7 +421,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     for row in rows:
-        print(f"{printable(row['id'])}\t{row['state']}\t{printable(row.get('name', ''))}")
+        # tab-separated for scripts (`cut -f1`); no trailing tab when there is no name
+        print(f"{printable(row['id'])}\t{row['state']}\t{printable(row.get('name', ''))}".rstrip("\t"))
     return 0
 
 

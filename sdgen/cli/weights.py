@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sdgen.config import data_root
 from sdgen.engine.weights import FILES, WeightCache, cache_dir, data_cache_dir
@@ -23,6 +24,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             size = f"{wf.size / 1e6:,.0f} MB" if wf.size else "size unknown"
             print(f"{model:6} {wf.name:30} {state:10} ({size})")
             worst = max(worst, 0 if state == "present" else 1)
+    if worst:  # exit 1 stays (scripts and the Makefile test it); say what to do next
+        print(
+            "some weight files are not there: `sdgen weights fetch` downloads them (about 4 GB), or "
+            "copy them into the folder above; without them, `--weights random` or `--engine dry-run` work",
+            file=sys.stderr,
+        )
     return worst
 
 
