@@ -45,9 +45,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check sdgen tests benchmarks
 	$(BIN)/ruff format --check sdgen tests benchmarks
 
+# Two processes: most slow tests wait on daemons, workers and servers, not on the CPU.
+# Tests sharing a session fixture (one Slurm, one model build) stay in one process
+# (tests/conftest.py, SHARED_FIXTURE_GROUPS).
 test: lint
 	scripts/system-packages.sh
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # The fast lane: no `slow` marks (no real model, MLflow server, Slurm or kill -9 trials).
 check: lint

@@ -39,19 +39,18 @@ from sdgen.spool.intake import is_candidate, is_stray  # noqa: E402
 from sdgen.spool.layout import TICKET_STATES  # noqa: E402
 from sdgen.spool.request import parse_request  # noqa: E402
 from sdgen.spool.store import Spool  # noqa: E402
+from tests.harness import daemons_of, kill_all, sdgen_env, workers_of  # noqa: E402
 
 FAST = ["--rescan", "0.3", "--lease-timeout", "3", "--worker-idle-exit", "2"]
 
 
-def env_for(data: Path, **extra) -> dict:
-    env = dict(os.environ, SDGEN_DATA=str(data), SDGEN_TRACKING="off", PYTHONUNBUFFERED="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 def sdgen(data: Path, *args, **extra) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sdgen", *args], env=env_for(data, **extra), capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "sdgen", *args],
+        env=sdgen_env(data, **extra),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -61,7 +60,7 @@ def start_daemon(data: Path, *args, **extra) -> subprocess.Popen:
     log = open(data.parent / "daemon.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sdgen", "daemon", *args],
-        env=env_for(data, **extra),
+        env=sdgen_env(data, **extra),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -76,15 +75,6 @@ def start_daemon(data: Path, *args, **extra) -> subprocess.Popen:
             pass  # not written yet, or (hostile trial) planted damage the daemon rewrites
         time.sleep(0.05)
     return proc
-
-
-def workers_of(data: Path) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "worker" in cmd and str(data) in cmd:
-            out.append(p)
-    return out
 
 
 def submit_many(data: Path, requests: int, images: int, batch: int) -> dict[str, int]:
@@ -138,10 +128,9 @@ def audit(data: Path, expected: dict[str, int]) -> dict:
             if not spool.read_ticket(state, name).reason:
                 held_without_reason += 1
     rework = mismatched = 0
-    for name in ours(spool.ticket_names("done")):
-        t = spool.read_ticket("done", name)
-        rework += t.attempt
-        marker = json.loads(spool.layout.ticket("done", name).read_text())
+    # every done ticket's record, in done/ or folded into its request's ledger
+    for marker in (m for rid in expected for m in spool.done_markers(rid)):
+        rework += marker.get("attempt", 0)
         for o in marker.get("result", {}).get("outputs", []):
             f = data / o["file"]
             if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != o["sha256"]:
@@ -167,13 +156,69 @@ def wait_idle(proc: subprocess.Popen, timeout: float) -> int:
 
 
 # -- faults --------------------------------------------------------------------------------
-def faults(trials: int, requests: int, images: int, quick: bool) -> dict:
+def submit_backlog(data: Path, tickets: int) -> list[str]:
+    """A queue of `tickets` one-image tickets waiting behind the audited requests (priority
+    -1, requests of at most 100,000 images): the kill -9 trials run over a deep spool."""
+    ids = []
+    while tickets > 0:
+        n = min(100_000, tickets)
+        ids.append(
+            sdgen(
+                data,
+                "submit",
+                *("--engine", "dry-run", "--width", "128", "--height", "128", "--priority", "-1"),
+                *("--prompt", f"backlog {len(ids)}", "--images", str(n), "--seed", "7"),
+            ).stdout.strip()
+        )
+        tickets -= n
+    return ids
+
+
+def audit_backlog(data: Path, ids: list[str]) -> dict:
+    """Every ticket of the backlog exactly once: in one folder, or still unwritten (at or
+    after its split cursor), never both, never twice, never missing."""
+    spool = Spool(data)
+    folders: dict[str, dict[int, int]] = {rid: {} for rid in ids}
+    for state in ("pending", "running", "done", "deferred", "held", "failed", "cancelled"):
+        for name in spool.ticket_names(state):
+            _, index, rid = name.split(".", 2)
+            if rid in folders:
+                folders[rid][int(index)] = folders[rid].get(int(index), 0) + 1
+    lost = duplicated = written = 0
+    accepted = 0
+    for rid in ids:
+        state = spool.read_state(rid)
+        if state is None:  # not accepted yet (still in the inbox): none of its tickets may exist
+            unwritten_from = 0
+        else:
+            accepted += 1
+            total = state["tickets_total"]
+            unwritten_from = total - spool.unwritten_tickets(rid, total)
+        seen = folders[rid]
+        written += len(seen)
+        duplicated += sum(c - 1 for c in seen.values()) + sum(1 for i in seen if i >= unwritten_from)
+        lost += sum(1 for i in range(unwritten_from) if i not in seen)
+    return {
+        "backlog_requests_accepted": f"{accepted}/{len(ids)}",
+        "backlog_tickets_written": written,
+        "backlog_lost": lost,
+        "backlog_duplicated": duplicated,
+    }
+
+
+def faults(trials: int, requests: int, images: int, quick: bool, backlog: int = 0) -> dict:
     root = Path(tempfile.mkdtemp(prefix="sdgen-soak-"))
     data = root / "data"
+    backlog_ids = submit_backlog(data, backlog)
     expected = submit_many(data, requests, images, 3)
     delay = 0.02
     rng = random.Random(7)
     daemon = start_daemon(data, "--workers", "3", *FAST, SDGEN_DRY_RUN_DELAY=delay)
+    # the trials run over the whole backlog: wait until every request of it is accepted
+    spool = Spool(data)
+    deadline = time.monotonic() + 300
+    while backlog_ids and time.monotonic() < deadline and any(spool.read_state(r) is None for r in backlog_ids):
+        time.sleep(0.2)
     kills = {"worker_sigkill": 0, "daemon_sigkill": 0, "sigterm_restart": 0}
     daemon_deaths_unexplained = 0
     for trial in range(trials):
@@ -208,6 +253,11 @@ def faults(trials: int, requests: int, images: int, quick: bool) -> dict:
             daemon = start_daemon(data, "--workers", "3", *FAST, SDGEN_DRY_RUN_DELAY=delay)
     daemon.send_signal(signal.SIGTERM)
     wait_idle(daemon, 60)
+    backlog_audit = {}
+    if backlog_ids:
+        backlog_audit = dict(backlog=backlog, **audit_backlog(data, backlog_ids))
+        for rid in backlog_ids:  # the final run does the audited requests only
+            sdgen(data, "cancel", rid)
     final = start_daemon(data, "--workers", "3", "--exit-when-idle", *FAST)
     code = wait_idle(final, 600)
     result = {
@@ -216,6 +266,7 @@ def faults(trials: int, requests: int, images: int, quick: bool) -> dict:
         "final_exit": code,
         "daemon_died_unasked": daemon_deaths_unexplained,
         **audit(data, expected),
+        **backlog_audit,
     }
     return result
 
@@ -413,7 +464,7 @@ def content_kinds() -> list[Kind]:
         ("name", "[a]"),
         ("name", "n" * 201),
         ("experiment", "{a: 1}"),
-        ("version", "2"),
+        ("version", "3"),
         ("negative", "x"),
         ("imgaes", "1"),
         ("Prompt", "a"),
@@ -954,14 +1005,8 @@ def hostile(files: int, quick: bool) -> dict:
     try:
         return _hostile(root, data, files, quick)
     finally:  # a harness error must not leave a daemon and its workers behind
-        for p in workers_of(data):
-            p.kill()
-        for p in psutil.process_iter(["cmdline", "environ"]):
-            try:
-                if "daemon" in (p.info["cmdline"] or []) and (p.info["environ"] or {}).get("SDGEN_DATA") == str(data):
-                    p.kill()
-            except psutil.Error:
-                pass
+        kill_all(workers_of(data))
+        kill_all(daemons_of(data))
 
 
 def _hostile(root: Path, data: Path, files: int, quick: bool) -> dict:
@@ -1190,7 +1235,7 @@ def claim_throughput(workers: int, tickets: int) -> float:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "sdgen", "--data", str(spool.layout.root), "worker", "--idle-exit", "0.5"],
-            env=env_for(spool.layout.root),
+            env=sdgen_env(spool.layout.root),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -1337,12 +1382,20 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--files", type=int, default=300)
     p.add_argument("--max-tickets", type=int, default=100_000)
+    p.add_argument(
+        "--backlog",
+        type=int,
+        help="waiting tickets behind the fault trials' requests (default 100,000 with --quick, else 1,000,000)",
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
     a = p.parse_args()
     results = {}
     if a.what in ("faults", "all"):
-        results["faults"] = faults(4 if a.quick else a.trials, 3 if a.quick else 6, 12 if a.quick else 60, a.quick)
+        backlog = a.backlog if a.backlog is not None else 100_000 if a.quick else 1_000_000
+        results["faults"] = faults(
+            4 if a.quick else a.trials, 3 if a.quick else 6, 12 if a.quick else 60, a.quick, backlog=backlog
+        )
         print("faults", json.dumps(results["faults"]), flush=True)
     if a.what in ("hostile", "all"):
         results["hostile"] = hostile(60 if a.quick else a.files, a.quick)

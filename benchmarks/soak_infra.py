@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from soak import FAST, REPO, audit, env_for, sdgen, start_daemon, submit_many, wait_idle, workers_of
+from soak import FAST, REPO, audit, sdgen, start_daemon, submit_many, wait_idle
 
 from sdgen.spool.store import Spool
+from tests.harness import sdgen_env, workers_of  # (importing soak put the repository on sys.path)
 
 
 def two_daemons(trials: int) -> dict:
@@ -38,7 +39,7 @@ def two_daemons(trials: int) -> dict:
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "sdgen", "daemon", "--workers", "2", *FAST],
-                env=env_for(data, SDGEN_DRY_RUN_DELAY=0.05),
+                env=sdgen_env(data, SDGEN_DRY_RUN_DELAY=0.05),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -131,7 +132,7 @@ def clock_skew(stops: int) -> dict:
                 "--idle-exit",
                 "3",
             ],
-            env=env_for(data, SDGEN_DRY_RUN_DELAY=delay),
+            env=sdgen_env(data, SDGEN_DRY_RUN_DELAY=delay),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -302,7 +303,7 @@ def mlflow_outage(trials: int) -> dict:
     start_s = time.monotonic() - t0
     data = root / "data"
     exp = "soak-outage"
-    track = {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": server.uri}
+    track = server.env
     expected = {}
     for i in range(3):
         rid = sdgen(

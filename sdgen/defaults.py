@@ -145,6 +145,19 @@ LOCAL_STOP_POLL_SECONDS = 0.1
 # is redrawn at every change); following another daemon's run, look this often.
 PROGRESS_PLAIN_EVERY_SECONDS = 5.0
 PROGRESS_FOLLOW_SECONDS = 1.0
+# The rate (images/s) and ETA of `sdgen run` and `sdgen status --watch` (sdgen/cli/rate.py):
+# measured over the landings of the last RATE_WINDOW_SECONDS, long enough to hold several
+# groups of grouped tickets (a group of 16 lands at once), short enough to follow a change
+# of pace (a worker more or less); no rate until the landings span RATE_MIN_SPAN_SECONDS, as
+# two workers' groups landing a moment apart would read hundreds of images per second.
+RATE_WINDOW_SECONDS = 60.0
+RATE_MIN_SPAN_SECONDS = 3.0
+# `sdgen status --watch`: seconds between looks at the spool (--interval). Each look lists
+# the spool's folders; once a second is live enough for work that takes seconds per image.
+WATCH_INTERVAL_SECONDS = 1.0
+# `sdgen status`: the USER column is as wide as its longest name up to this; longer names
+# are cut (a table wider than a terminal wraps and stops being a table).
+STATUS_USER_WIDTH = 12
 
 
 # -- the daemon's and tracker's remaining waits (issue 16: no tunable hard-coded in a module) --
@@ -156,6 +169,26 @@ STUCK_RETRY_SECONDS = 60.0
 # Tickets written per step of a split before the deadline is looked at again (the deadline
 # is also looked at every ticket; this only bounds the cursor's slice).
 SPLIT_SLICE_TICKETS = 200
+# Tickets of one request kept written in pending/ while it is split (the split window): the
+# rest wait in the request's split cursor and are written as workers take these, so a
+# queue's files grow with what is claimable soon, not with what waits. Far more than a tick's
+# claims (a node of 8 GPUs takes a few dozen one-image tickets a second) and than a group
+# claim looks ahead (256 names).
+SPLIT_WINDOW_TICKETS = 1024
+# The daemon ticks at most this often on watcher events (a busy node sends hundreds a
+# second): one tick per burst. A 1M-ticket spool's tick takes ~40 ms on 2 cores, so a busy
+# daemon stays near 20% of a core instead of ticking back to back.
+TICK_MIN_INTERVAL_SECONDS = 0.2
+# A done-marker is folded into its request's ledger (requests/<id>/done.jsonl) once it has
+# been in done/ this long (the daemon's clock) with no other copy and no lease: done/, which
+# every tick lists, then holds the last minutes of work, not the whole history. -1: never.
+FOLD_AFTER_SECONDS = 300.0
+# Most done-markers folded per tick (each is read and removed; the ledger append is fsynced
+# once per request), so folding a backlog never holds the loop.
+FOLD_MOST_PER_TICK = 2000
+# A ledger is read whole by `sdgen status` only through its summary; this bounds the
+# readers that do read it (the parent run's manifest, audits): ~400 bytes per ticket.
+MAX_LEDGER_BYTES = 512 * 1024 * 1024
 
 # Start-up crash backoff of the launcher: 2, 4, 8 ... s, capped (daemon/policy.py).
 STARTUP_BACKOFF_BASE_SECONDS = 2.0
@@ -176,3 +209,77 @@ TRACKING_REQUEST_MAX_BACKOFF_SECONDS = 300.0
 
 # How long the daemon waits for its file watcher's thread to end on shutdown.
 WATCHER_STOP_SECONDS = 5.0
+
+
+# -- batch programs (issue 18: templates, sweeps, --plan) ----------------------------------
+# Prompts a request's templates may expand to, in all (`expand: all` or N random each): the
+# expansions are written into requests/<id>/request.yaml, which must stay a file a reader
+# takes in at once (and the images limit, 100,000, applies on top).
+MAX_EXPANDED_PROMPTS = 10_000
+# Bytes of all expanded prompts together (UTF-8): with the templates as written (at most
+# the 1 MiB of the request file) request.yaml stays under what readers take (2 MiB).
+MAX_EXPANDED_PROMPT_BYTES = 512 * 1024
+# Values in one sweep list: a grid of 500 columns is already unreadable; keeps request.yaml
+# inside the YAML node limit above with the expanded prompts.
+MAX_SWEEP_VALUES = 500
+# Wildcard files (<data>/wildcards/**/*.txt) are read by the daemon for untrusted requests:
+# bounded in number, folder depth, size and lines, and nesting of wildcards in wildcards
+# (a wildcard that names itself would recurse until Python's stack ran out).
+MAX_WILDCARD_FILES = 10_000
+MAX_WILDCARD_FOLDER_DEPTH = 8
+MAX_WILDCARD_FILE_BYTES = 1024 * 1024
+MAX_WILDCARD_LINES = 10_000
+MAX_WILDCARD_NESTING = 8
+# Expanding one request's templates may take this long (it runs in the daemon's intake and
+# in `sdgen submit`); 10,000 expansions take well under a second.
+MAX_EXPAND_SECONDS = 5.0
+
+# `--plan`'s GPU-time estimate: the keras-cv engine on JAX, one NVIDIA H200, 512x512, 50
+# steps (docs/benchmarks.md): seconds per image at batch 1, and images/s at batch 16 (a JAX
+# worker fills batches of 16 from small tickets of equal settings: group claims). Scaled by
+# steps and pixels; an estimate, not a measurement of this request.
+ESTIMATE_CARD = "NVIDIA H200"
+ESTIMATE_SECONDS_PER_IMAGE_B1 = 0.387
+ESTIMATE_IMAGES_PER_SECOND_B16 = 4.79
+
+# -- grids and datasets (issue 18, second half) -------------------------------------------------
+# `sdgen grid` and the tracker's grid: cells are scaled down so that the whole grid, labels
+# included, stays within this many pixels a side (a 500 x 500 sweep of 512-pixel images
+# would be 256k pixels a side, beyond what viewers and MLflow's UI open).
+GRID_MAX_SIDE = 8192
+# A worker waits this long for the flock of an output folder's metadata.jsonl before it
+# appends without it (a holder stopped with SIGSTOP must not stall the others).
+METADATA_LOCK_SECONDS = 10.0
+# `sdgen export --format webdataset`: a shard is cut before it passes this many bytes
+# (webdataset's readers stream shards; ~1 GB is their usual size).
+EXPORT_SHARD_BYTES = 1_000_000_000
+# The tracker's grids of a finished sweep (logged to the parent run): smaller than
+# `sdgen grid`'s, as each is an artifact in MLflow's store and shown in its UI; at most
+# TRACKING_GRIDS of them (one per value of a third swept field).
+TRACKING_GRID_MAX_SIDE = 4096
+TRACKING_GRIDS = 20
+
+# -- retention and notifications (issue 20) ---------------------------------------------------
+# `sdgen daemon --retain AGE` prunes ended requests' records this often: listing every
+# request's state.json and every ticket folder is a full scan, fine hourly, wasteful per tick.
+RETAIN_EVERY_SECONDS = 3600.0
+# Most requests one prune pass of the daemon removes (each is a few unlinks and an rmdir per
+# file of its folder), so the pass stays well under a tick's budget; a pass that hit the bound
+# goes on after RETAIN_BACKLOG_SECONDS instead of an hour later, so a backlog (a first
+# --retain on an old spool) drains in minutes without ever holding the loop.
+RETAIN_MOST_PER_RUN = 200
+RETAIN_BACKLOG_SECONDS = 5.0
+# --webhook: one POST may take this long (a hung server must not hold deliveries for ever);
+# a failed POST (no answer, 408, 429, 5xx) is tried again after BASE, 2 x BASE ... up to CAP,
+# at most ATTEMPTS times in all (about 8 minutes with these), then the end is recorded as not
+# notified, logged and shown by `sdgen status`.
+NOTIFY_HTTP_TIMEOUT_SECONDS = 10.0
+NOTIFY_ATTEMPTS = 6
+NOTIFY_BACKOFF_BASE_SECONDS = 2.0
+NOTIFY_BACKOFF_CAP_SECONDS = 300.0
+# --on-done: the command is killed (its process group) past this; it is for a message or a
+# copy, not for work: long work belongs in a job it starts.
+NOTIFY_COMMAND_TIMEOUT_SECONDS = 120.0
+# On shutdown the daemon waits this long for deliveries in hand; what is left stays owed
+# (state.json `notify: pending`) and the next daemon delivers it.
+NOTIFY_STOP_SECONDS = 10.0

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import PngImagePlugin
 
 from sdgen import __version__
+from sdgen.batch.sweep import describe
 from sdgen.exceptions import UserError
 from sdgen.spool.ticket import ImageSpec, Ticket
 
@@ -59,7 +60,14 @@ def quote(value) -> str:
 
 
 def parameters_fields(ticket: Ticket, spec: ImageSpec) -> dict[str, str]:
-    """The fields of the `parameters` chunk, as an A1111-style parser reads them back."""
+    """The fields of the `parameters` chunk, as an A1111-style parser reads them back. A
+    batch program's image adds the template its prompt was expanded from and its sweep
+    combination (A1111's own parser keeps pairs it does not know)."""
+    program = {}
+    if ticket.template and ticket.template != ticket.prompt:
+        program["Template"] = one_line(ticket.template)
+    if ticket.combination:
+        program["Combination"] = describe(ticket.combination)
     return {
         "Prompt": one_line(ticket.prompt),
         "Negative prompt": one_line(ticket.negative_prompt or ""),
@@ -69,6 +77,7 @@ def parameters_fields(ticket: Ticket, spec: ImageSpec) -> dict[str, str]:
         "Seed": str(spec.seed),
         "Size": f"{ticket.width}x{ticket.height}",
         "Model": str(ticket.model),
+        **program,
     }
 
 
@@ -102,6 +111,12 @@ def sdgen_meta(ticket: Ticket, spec: ImageSpec, engine_info: dict) -> dict:
         "sdgen": __version__,
         **engine_info,
     }
+    # batch programs: what `sdgen show` prints and `sdgen submit --from` makes again
+    if ticket.template:
+        meta["template"] = ticket.template
+    if ticket.combination:
+        meta["combination"] = dict(ticket.combination)
+        meta["combination_index"] = ticket.combination_index
     if ticket.weights == "random":
         meta["note"] = "random weights: this image is noise, not a model output"
     if ticket.engine == "dry-run":
@@ -132,7 +147,16 @@ _FIELDS = {
     "engine": (str,),
     "seed": (int,),
 }
-_OPTIONAL = {"request_id": (str,), "ticket": (str,), "prompt_index": (int,), "image_index": (int,), "schema": (int,)}
+_OPTIONAL = {
+    "request_id": (str,),
+    "ticket": (str,),
+    "prompt_index": (int,),
+    "image_index": (int,),
+    "schema": (int,),
+    "template": (str,),
+    "combination": (dict,),
+    "combination_index": (int,),
+}
 
 
 def _read_file(path: Path) -> bytes:
@@ -252,6 +276,12 @@ def _check_fields(meta) -> str | None:
                 return f"{key} is a {type(value).__name__}, not a {' or '.join(t.__name__ for t in types)}"
             if isinstance(value, float) and not math.isfinite(value):
                 return f"{key} is not a finite number"
+    combination = meta.get("combination", {})
+    if not all(
+        isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        for k, v in combination.items()
+    ):
+        return "combination is not a mapping of field names to plain values"
     return None
 
 

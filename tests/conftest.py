@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdgen.spool.store import Spool
+from tests.harness import kill_all, sdgen_env, workers_of
 from tests.servers import MlflowServer, wait_for  # noqa: F401  (tests import them from here)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +33,28 @@ def accept(spool: Spool, text: str, request_id: str = "20261126-000000-aaaaaa"):
     return spool.accept(request_id, parse_request(text), source="test", now=time.time())
 
 
+def generate(spool: Spool, text: str, request_id: str = "20261126-000000-aaaaaa"):
+    """Accept a request (templates expanded, as the daemon's intake does) and make every
+    image with a worker in this process; the accepted request."""
+    from sdgen.worker.loop import Worker
+
+    request = accept(spool, text, request_id)
+    worker = Worker(spool, "w1")
+    while worker.step() is not None:
+        pass
+    return request
+
+
+def drop_settled(spool: Spool, name: str, content: str | bytes) -> Path:
+    """A request file dropped into the inbox and dated a minute back: past the quiet-file
+    rule, so the daemon's next tick takes it."""
+    path = spool.layout.inbox / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    return path
+
+
 def submit(data: Path, *args) -> str:
     """`sdgen submit` of a dry-run request at 128x128; returns the request id."""
     return sdgen(
@@ -41,13 +64,7 @@ def submit(data: Path, *args) -> str:
 
 def worker_pids(data: Path) -> list[int]:
     """Pids of the sdgen workers of this data directory (they run in sessions of their own)."""
-    import psutil
-
-    return [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
-    ]
+    return [p.pid for p in workers_of(data)]
 
 
 @pytest.fixture
@@ -60,19 +77,24 @@ def spool(data) -> Spool:
     return Spool(data).ensure()
 
 
-def sdgen_env(data: Path, **extra) -> dict:
-    """The environment of an sdgen process in a test. MLflow tracking is off unless a test
-    turns it on (SDGEN_TRACKING="on"): tests/tracking/ covers it against a real server."""
-    env = dict(os.environ, SDGEN_DATA=str(data), PYTHONUNBUFFERED="1", SDGEN_TRACKING="off")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 # Commands that only read or mark the spool run in this process, through `main(argv)` (about
 # 20x faster than a new interpreter); the long-running ones (daemon, run, worker, ui) and any
 # call with `subprocess=True` run in a process of their own, with real signals.
-IN_PROCESS = {"submit", "status", "list", "show", "cancel", "retry", "resubmit", "cache"}
+IN_PROCESS = {
+    "submit",
+    "status",
+    "list",
+    "priority",
+    "show",
+    "cancel",
+    "retry",
+    "pause",
+    "resume",
+    "resubmit",
+    "cache",
+    "grid",
+    "export",
+}
 
 
 def sdgen(
@@ -207,16 +229,8 @@ class DaemonProc:
 
 
 def kill_workers(data: Path) -> None:
-    """Workers run in sessions of their own: find them by their command line."""
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "worker" in cmd and str(data) in cmd:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+    """Workers run in sessions of their own: killing a daemon's process group misses them."""
+    kill_all(workers_of(data))
 
 
 @pytest.fixture
@@ -285,7 +299,25 @@ def slurm_cluster(tmp_path_factory):
 EXPENSIVE_FIXTURES = {"slurm_cluster", "mlflow_server", "kerascv_engine", "daemon"}
 
 
+# Session fixtures that must exist once per run, not once per xdist process (`make test`
+# runs the suite on 2 processes with --dist loadgroup): every test using one goes to the
+# same process. One Slurm (one munged, one slurmctld), one real keras-cv model build.
+SHARED_FIXTURE_GROUPS = {"slurm_cluster": "slurm", "kerascv_engine": "kerascv"}
+# Modules whose slow tests build the real model themselves (a worker, a snapshot process).
+REAL_MODEL_MODULES = {"test_kerascv.py", "test_exported.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if EXPENSIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if EXPENSIVE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        for fixture, group in SHARED_FIXTURE_GROUPS.items():
+            if fixture in fixtures:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+        else:
+            if item.get_closest_marker("slow") and Path(str(item.fspath)).name in REAL_MODEL_MODULES:
+                # builds the real model (~6 GB, both cores), often in a process of its own:
+                # never beside another such test (two at once on 2 cores ran past 300 s each)
+                item.add_marker(pytest.mark.xdist_group("kerascv"))

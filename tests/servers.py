@@ -1,5 +1,7 @@
 """Real services that tests and the soak harness start and stop: an MLflow tracking
-server on 127.0.0.1. No pytest here, so benchmarks/ can use them too."""
+server on 127.0.0.1 and a single-node Slurm cluster. Each has `env`: what an sdgen process
+needs in its environment to use it (with tests/harness.py's `sdgen_env`). No pytest here,
+so benchmarks/ can use them too."""
 
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ class MlflowServer:
         self.root = root
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What an sdgen process needs in its environment to track its work on this server."""
+        return {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": self.uri}
 
     def start(self, timeout: float = 120) -> None:
         import urllib.request
@@ -152,6 +159,7 @@ class SlurmCluster:
 
     @property
     def env(self) -> dict[str, str]:
+        """What an sdgen process (or a Slurm command) needs in its environment to use this cluster."""
         return {"SLURM_CONF": str(self.conf)}
 
     def start(self, timeout: float = 60) -> None:
@@ -174,21 +182,16 @@ class SlurmCluster:
             check=True,
             capture_output=True,
         )
-        env = dict(os.environ, SLURM_CONF=str(self.conf))
-        for cmd in (["slurmctld", "-f", str(self.conf)], ["slurmd", "-f", str(self.conf), "-N", self.host]):
-            subprocess.run(cmd, check=True, capture_output=True, env=env)
+        self.run("slurmctld", "-f", str(self.conf))
+        self.run("slurmd", "-f", str(self.conf), "-N", self.host)
 
         def idle():
-            out = subprocess.run(
-                ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, env=env, check=False
-            ).stdout.strip()
-            return out in ("idle", "mix", "alloc")
+            return self.run("sinfo", "-h", "-o", "%t", check=False).stdout.strip() in ("idle", "mix", "alloc")
 
         wait_for(idle, timeout=timeout, interval=0.2, what="the Slurm node to be idle")
 
     def stop(self) -> None:
-        env = dict(os.environ, SLURM_CONF=str(self.conf))
-        subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True, env=env, check=False)
+        self.run("scancel", "--full", "-u", "root", check=False)
         for pidfile in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
             try:
                 pid = int((self.base / pidfile).read_text().split()[0])
@@ -209,6 +212,5 @@ class SlurmCluster:
                     pass
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            list(cmd), capture_output=True, text=True, check=check, env=dict(os.environ, SLURM_CONF=str(self.conf))
-        )
+        """A command (a Slurm tool, a daemon's start) run against this cluster's config."""
+        return subprocess.run(list(cmd), capture_output=True, text=True, check=check, env=dict(os.environ, **self.env))

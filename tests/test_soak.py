@@ -28,6 +28,10 @@ def test_soak_quick_keeps_every_promise(tmp_path):
         assert f["produced"] == f["expected"] and f["final_exit"] == 0 and f["stray_part_files"] == 0, f
         assert f["images_not_as_their_marker_says"] == 0, f
     assert r["faults"]["daemon_died_unasked"] == 0 and set(r["faults"]["running_after_sigterm"]) == {0}
+    # issue 17: the kill -9 trials ran over 100,000 waiting tickets, each exactly once
+    fb = r["faults"]
+    assert fb["backlog"] == 100_000 and fb["backlog_lost"] == 0 and fb["backlog_duplicated"] == 0, fb
+    assert 0 < fb["backlog_tickets_written"] < 100_000, fb  # a split window, not 100,000 files
     h = r["hostile"]  # issue 14: every kind thrown once, each ends as its kind says
     assert h["kinds"] >= 100 and h["reps"] == 1, h
     assert h["unexpected_outcomes"] == [] and h["without_reason"] == 0, h["unexpected_outcomes"]

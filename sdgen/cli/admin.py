@@ -1,4 +1,4 @@
-"""`sdgen cancel` and `sdgen retry`."""
+"""`sdgen cancel`, `retry`, `pause` and `resume`."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     now = time.time()
     for state in (TicketState.FAILED, TicketState.HELD, TicketState.DEFERRED):
         for index in counts.get(state, []):
-            name = ticket_name(meta.get("priority", 0), index, args.request_id)
+            name = ticket_name(spool.priority_of(args.request_id, meta.get("priority", 0)), index, args.request_id)
             try:
                 ticket = spool.read_ticket(state, name)
             except FileNotFoundError:
@@ -96,6 +96,74 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pause(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    how = "running tickets finish their ticket" if args.after_ticket else "running tickets stop at the next image"
+    if args.all:
+        if args.request_ids:
+            raise UserError("give request ids or --all, not both")
+        spool.pause(None, time.time(), after_ticket=args.after_ticket)
+        print(f"paused the whole queue: nothing is claimed until `sdgen resume --all`; {how}")
+        return 0
+    if not args.request_ids:
+        raise UserError("name the requests to pause (ids, prefixes or names), or --all for the whole queue")
+    for text in args.request_ids:
+        request_id = _by_name(spool, text)
+        if _known(spool, request_id) == "inbox":
+            raise UserError(f"request {request_id} is not accepted yet: pause it once `sdgen status` lists it")
+        state = _derived_state(spool, request_id)
+        if state in REQUEST_TERMINAL:
+            print(f"request {request_id} is already {state}; nothing to pause")
+            continue
+        spool.pause(request_id, time.time(), after_ticket=args.after_ticket)
+        print(f"paused {request_id}: its pending tickets wait, {how}; `sdgen resume {request_id}` goes on")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    if args.all:
+        if args.request_ids:
+            raise UserError("give request ids or --all, not both")
+        was = spool.resume(None)
+        print("resumed the whole queue" if was else "nothing was paused")
+        return 0
+    if not args.request_ids:
+        raise UserError("name the requests to resume (ids, prefixes or names), or --all")
+    for text in args.request_ids:
+        request_id = _by_name(spool, text)
+        _known(spool, request_id)
+        was = spool.resume(request_id)
+        if spool.layout.pause_all_marker.exists():
+            print(f"resumed {request_id}, but the whole queue is paused: `sdgen resume --all`")
+        else:
+            print(f"resumed {request_id}" if was else f"request {request_id} was not paused")
+    return 0
+
+
+def cmd_priority(args: argparse.Namespace) -> int:
+    spool = Spool(data_root(args.data)).ensure()
+    if not -1000 <= args.priority <= 1000:
+        raise UserError(f"priority must be between -1000 and 1000, got {args.priority}")
+    request_id = _by_name(spool, args.request_id)
+    if _known(spool, request_id) == "inbox":
+        raise UserError(f"request {request_id} is not accepted yet: set its priority once `sdgen status` lists it")
+    meta = spool.read_state(request_id) or {}
+    before = spool.priority_of(request_id, meta.get("priority", 0))
+    state = _derived_state(spool, request_id)
+    moved = spool.set_priority(request_id, args.priority, time.time())
+    ended = f" (it is {state}: the priority counts if it is retried)" if state in REQUEST_TERMINAL else ""
+    print(f"request {request_id}: priority {before} -> {args.priority}; {moved} waiting ticket(s) reordered{ended}")
+    return 0
+
+
+def _derived_state(spool: Spool, request_id: str) -> str:
+    meta = spool.read_state(request_id) or {}
+    counts = spool.ticket_counts().get(request_id, {})
+    total = meta.get("tickets_total") or sum(len(v) for v in counts.values())
+    return request_state(counts, total, spool.is_cancelled(request_id))
+
+
 def register(sub) -> None:
     p = sub.add_parser("cancel", help="cancel a request")
     p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
@@ -103,3 +171,20 @@ def register(sub) -> None:
     p = sub.add_parser("retry", help="queue a request's failed and held tickets again")
     p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
     p.set_defaults(func=cmd_retry)
+    p = sub.add_parser("pause", help="stop claiming a request's tickets (or the whole queue's) until resumed")
+    p.add_argument("request_ids", nargs="*", metavar="REQUEST", help="ids, unique id prefixes or unique names")
+    p.add_argument("--all", action="store_true", help="pause the whole queue (new requests too)")
+    p.add_argument(
+        "--after-ticket",
+        action="store_true",
+        help="let running tickets finish their ticket (default: handed back at the next image)",
+    )
+    p.set_defaults(func=cmd_pause)
+    p = sub.add_parser("priority", help="change the claim order of a request's waiting tickets")
+    p.add_argument("request_id", metavar="REQUEST", help="id, unique id prefix or unique name")
+    p.add_argument("priority", type=int, metavar="N", help="-1000..1000; higher runs first")
+    p.set_defaults(func=cmd_priority)
+    p = sub.add_parser("resume", help="go on with paused requests (or the whole queue)")
+    p.add_argument("request_ids", nargs="*", metavar="REQUEST", help="ids, unique id prefixes or unique names")
+    p.add_argument("--all", action="store_true", help="resume the whole queue and every paused request")
+    p.set_defaults(func=cmd_resume)

@@ -79,7 +79,7 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, adsp, cache, run, show, status, submit, ui, weights
+    from sdgen.cli import admin, adsp, cache, export, grid, prune, run, show, status, submit, ui, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -92,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     weights.register(sub)
     cache.register(sub)
+    prune.register(sub)
     show.register(sub)
+    grid.register(sub)
+    export.register(sub)
     ui.register(sub)
     adsp.register(sub)
     adsp.register_bootstrap(sub)
@@ -118,7 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # plain `sdgen`: what it can do, not an error
         parser.print_help()
         return 0
-    quiet = args.command in ("submit", "resubmit", "status", "list", "cancel", "retry", "weights", "show", "adsp")
+    quiet = args.command in (
+        "submit",
+        "resubmit",
+        "status",
+        "list",
+        "cancel",
+        "retry",
+        "pause",
+        "resume",
+        "weights",
+        "show",
+        "adsp",
+    )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

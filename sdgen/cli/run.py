@@ -6,32 +6,32 @@ import argparse
 import logging
 import os
 import shlex
-import shutil
 import signal
 import sys
 import time
 
 from sdgen import defaults, settings
-from sdgen.cli.submit import add_request_options, request_from_args
+from sdgen.batch.templates import expand_prompts, wildcards_dir
+from sdgen.cli.progress import RunProgress as _Progress
+from sdgen.cli.submit import add_request_options, print_plan, queue, request_from_args
 from sdgen.config import data_root
 from sdgen.daemon.service import Daemon, daemon_lock_free
 from sdgen.exceptions import DaemonRunning, UserError
 from sdgen.launchers.registry import get_launcher
-from sdgen.spool.progress import summarize
-from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
+from sdgen.spool.states import RequestState
 from sdgen.spool.store import Spool
 from sdgen.tracking.loop import EventDrain, TrackerThread
 from sdgen.worker.loop import Worker
 
 
-def _positive(kind):
+def _positive(kind, zero: bool = False):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'above 0'}, got {text}")
         return value
 
     return parse
@@ -41,9 +41,10 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         "--max-jobs",
-        type=_positive(int),
+        type=_positive(int, zero=True),
         metavar="N",
-        help="most workers (local processes, ADSP or Slurm jobs) at once (default: one per GPU, else 1)",
+        help="most workers (local processes, ADSP or Slurm jobs) at once (default: one per GPU, else 1); "
+        "0 launches none: the queue is held (accepted and scheduled) for workers started by hand or elsewhere",
     )
     p.add_argument(
         "--launcher",
@@ -110,6 +111,20 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="reclaim a ticket whose lease is silent this long",
     )
+    p.add_argument(
+        "--split-window",
+        type=_positive(int),
+        default=defaults.SPLIT_WINDOW_TICKETS,
+        metavar="N",
+        help="tickets of a request kept written in pending/; the rest are written as workers take these",
+    )
+    p.add_argument(
+        "--fold-after",
+        type=float,
+        default=defaults.FOLD_AFTER_SECONDS,
+        metavar="S",
+        help="fold done-markers older than this into their request's ledger (done.jsonl); -1: never",
+    )
     p.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow (also: SDGEN_TRACKING=off)")
     p.add_argument(
         "--system-metrics",
@@ -128,6 +143,38 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
         default=defaults.WORKER_IDLE_EXIT_SECONDS,
         metavar="S",
         help="workers exit after the spool was idle this long",
+    )
+
+
+def _operator_options(p: argparse.ArgumentParser) -> None:
+    """Retention and notifications: `sdgen daemon` only. A `sdgen run` is watched by whoever
+    started it (it prints the output folder and exits 0 when done), and its daemon may serve
+    other requests of the spool too: a hook or webhook there would fire for those as well,
+    and prune what a long-running daemon's operator chose to keep."""
+    from sdgen.cli.cache import older_than
+    from sdgen.daemon.notify import on_done_command, webhook_url
+
+    g = p.add_argument_group("retention and notifications (the operator's; never from a request file)")
+    g.add_argument(
+        "--retain",
+        type=older_than,
+        metavar="AGE",
+        help="remove the spool records (not the images) of requests that ended more than AGE ago "
+        f"(30d, 12h, 90m, 3600s), checked every {defaults.RETAIN_EVERY_SECONDS / 3600:g} h; as `sdgen prune`",
+    )
+    g.add_argument(
+        "--on-done",
+        type=on_done_command,
+        metavar="CMD",
+        help="run CMD (split like shell words, no shell) when a request ends: SDGEN_REQUEST_ID, "
+        "SDGEN_REQUEST_STATE, SDGEN_OUTPUTS, SDGEN_IMAGES_DONE, SDGEN_IMAGES_TOTAL ... in its "
+        "environment, a JSON summary on stdin",
+    )
+    g.add_argument(
+        "--webhook",
+        type=webhook_url,
+        metavar="URL",
+        help="POST the JSON summary of each ended request to this http(s) URL, retried with backoff",
     )
 
 
@@ -173,7 +220,15 @@ def _make_daemon(args, spool: Spool, **kw) -> Daemon:
     if not args.no_tracking and settings.get("SDGEN_TRACKING"):
         tracker = TrackerThread(spool, launcher=args.launcher, images=args.log_images)
     return Daemon(
-        spool, launcher, poll=args.poll, rescan=args.rescan, lease_timeout=args.lease_timeout, tracker=tracker, **kw
+        spool,
+        launcher,
+        poll=args.poll,
+        rescan=args.rescan,
+        lease_timeout=args.lease_timeout,
+        split_window=args.split_window,
+        fold_after=args.fold_after,
+        tracker=tracker,
+        **kw,
     )
 
 
@@ -182,7 +237,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # by a worker costs a ticket; here it costs one line
     settings.check()
     spool = Spool(data_root(args.data)).ensure()
-    daemon = _make_daemon(args, spool, exit_when_idle=args.exit_when_idle)
+    notifier = None
+    if args.on_done or args.webhook:
+        from sdgen.daemon.notify import Notifier
+
+        notifier = Notifier(spool, command=args.on_done, webhook=args.webhook)
+    daemon = _make_daemon(args, spool, exit_when_idle=args.exit_when_idle, notifier=notifier, retain=args.retain)
     code = daemon.run()
     if code:
         print(f"sdgen daemon: error: {_one_line(daemon.exit_reason)}", file=sys.stderr)
@@ -207,115 +267,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return worker.work(idle_exit=idle_exit, max_tickets=args.max_tickets)
 
 
-class _Progress:
-    """Progress of one request on stderr: images done, rate, ETA, and before the first image
-    what is happening (a worker starting, the model being built). On a terminal a bar
-    redrawn in place; elsewhere (a pipe, a log file) whole lines: one per change, at most one
-    every PLAIN_EVERY seconds, and always the final one."""
-
-    PLAIN_EVERY = defaults.PROGRESS_PLAIN_EVERY_SECONDS
-
-    def __init__(self, spool: Spool, request_id: str, stream=sys.stderr):
-        self.spool, self.request_id, self.stream = spool, request_id, stream
-        try:
-            self.tty = stream.isatty()
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.started = time.monotonic()
-        self.first_done: tuple[float, int] | None = None
-        self.row: dict | None = None
-        self.last_key: tuple | None = None
-        self.last_printed = float("-inf")
-        self.mid_line = False  # a bar is on screen without its newline (tty only)
-        self.last_text = ""
-
-    def _phase(self, row: dict, counts: dict) -> str:
-        """Before the first image: what the spool says is going on."""
-        if row["images_done"] or row["state"] in REQUEST_TERMINAL:
-            return ""
-        if counts.get(TicketState.RUNNING):
-            # a worker claimed a ticket: it builds (or loads) the model, compiles, then
-            # makes the first image; on a GPU that takes a minute or so
-            return "building the model, compiling, first image"
-        if self.spool.worker_count() and self.spool.layout.launcher_status.exists():
-            return "starting a worker"
-        return "waiting for the daemon"
-
-    def update(self, *_):
-        meta = self.spool.read_state(self.request_id)
-        if meta is None:
-            return
-        counts = self.spool.ticket_counts().get(self.request_id, {})
-        self.row = row = summarize(meta, counts, self.spool.is_cancelled(self.request_id))
-        done, total = row["images_done"], row["images_total"]
-        now = time.monotonic()
-        if done and self.first_done is None:
-            self.first_done = (now, done)
-        rate = eta = ""
-        if self.first_done and done > self.first_done[1] and now > self.first_done[0]:
-            r = (done - self.first_done[1]) / (now - self.first_done[0])
-            rate = f" {r:.2f} img/s"
-            eta = f" ETA {max(0, total - done) / r:.0f}s"
-        final = row["state"] in REQUEST_TERMINAL
-        phase = self._phase(row, counts)
-        what = (
-            f"({row['state']}{': ' + phase if phase else ''}, {now - self.started:.0f}s)"
-            if phase
-            else f"({row['state']})"
-        )
-        key = (done, total, row["state"], phase)
-        if final and self.last_key is not None and self.last_key[2] == row["state"]:
-            return  # the final line is printed once
-        if self.tty:
-            # Cut to the terminal's width: a line that wraps cannot be redrawn by \r, and
-            # every redraw would scroll a new line (an 80-column terminal during the build).
-            columns = shutil.get_terminal_size((80, 24)).columns
-            width = max(10, min(30, columns // 4))
-            filled = int(width * done / total) if total else 0
-            bar = "#" * filled + "-" * (width - filled)
-            line = f"[{bar}] {done}/{total} images{rate}{eta} {what}"
-            if len(line) > columns - 1:
-                line = line[: max(0, columns - 2)] + "…"
-            text = f"\r{line}\033[K"
-            if text != self.last_text or self.mid_line is False:
-                self._write(text + ("\n" if final else ""))
-            self.mid_line, self.last_text, self.last_key = not final, text, key
-        elif key != self.last_key and (final or now - self.last_printed >= self.PLAIN_EVERY):
-            # one whole line per change, no \r: a log file reads as a log
-            self._write(f"{done}/{total} images{rate}{eta} {what}\n")
-            self.last_key, self.last_printed = key, now
-
-    def _write(self, text: str) -> None:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # the terminal went away (SIGHUP): keep going silently
-            pass
-
-    def break_line(self) -> None:
-        """End a bar that is mid-line, so that what is printed next starts a line of its own."""
-        if self.mid_line:
-            self.mid_line = False
-            self._write("\n")
-
-    def log_filter(self, record) -> bool:
-        """A logging filter on the stderr handler: a log line never lands inside the bar."""
-        self.break_line()
-        return True
-
-    def finished(self, *_) -> bool:
-        return bool(self.row) and self.row["state"] in REQUEST_TERMINAL
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    given = request_from_args(args)
+    seed_drawn = given.seed is None
+    request = given.with_seed()
+    if args.plan:  # what it would make; nothing queued, nothing started
+        return print_plan(args, request, seed_drawn)
     settings.check()  # as the daemon: before the request is queued
-    request = request_from_args(args).with_seed()
     spool = Spool(data_root(args.data)).ensure()
-    request_id = spool.submit(request, time.time())
-    print(f"request {request_id}: {request.images_total} image(s), seed {request.seed}", file=sys.stderr)
+    request_id, queued = queue(spool, given, seeded=request)  # with --id: at most once
+    if not queued:
+        print(f"sdgen run: id {given.id!r} is request {request_id} already: following it", file=sys.stderr)
+    images = expand_prompts(request, wildcards_dir(spool.layout.root)).images_total  # as the daemon will expand it
+    print(f"request {request_id}: {images} image(s), seed {request.seed}", file=sys.stderr)
     progress = _Progress(spool, request_id)
-    for handler in logging.getLogger().handlers:  # a log line never lands inside the bar
-        handler.addFilter(progress.log_filter)
+    progress.take_logs(logging.getLogger().handlers)  # a log line never lands inside the bar
     stop = _Stop(spool, request_id, progress)
     # Until our daemon installs its handlers (and while following another's), a closed
     # terminal stops this run like Ctrl-C instead of killing it silently.
@@ -325,6 +291,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.signals.append(signal.SIGINT)
         return stop.report(args, following=True)
+    finally:
+        progress.close()  # a terminal gets its cursor back whatever happened
 
 
 def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Stop") -> int:
@@ -348,6 +316,7 @@ def _run(args, spool: Spool, request_id: str, progress: "_Progress", stop: "_Sto
         if stop.signals:  # the daemon stopped on Ctrl-C / SIGHUP / SIGTERM: say what became of the request
             return stop.report(args)
         if code:
+            progress.break_line()
             print(f"sdgen run: error: {_one_line(daemon.exit_reason)}", file=sys.stderr)
             return code
         break
@@ -454,6 +423,7 @@ def register(sub) -> None:
         "and ADSP jobs included); exit 4 when launching is blocked (workers fail at "
         "start-up, sbatch refuses jobs) and no worker is left, 1 when jobs could not be removed",
     )
+    _operator_options(p)
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("worker", help="run a worker (the daemon starts these)")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from sdgen.batch.sweep import describe
 from sdgen.pngmeta import read_meta
 from sdgen.textsafe import printable
 
@@ -18,6 +19,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     # Everything in a PNG is whoever made it's text: no control reaches the terminal.
     for line in meta.pop("parameters").split("\n"):
         print(printable(line))
+    # a batch program's image: where its prompt and settings came from (issue 18)
+    template = meta.pop("template", None)
+    if template is not None:
+        print(f"template: {printable(template)}")
+        print(f"expansion: {printable(meta['prompt'])}")
+    combination = meta.pop("combination", None)
+    if combination:
+        index = meta.pop("combination_index", None)
+        where = f" (combination {index} of the sweep)" if index is not None else ""
+        print(f"combination: {printable(describe(combination))}{where}")
     for key in sorted(meta):
         print(f"{printable(key)}: {printable(meta[key])}")
     return 0

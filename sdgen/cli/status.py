@@ -8,9 +8,10 @@ import json
 import os
 import time
 
+from sdgen import defaults
 from sdgen.config import data_root
 from sdgen.exceptions import RequestError, UserError
-from sdgen.spool.intake import is_candidate, is_stray, read_request_file
+from sdgen.spool.intake import file_owner, is_candidate, is_stray, read_request_file
 from sdgen.spool.layout import REQUEST_ID, ticket_name
 from sdgen.spool.progress import summarize
 from sdgen.spool.records import CorruptRecord, load_json_object, one_line, read_bytes
@@ -47,7 +48,8 @@ def collect(spool: Spool) -> list[dict]:
             continue
         if meta is None:
             continue  # being accepted right now
-        row = summarize(meta, counts.get(request_id, {}), spool.is_cancelled(request_id))
+        row = summarize(meta, counts.get(request_id, {}), spool.is_cancelled(request_id), spool.is_paused(request_id))
+        row["priority"] = spool.priority_of(request_id, row["priority"])  # `sdgen priority`, daemon or not
         row["output_dir"] = str(layout.output_dir(request_id))
         if row["state"] == RequestState.FAILED:
             row["reason"] = meta.get("reason", "tickets failed or held")
@@ -65,14 +67,18 @@ def collect(spool: Spool) -> list[dict]:
         if blocked and row["state"] in (RequestState.PENDING, RequestState.RUNNING):
             row["launcher_error"] = blocked
         rows.append(row)
+    accepted = {row["id"] for row in rows}
     for folder in (layout.inbox, layout.incoming):
         for entry in sorted(os.listdir(folder)) if folder.exists() else []:
             if not is_candidate(entry):
                 continue
             stem = entry.rsplit(".", 1)[0]
+            if folder == layout.incoming and stem in accepted:
+                continue  # accepted, its tickets still being written: its row is above
             row = {
                 "id": stem if REQUEST_ID.match(stem) else f"inbox/{entry}",
                 "name": "",
+                "user": file_owner(folder / entry),  # who the daemon will record
                 "state": RequestState.PENDING,
                 "priority": 0,
                 "images_total": 0,
@@ -113,6 +119,7 @@ def _problem_row(row_id: str, state: str, reason: str) -> dict:
     return {
         "id": row_id,
         "name": "",
+        "user": "",
         "state": state,
         "priority": 0,
         "images_total": 0,
@@ -209,13 +216,17 @@ def detail(spool: Spool, row: dict) -> dict:
         weights=request.weights,
         batch_size=request.batch_size,
         experiment=request.experiment,
+        templates=list(request.templates),
+        sweep={name: list(values) for name, values in request.sweep},
+        zip=[list(group) for group in request.zip],
+        combinations=request.combinations,
     )
     out.setdefault("output_dir", str(spool.layout.output_dir(rid)))
     tickets = []
     counts = spool.ticket_counts().get(rid, {})
     for state in _TICKET_PROBLEMS:
         for index in counts.get(state, []):
-            name = ticket_name(request.priority, index, rid)
+            name = ticket_name(spool.priority_of(rid, request.priority), index, rid)
             entry = {"ticket": index, "state": state}
             try:
                 ticket = spool.read_ticket(state, name)
@@ -250,15 +261,34 @@ def _detail_text(d: dict) -> str:
         f"state     {d['state']}: {d['images_done']}/{d['images_total']} images, "
         f"{d['tickets_total']} tickets" + (f" ({counts})" if counts else "")
     )
+    if d.get("user"):
+        lines.append(f"user      {printable(d['user'])} (submitted it: takes turns with other users' requests)")
     if d.get("reason"):
         lines.append(f"reason    {printable(d['reason'])}")
     if "prompts" in d:
-        for i, prompt in enumerate(d["prompts"]):
+        for i, template in enumerate(d.get("templates") or []):
+            lines.append(f"template {i:<2} {printable(template)}")
+        # An expanded template may make thousands of prompts: the first few, then a count
+        # (`sdgen status ID --json` has them all).
+        shown = d["prompts"][:_PROMPTS_SHOWN]
+        for i, prompt in enumerate(shown):
             lines.append(f"prompt {i:<2} {printable(prompt)}")
+        if len(d["prompts"]) > len(shown):
+            lines.append(f"          ... {len(d['prompts']) - len(shown)} more prompt(s) (`--json` lists them all)")
+        for name, values in (d.get("sweep") or {}).items():
+            shown_values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+            lines.append(f"sweep     {name}: {printable(shown_values)}")
+        if d.get("zip"):
+            lines.append(f"zip       {printable('; '.join(' + '.join(g) for g in d['zip']))} (move together)")
+        if d.get("combinations", 1) > 1:
+            n = d["combinations"]
+            lines.append(f"          {n} combinations; size, steps and guidance below are the base values")
         if d["negative_prompt"]:
             lines.append(f"negative  {printable(d['negative_prompt'])}")
         lines += [
-            f"images    {d['images_per_prompt']} per prompt, batch size {d['batch_size']}, priority {d['priority']}",
+            f"images    {d['images_per_prompt']} per prompt"
+            + (" and combination" if d.get("combinations", 1) > 1 else "")
+            + f", batch size {d['batch_size']}, priority {d['priority']}",
             f"seed      {d['seed']} (image i of a prompt uses seed+i)",
             f"size      {d['width']}x{d['height']}, {d['steps']} steps, guidance {d['guidance']:g}",
             f"model     {d['model']}, engine {d['engine']}, weights {d['weights']}",
@@ -279,6 +309,9 @@ def _detail_text(d: dict) -> str:
     return "\n".join(lines)
 
 
+# Prompts the detail view prints before it says how many more there are.
+_PROMPTS_SHOWN = 20
+
 # Rows whose reason the table prints under them.
 _WITH_REASON = (
     RequestState.FAILED,
@@ -289,8 +322,17 @@ _WITH_REASON = (
 )
 
 
+def user_cell(user: str, width: int) -> str:
+    """A submitter's name in a column of `width`: cut with `~` when longer (user names come
+    from the system, but a uid without a passwd entry or a long LDAP name must not shift
+    the table)."""
+    text = printable(user or "-")
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
 def _table(rows: list[dict]) -> str:
-    head = f"{'ID':<24} {'STATE':<9} {'PRI':>4} {'TICKETS p/r/d/f':>16} {'IMAGES':>13}  NAME"
+    uw = min(defaults.STATUS_USER_WIDTH, max([4] + [len(printable(r.get("user") or "-")) for r in rows]))
+    head = f"{'ID':<24} {'STATE':<9} {'PRI':>4} {'TICKETS p/r/d/f':>16} {'IMAGES':>13}  {'USER':<{uw}}  NAME"
     lines = [head]
     for r in rows:
         # p/r/d/f: deferred tickets count as pending, held ones as failed
@@ -306,7 +348,7 @@ def _table(rows: list[dict]) -> str:
         # Names, ids of rejected files and reasons come from users: inert before printing.
         lines.append(
             f"{printable(r['id']):<24} {r['state']:<9} {r['priority']:>4} {t:>16} {images:>13}  "
-            f"{printable(r.get('name', ''))}"
+            f"{user_cell(r.get('user', ''), uw):<{uw}}  {printable(r.get('name', ''))}".rstrip()
         )
         if r.get("reason") and r["state"] in _WITH_REASON:
             lines.append(f"{'':<24} reason: {printable(r['reason'])}")
@@ -366,7 +408,15 @@ def _daemon_line(d: dict, spool: Spool) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch and (args.request_id or args.json):
+        raise UserError("--watch shows every request as a live table: leave out REQUEST and --json")
+    if args.interval is not None and not args.watch:
+        raise UserError("--interval is the refresh of --watch: add --watch")
     spool = _existing_spool(args)
+    if args.watch:
+        from sdgen.cli.watch import watch
+
+        return watch(spool, args.interval or defaults.WATCH_INTERVAL_SECONDS)
     rows = collect(spool)
     daemon = daemon_state(spool)
     if args.request_id:
@@ -381,28 +431,60 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no requests yet: `sdgen submit --prompt ...` queues one")
     else:
         print(_table(rows))
-    print(_daemon_line(daemon, spool))
+    print("\n".join(footer_lines(spool, rows, daemon)))
+    return 0
+
+
+def footer_lines(spool: Spool, rows: list[dict], daemon: dict) -> list[str]:
+    """The lines under the table (plain and --watch): the daemon, its workers, a blocked
+    launcher, the MLflow backlog. Inert: user text passed through printable."""
+    lines = [_daemon_line(daemon, spool)]
     launcher = _read_json(spool.layout.launcher_status) or {}
     workers = launcher.get("workers") or {}
     # launcher.json is the daemon's last word: once it is gone the counts are stale
     if daemon["running"] and workers and any(r["state"] in (RequestState.PENDING, RequestState.RUNNING) for r in rows):
-        print(
+        lines.append(
             f"workers ({printable(launcher.get('launcher', '?'))}): "
             + ", ".join(f"{n} {printable(what)}" for what, n in sorted(workers.items()))
         )
     if launcher.get("blocked"):  # why the last daemon stopped launching: worth saying after it exits too
-        print(
+        lines.append(
             f"launcher {printable(launcher.get('launcher', '?'))} stopped launching workers at "
             f"{_when(launcher.get('since'))}: {printable(launcher['blocked'])}"
         )
     waiting = sum(r.get("tracking_backlog", 0) for r in rows)
     tracking = _tracking_status(spool)
     if tracking and not tracking.get("ok"):
-        print(
+        lines.append(
             f"MLflow ({printable(tracking.get('uri', '?'))}) unreachable since {_when(tracking.get('down_since'))}: "
             f"{waiting} attempt(s) wait in spool/events and will be logged when it is back"
         )
-    return 0
+    lines += _notify_lines(_read_json(spool.layout.notify_status))
+    return lines
+
+
+def _notify_lines(status: dict | None) -> list[str]:
+    """Notification failures (--on-done, --webhook) from spool/notify.json: per channel,
+    that it fails now, and the request ends it gave up on."""
+    channels = status.get("channels") if isinstance(status, dict) else None
+    lines = []
+    for entry in channels.values() if isinstance(channels, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        what = printable(entry.get("target", "?"))
+        if entry.get("failing_since"):
+            lines.append(
+                f"notifications: {what} failing since {_when(entry['failing_since'])}: "
+                f"{printable(entry.get('error', '?'))}"
+            )
+        last = entry.get("last_not_notified")
+        if entry.get("not_notified") and isinstance(last, dict):
+            lines.append(
+                f"notifications: {what} gave up on {printable(entry['not_notified'])} request end(s), "
+                f"last {printable(last.get('request', '?'))} at {_when(last.get('at'))}: "
+                f"{printable(last.get('error', '?'))}"
+            )
+    return lines
 
 
 # The words `sdgen list --state` takes: every RequestState (status-only rows included).
@@ -416,6 +498,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in collect(spool)
         if (not args.state or r["state"] in args.state)
         and (not args.name or args.name.casefold() in (r.get("name") or "").casefold())
+        and (args.user is None or r.get("user", "") == args.user)
     ]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -436,6 +519,16 @@ def _state(text: str) -> str:
     return text
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):  # nan and inf too: a look must come
+        raise argparse.ArgumentTypeError(f"must be above 0 seconds, got {text}")
+    return value
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "status",
@@ -446,6 +539,17 @@ def register(sub) -> None:
     )
     p.add_argument("request_id", nargs="?", metavar="REQUEST", help="id, id prefix or name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep watching: a live table on a terminal (Ctrl-C ends it), a line per change elsewhere",
+    )
+    p.add_argument(
+        "--interval",
+        type=_seconds,
+        metavar="S",
+        help=f"seconds between looks at the spool with --watch (default {defaults.WATCH_INTERVAL_SECONDS:g})",
+    )
     p.set_defaults(func=cmd_status)
     p = sub.add_parser(
         "list", help="list request ids and states", description="One line per request: id, state, name (tab-separated)."
@@ -458,5 +562,10 @@ def register(sub) -> None:
         help=f"only requests in this state (repeatable): {', '.join(STATES)}",
     )
     p.add_argument("--name", metavar="TEXT", help="only requests whose name contains TEXT (any case)")
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="only requests NAME submitted (their request file's owner; a uid where it has no name)",
+    )
     p.add_argument("--json", action="store_true", help="a JSON list of the requests' status rows")
     p.set_defaults(func=cmd_list)

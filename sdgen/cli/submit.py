@@ -10,14 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+from sdgen.batch.plan import plan_lines
+from sdgen.batch.templates import check_request, expand_prompts, wildcards_dir
 from sdgen.config import data_root
-from sdgen.exceptions import RequestError
+from sdgen.exceptions import RequestError, UserError
 from sdgen.pngmeta import read_meta
 from sdgen.spool.claim import pid_alive
 from sdgen.spool.intake import read_request_file
 from sdgen.spool.records import CorruptRecord, load_json_object
-from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, validate
-from sdgen.spool.store import Spool
+from sdgen.spool.request import ENGINES, MODELS, WEIGHTS, Request, request_digest, validate
+from sdgen.spool.store import Spool, new_request_id
 
 # option dest -> request key; several spellings (the original example's included) per key
 OPTIONS = [
@@ -40,6 +42,11 @@ OPTIONS = [
     (("--priority",), "priority", dict(type=int, metavar="P", help="higher runs first (default 0)")),
     (("--name", "--run-name"), "name", dict(metavar="NAME", help="a label for the request")),
     (("--experiment",), "experiment", dict(metavar="NAME", help="MLflow experiment")),
+    (
+        ("--id",),
+        "id",
+        dict(metavar="ID", help="your own id for it: the same id and content again queues nothing and prints its id"),
+    ),
 ]
 
 
@@ -54,6 +61,11 @@ def add_request_options(p: argparse.ArgumentParser, with_file: bool = True) -> N
         )
     for flags, key, kw in OPTIONS:
         p.add_argument(*flags, dest=key, **kw)
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what the request makes (prompts, combinations, images, tickets, GPU time) and queue nothing",
+    )
 
 
 def _as_option(message: str) -> str:
@@ -75,15 +87,18 @@ def request_from_args(args: argparse.Namespace) -> Request:
         path = Path(args.file)
         if not path.exists():
             raise RequestError(f"{args.file} does not exist")
-        request = read_request_file(path, check_name=False)  # the file's own mistakes name it
+        # the file's own mistakes name it; its templates are checked against this data
+        # directory's wildcards
+        wildcards = wildcards_dir(data_root(getattr(args, "data", None)))
+        request = read_request_file(path, check_name=False, wildcards=wildcards)
         if not given:
             return request
         # options override the file's values (`sdgen submit foxes.yaml --steps 3`); the
         # merged mapping is validated as a whole
         merged = {k: v for k, v in request.to_dict().items() if v is not None}
         if given.get("prompt"):
-            merged.pop("prompt", None)
-            merged.pop("prompts", None)
+            for key in ("prompt", "prompts", "templates", "expansions"):
+                merged.pop(key, None)
         given = {**merged, **given}
         if isinstance(given.get("prompt"), str):
             given["prompt"] = [given["prompt"]]
@@ -92,28 +107,50 @@ def request_from_args(args: argparse.Namespace) -> Request:
     if getattr(args, "from_png", None):
         meta = read_meta(Path(args.from_png))
         keys = ("negative_prompt", "steps", "guidance", "width", "height", "model", "weights", "engine", "seed")
+        # The image's own settings (its combination's, in a sweep) and its expanded prompt,
+        # recorded as expanded from its template: the prompt is never expanded again.
+        record = {}
+        if meta.get("template") and not given.get("prompt"):
+            record = {"templates": [meta["template"]], "expansions": [1]}
         given = {
             "images": 1,
             **{k: meta[k] for k in keys},
             "prompt": given.get("prompt") or [meta["prompt"]],
+            **record,
             **{k: v for k, v in given.items() if k != "prompt"},
         }
     prompts = given.pop("prompt", None)
     if prompts:
         given["prompt" if len(prompts) == 1 else "prompts"] = prompts[0] if len(prompts) == 1 else prompts
     try:
-        return validate(given)
+        request = validate(given)
     except RequestError as e:
         if "missing prompt" in str(e):
             raise RequestError("missing --prompt TEXT (or a request FILE.yaml)") from None
         raise RequestError(_as_option(str(e))) from None
+    check_request(request, wildcards_dir(data_root(getattr(args, "data", None))))
+    return request
+
+
+def print_plan(args: argparse.Namespace, request: Request, seed_drawn: bool) -> int:
+    """`--plan`: the expansion the daemon would make, and its counts; nothing queued."""
+    expanded = expand_prompts(request, wildcards_dir(data_root(getattr(args, "data", None))))
+    for line in plan_lines(expanded, seed_drawn):
+        print(line)
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    request = request_from_args(args).with_seed()
+    request = request_from_args(args)
+    seed_drawn = request.seed is None
+    if args.plan:
+        return print_plan(args, request.with_seed(), seed_drawn)
     spool = Spool(data_root(args.data)).ensure()
-    request_id = spool.submit(request, time.time())
+    request_id, queued = queue(spool, request)
     print(request_id)
+    if not queued:
+        print(f"sdgen submit: id {request.id!r} was submitted before, same content: nothing queued", file=sys.stderr)
+        return 0
     if not _daemon_seems_running(spool):
         # queued all the same (a daemon started later takes it), but a mistyped --data or a
         # forgotten daemon should not leave a request waiting in silence
@@ -123,6 +160,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def queue(spool: Spool, request, seeded=None) -> tuple[str, bool]:
+    """Submit `request` (seed not drawn yet; `seeded`: the same with the seed to use);
+    (its request id, whether it was queued now).
+    With an `id`, idempotent (docs/spool.md, "Idempotent submit"): the id is recorded first
+    (with link: of two submitters one wins), then the file goes to the inbox under the
+    recorded request id (with link: at most once); the same id and content again queues
+    nothing and gives the first request's id; other content is refused."""
+    if not request.id:
+        return spool.submit((seeded or request.with_seed()), time.time()), True
+    digest = request_digest(request)  # before the seed is drawn: "the same content" as given
+    entry = spool.lookup_client_id(request.id)
+    if entry is None:
+        request_id = new_request_id()
+        entry = spool.record_client_id(request.id, request_id, digest)
+        if entry is None:
+            return spool.submit((seeded or request.with_seed()), time.time(), request_id=request_id), True
+    if entry["digest"] != digest:
+        raise UserError(
+            f"id {request.id!r} is request {entry['request_id']}, submitted with other content: "
+            "give this request another id (or submit the same content to get that request's id)"
+        )
+    if not spool.request_exists(entry["request_id"]):
+        # recorded by a submit that stopped before its file reached the inbox: finish it
+        spool.submit((seeded or request.with_seed()), time.time(), request_id=entry["request_id"])
+        return entry["request_id"], True
+    return entry["request_id"], False
 
 
 def _daemon_seems_running(spool: Spool) -> bool:
@@ -150,7 +215,8 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
         raise RequestError(f"cannot read the request {old_id} ({e}): submit it again with options") from None
     if args.new_seed:
         request = dataclasses.replace(request, seed=None)
-    request = request.with_seed()
+    # a new request: the old one's own id (idempotent submit) stays with the old one
+    request = dataclasses.replace(request, id="").with_seed()
     request_id = spool.submit(request, time.time())
     print(request_id)
     print(f"sdgen resubmit: {request_id} is {old_id} again (seed {request.seed})", file=sys.stderr)

@@ -75,3 +75,28 @@ class StartupGuard:
 
     def may_launch(self, now: float) -> bool:
         return self.blocked is None and now >= self.launch_after
+
+
+def foldable_done(
+    first_seen: dict[str, float],
+    mono: float,
+    after: float,
+    active: dict[str, set[int]],
+    leased: set[str],
+    most: int,
+) -> dict[str, list[str]]:
+    """Done tickets that may be folded into their request's ledger now, by request id: seen
+    in done/ for `after` seconds of the daemon's clock, with no other copy of the ticket
+    (pending, deferred or running: `active` indexes by request) and no lease, at most `most`
+    in all (oldest first). Such a ticket cannot come back (docs/spool.md)."""
+    out: dict[str, list[str]] = {}
+    taken = 0
+    for name, seen in sorted(first_seen.items(), key=lambda kv: kv[1]):
+        if taken >= most or mono - seen < after:
+            break
+        _, index, rid = name.split(".", 2)
+        if name in leased or int(index) in active.get(rid, ()):
+            continue
+        out.setdefault(rid, []).append(name)
+        taken += 1
+    return out

@@ -3,6 +3,7 @@ launches. The service calls it in a loop; tests call it directly with a chosen `
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -11,19 +12,20 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from sdgen import defaults
-from sdgen.daemon.policy import StartupGuard, lease_expired, workers_wanted
+from sdgen.daemon.policy import StartupGuard, foldable_done, lease_expired, workers_wanted
 from sdgen.exceptions import RequestError
-from sdgen.launchers.base import Launcher
+from sdgen.launchers.base import ExitedWorker, Launcher
 from sdgen.spool.claim import Lease, pid_alive
-from sdgen.spool.intake import is_candidate, read_request_file
-from sdgen.spool.layout import REQUEST_ID, ticket_name
+from sdgen.spool.intake import file_owner, is_candidate, read_request_file
+from sdgen.spool.layout import REQUEST_ID, parse_ticket_name, ticket_name
 from sdgen.spool.progress import request_state
 from sdgen.spool.records import CorruptRecord, one_line, read_bytes
-from sdgen.spool.request import Request
+from sdgen.spool.request import Request, request_digest
 from sdgen.spool.states import REQUEST_TERMINAL, RequestState, TicketState
-from sdgen.spool.store import Spool, StuckEntry
+from sdgen.spool.store import REPRIORITIZED, SplitProgress, Spool, StuckEntry
 from sdgen.spool.ticket import after_death, attempt_event, due_at
 from sdgen.textsafe import printable
 
@@ -92,17 +94,27 @@ class Scheduler:
         lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
         settle: float = defaults.INBOX_SETTLE_SECONDS,
         budget: float = defaults.INTAKE_BUDGET_SECONDS,
+        split_window: int = defaults.SPLIT_WINDOW_TICKETS,
+        fold_after: float = defaults.FOLD_AFTER_SECONDS,
+        on_request_end: Callable[[str, dict, dict], None] | None = None,
     ):
         self.spool = spool
+        # Called with (request id, state.json as just written, its tickets by state) when a
+        # request's end is recorded; set, ends are also recorded as owed (daemon/notify.py).
+        self.on_request_end = on_request_end
         self.launcher = launcher
         self.lease_timeout = lease_timeout
         self.settle = settle
         self.budget = budget
+        self.split_window = split_window
+        self.fold_after = fold_after
+        self._done_seen: dict[str, float] = {}  # done/ name -> first seen (monotonic)
         self.launching = True
         self.host = socket.gethostname()
         self._leases: dict[str, tuple[bytes | None, float]] = {}
         self._meta: dict[str, dict] = {}
         self._splitting: dict[str, Request] = {}  # accepted, tickets still being written
+        self._pending_of: dict[str, int] | None = None  # request id -> pending tickets, last listing
         self._inbox_seen: dict[str, tuple[tuple, float]] = {}  # name -> (signature, first seen)
         self._stuck: dict[str, tuple[str, float]] = {}  # inbox name -> (reason, when last tried)
         self._stuck_written: dict | None = None
@@ -126,6 +138,7 @@ class Scheduler:
         self._phase("release deferred", self.release_deferred, now, report)
         junk: list[tuple[str, str]] = []
         counts = self.spool.ticket_counts(junk)
+        self._pending_of = {rid: len(t.get(TicketState.PENDING, ())) for rid, t in counts.items()}
         for state, name in junk:
             self._phase(
                 "junk ticket",
@@ -134,12 +147,52 @@ class Scheduler:
                 "not a ticket name (<4 digits>.<6 digits>.<request id>)",
                 now,
             )
+        self._phase("priorities", self.apply_priorities, counts)
         self._phase("cancels", self.apply_cancels, counts, now)
+        self._phase("fold done", self.fold_done, counts, mono)
         report.open_requests = self._phase("requests", self.update_requests, counts, now) or 0
-        self._phase("launch", self.launch, now, report)
+        self._phase("launch", self.launch, now, report, counts)
         if self.launcher and self.launcher.summary() != self._summary_written:
             self._phase("launcher status", self.write_launcher_status, now)
         return report
+
+    def fold_done(self, counts: dict, mono: float) -> None:
+        """Fold done-markers that have been in done/ for `fold_after` seconds into their
+        requests' ledgers (docs/spool.md, "Folding done tickets"): done/, listed every tick,
+        then holds recent work only, and a finished image costs a ledger line, not a file."""
+        names = self.spool.ticket_names(TicketState.DONE)
+        present = set(names)
+        for name in names:
+            self._done_seen.setdefault(name, mono)
+        for gone in [n for n in self._done_seen if n not in present]:
+            del self._done_seen[gone]
+        if self.fold_after < 0:
+            return  # folding off
+        active = {
+            rid: {i for s in (TicketState.PENDING, TicketState.DEFERRED, TicketState.RUNNING) for i in t.get(s, ())}
+            for rid, t in counts.items()
+        }
+        try:
+            leased = {e[:-5] for e in os.listdir(self.spool.layout.leases) if e.endswith(".json")}
+        except FileNotFoundError:
+            leased = set()
+        plan = foldable_done(self._done_seen, mono, self.fold_after, active, leased, defaults.FOLD_MOST_PER_TICK)
+        for rid, batch in plan.items():
+            if parse_ticket_name(batch[0]) is None or not REQUEST_ID.match(rid):
+                continue
+            self.spool.fold_done(rid, batch)
+            for name in batch:
+                self._done_seen.pop(name, None)
+
+    def settle_at_shutdown(self, now: float, exited: list[ExitedWorker]) -> None:
+        """The daemon's last step, once its launcher has stopped the workers (`exited`): the
+        tickets of workers that had to be killed go back now, not after a lease timeout, and
+        every request's state is brought up to date. Each through its isolated phase, as in
+        a tick: damage met now is logged, and must not turn a clean stop into a failed exit."""
+        exit_codes = {w.worker_id: w.returncode for w in exited}
+        self._phase("reap", self.reap, now, exit_codes, TickReport(), None, True)  # by us: hand-backs, not deaths
+        counts = self.spool.ticket_counts()
+        self._phase("requests", self.update_requests, counts, now)
 
     def _phase(self, name: str, step, *args):
         try:
@@ -202,12 +255,16 @@ class Scheduler:
                 if not self._is_quiet(path, entry, now, report):
                     continue
                 try:
-                    read_request_file(path)
+                    dropped = read_request_file(path)
+                    if dropped.id and self._repeats_a_request(path, entry, dropped):
+                        continue
                 except RequestError as e:
                     self.spool.reject(path, str(e), now)
                     report.rejected.append(entry)
                     continue
                 request_id = self.spool.claim_inbox_file(path, now)
+                if request_id and dropped.id and not self._record_client_id(path, request_id, dropped, now, report):
+                    request_id = None  # another file of that id got there first
             except StuckEntry as e:
                 if entry not in self._stuck:
                     log.error("inbox file %s is stuck: %s", printable(entry, 120), printable(e.reason))
@@ -223,6 +280,48 @@ class Scheduler:
         for gone in [n for n in self._inbox_seen if n not in present]:
             del self._inbox_seen[gone]
         self._write_stuck(now)
+
+    def _repeats_a_request(self, path, entry: str, dropped) -> bool:
+        """Idempotent submit (docs/spool.md): a dropped file whose `id` is an earlier
+        request's. The same content again is a no-op (the file is removed, logged); other
+        content raises RequestError (rejected with the reason). A file `sdgen submit`
+        published under the id's recorded request id is that request itself."""
+        known = self.spool.lookup_client_id(dropped.id)
+        if known is None or known["request_id"] == entry.rsplit(".", 1)[0]:
+            return False
+        if known["digest"] != request_digest(dropped):
+            raise RequestError(
+                f"id {dropped.id!r} is request {known['request_id']}, submitted with other content: "
+                "give this request another id"
+            )
+        self.spool.discard_duplicate(path)
+        log.info(
+            "inbox file %s repeats request %s (same id and content): nothing to do",
+            printable(entry, 120),
+            known["request_id"],
+        )
+        return True
+
+    def _record_client_id(self, path, request_id: str, dropped, now: float, report: TickReport) -> bool:
+        """A dropped file's `id` is recorded as its request's (link: a `sdgen submit` of the
+        same id at this moment either got there first, and this file yields, or finds it)."""
+        known = self.spool.record_client_id(dropped.id, request_id, request_digest(dropped))
+        if known is None or known["request_id"] == request_id:
+            return True
+        incoming = self.spool.layout.incoming / f"{request_id}.yaml"
+        same = known["digest"] == request_digest(dropped)
+        self.spool.reject(
+            incoming,
+            f"id {dropped.id!r} is request {known['request_id']}"
+            + (
+                " already (same content): nothing to do"
+                if same
+                else ", submitted with other content: give this request another id"
+            ),
+            now,
+        )
+        report.rejected.append(path.name)
+        return False
 
     def _is_quiet(self, path, entry: str, now: float, report: TickReport) -> bool:
         """The quiet-file rule (docs/spool.md): nobody on this host has it open for writing,
@@ -260,6 +359,14 @@ class Scheduler:
         if request is None:
             try:
                 request = read_request_file(path, check_name=False)
+                # Acceptance expands templates from the fixed seed (batch/templates.py): a
+                # wildcard file changed since the check, or a random expansion past a limit,
+                # is a reason too, before anything of the request is written.
+                request = self.spool.begin_accept(request_id, request, source=path.name, now=now, user=file_owner(path))
+                # a `sdgen priority` given while it was being split (before a restart)
+                priority = self.spool.priority_of(request_id, request.priority)
+                if priority != request.priority:
+                    request = dataclasses.replace(request, priority=priority)
             except RequestError as e:
                 try:
                     self.spool.reject(path, str(e), now)
@@ -267,7 +374,6 @@ class Scheduler:
                     log.error("incoming file %s is stuck: %s", printable(path.name), printable(stuck.reason))
                 report.rejected.append(path.name)
                 return
-            request = self.spool.begin_accept(request_id, request, source=path.name, now=now)
             self._splitting[request_id] = request
             log.info(
                 "accepted request %s: %d image(s)%s",
@@ -276,11 +382,25 @@ class Scheduler:
                 f" ({printable(request.name, 80)})" if request.name else "",
             )
             report.accepted.append(request_id)
-        if self.spool.continue_split(request_id, request, deadline):
+        progress = self.spool.continue_split(request_id, request, deadline, room=self._split_room(request_id))
+        if progress == SplitProgress.ALL_OUT:
             del self._splitting[request_id]
-        else:
-            report.splitting += 1
-            report.wake_in = 0.0
+            return
+        report.splitting += 1
+        if progress == SplitProgress.BUDGET_SPENT:
+            report.wake_in = 0.0  # more to write now: the next tick comes at once
+
+    def _split_room(self, request_id: str) -> int:
+        """How many more tickets of a request being split may be written now: the split
+        window less its tickets already pending (by the last listing, so a refill lags a
+        tick: harmless, the window is far larger than a tick's claims)."""
+        if self._pending_of is None:
+            self._pending_of = {}
+            for name in self.spool.ticket_names(TicketState.PENDING):
+                parsed = parse_ticket_name(name)
+                if parsed:
+                    self._pending_of[parsed[2]] = self._pending_of.get(parsed[2], 0) + 1
+        return self.split_window - self._pending_of.get(request_id, 0)
 
     # -- leases -----------------------------------------------------------------------------
     def reap(
@@ -410,6 +530,29 @@ class Scheduler:
             self._meta[request_id] = meta
         return self._meta[request_id]
 
+    def apply_priorities(self, counts: dict) -> None:
+        """`sdgen priority` renamed the waiting tickets at once; tickets that came back
+        under the old name since (a hand-back, an undeferral, a reclaim) are renamed here, a
+        request being split writes its next tickets at the new priority, and state.json
+        records it."""
+        listed: dict | None = None
+        for request_id, tickets in counts.items():
+            if not any(tickets.get(s) for s in REPRIORITIZED):
+                continue  # nothing it could rename (finished requests cost no stat)
+            meta = self._meta_of(request_id)
+            if meta is None or not self.spool.layout.priority_marker(request_id).exists():
+                continue
+            priority = self.spool.priority_of(request_id, meta.get("priority", 0))
+            if meta.get("priority") != priority:
+                meta = dict(meta, priority=priority)
+                self.spool.write_state(request_id, meta)
+                self._meta[request_id] = meta
+            if request_id in self._splitting:
+                self._splitting[request_id] = dataclasses.replace(self._splitting[request_id], priority=priority)
+            if listed is None:  # one listing per tick, only when some request was reprioritized
+                listed = {s: self.spool.ticket_names(s) for s in REPRIORITIZED}
+            self.spool.reprioritize(request_id, priority, listed)
+
     def apply_cancels(self, counts: dict, now: float) -> None:
         for request_id, tickets in counts.items():
             if not (tickets.get(TicketState.PENDING) or tickets.get(TicketState.DEFERRED)):
@@ -456,13 +599,17 @@ class Scheduler:
         if meta.get("state") in TERMINAL and not (meta["state"] == RequestState.FAILED or cancelled):
             return 0
         tickets = counts.get(request_id, {})
-        state = request_state(tickets, meta.get("tickets_total", 0), cancelled)
+        state = request_state(tickets, meta.get("tickets_total", 0), cancelled, self.spool.is_paused(request_id))
         still_open = int(state not in TERMINAL)
         if state == meta.get("state"):
             return still_open
         meta = dict(meta, state=state)
+        meta.pop("notify", None)  # an earlier end's delivery record: not this state's
         if state in TERMINAL:
             meta["finished_at"] = now
+            if self.on_request_end is not None:
+                # Owed, in the same write as the end: a crash before delivery cannot lose it.
+                meta["notify"] = "pending"
         if state == RequestState.FAILED:
             meta["reason"] = self._failure_reason(request_id, meta, tickets)
         else:
@@ -470,6 +617,8 @@ class Scheduler:
         self.spool.write_state(request_id, meta)
         log.info("request %s: %s -> %s", request_id, self._meta[request_id].get("state"), state)
         self._meta[request_id] = meta
+        if state in TERMINAL and self.on_request_end is not None:
+            self.on_request_end(request_id, meta, tickets)
         return still_open
 
     def _failure_reason(self, request_id: str, meta: dict, tickets: dict) -> str:
@@ -539,8 +688,16 @@ class Scheduler:
             }
         )
 
-    def launch(self, now: float, report: TickReport) -> None:
-        report.pending = len(self.spool.ticket_names(TicketState.PENDING))
+    def launch(self, now: float, report: TickReport, counts: dict | None = None) -> None:
+        """Start or trim workers for the claimable tickets: pending ones, from this tick's
+        listing (`counts`), except those of paused requests."""
+        if counts is None:
+            counts = self.spool.ticket_counts(folded=False)
+        report.pending = sum(
+            len(t.get(TicketState.PENDING, ()))
+            for rid, t in counts.items()
+            if t.get(TicketState.PENDING) and not self.spool.is_paused(rid)
+        )
         if not (self.launcher and self.launching) or not self.startup.may_launch(now):
             return
         wanted = workers_wanted(self.launcher.max_workers, report.pending, report.running)

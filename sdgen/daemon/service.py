@@ -14,6 +14,7 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from sdgen import defaults
+from sdgen.daemon.retention import RetainStep
 from sdgen.daemon.scheduler import Scheduler, TickReport
 from sdgen.daemon.watcher import Watcher
 from sdgen.exceptions import DaemonRunning
@@ -74,10 +75,14 @@ class Daemon:
         exit_when_idle: bool = False,
         grace: float = defaults.SHUTDOWN_GRACE_SECONDS,
         lease_timeout: float = defaults.LEASE_TIMEOUT_SECONDS,
+        split_window: int = defaults.SPLIT_WINDOW_TICKETS,
+        fold_after: float = defaults.FOLD_AFTER_SECONDS,
         until: Callable[[TickReport], bool] | None = None,
         on_tick: Callable[[TickReport], None] | None = None,
         tracker=None,
         on_signal: Callable[[int], None] | None = None,
+        notifier=None,
+        retain: float | None = None,
     ):
         self.spool = spool
         self.launcher = launcher
@@ -89,7 +94,17 @@ class Daemon:
         self.on_tick = on_tick
         self.on_signal = on_signal  # called (in the handler) for every stop signal, e.g. by `sdgen run`
         self.tracker = tracker  # a TrackerThread, or None when tracking is off
-        self.scheduler = Scheduler(spool, launcher, lease_timeout=lease_timeout)
+        self.notifier = notifier  # a notify.Notifier (--on-done, --webhook), or None
+        # --retain: a bounded prune pass between ticks, at most hourly (daemon/retention.py)
+        self.retention = RetainStep(spool, retain) if retain is not None else None
+        self.scheduler = Scheduler(
+            spool,
+            launcher,
+            lease_timeout=lease_timeout,
+            split_window=split_window,
+            fold_after=fold_after,
+            on_request_end=notifier.request_ended if notifier is not None else None,
+        )
         self.wake = threading.Event()
         self.stopping = False
         self.exit_reason = ""  # why run() returned non-zero, one line
@@ -114,6 +129,8 @@ class Daemon:
                 watcher.start()
             if self.tracker is not None:
                 self.tracker.start()
+            if self.notifier is not None:
+                self.notifier.start()
             log.info(
                 "daemon up on %s (%s, up to %d worker(s))",
                 self.spool.layout.root,
@@ -123,6 +140,7 @@ class Daemon:
             failing = ""
             while not self.stopping:
                 self.wake.clear()
+                tick_started = time.monotonic()
                 try:
                     report = self.scheduler.tick(time.time())
                 except OSError as e:
@@ -136,6 +154,10 @@ class Daemon:
                 if failing:
                     log.warning("spool step works again")
                     failing = ""
+                if self.notifier is not None:
+                    self.notifier.settle()
+                if self.retention is not None:
+                    self.retention.maybe_run(time.time())
                 if self.on_tick:
                     self.on_tick(report)
                 if self.until and self.until(report):
@@ -152,6 +174,12 @@ class Daemon:
                     watcher.healthy()
                 timeout = self.rescan if report.wake_in is None else min(self.rescan, report.wake_in + 0.01)
                 self.wake.wait(max(0.01, timeout))
+                # Watcher events come in bursts (each claim, image and marker of every
+                # worker is one): one tick per burst, at most one per TICK_MIN_INTERVAL,
+                # unless the last tick has more to do at once (a split's next slice).
+                rest = defaults.TICK_MIN_INTERVAL_SECONDS - (time.monotonic() - tick_started)
+                if rest > 0 and report.wake_in != 0 and not self.stopping:
+                    time.sleep(rest)
             # An --exit-when-idle run ends its workers wherever they run (batch jobs included)
             # and waits until they are gone, so a one-shot run leaves nothing behind; a stop by
             # signal leaves batch jobs to finish their tickets for the next daemon.
@@ -180,21 +208,11 @@ class Daemon:
             log.info("%s %d worker(s)", "ending" if end else "stopping", len(self.launcher.running()))
         exited = self.launcher.end_all(self.grace) if end else self.launcher.stop_all(self.grace)
         # Tickets of workers that had to be killed go back now, not after a lease timeout.
-        # Through the scheduler's isolated steps: damage met now must not turn a clean stop
-        # into a failed exit.
-        self.scheduler._phase(
-            "reap",
-            self.scheduler.reap,
-            time.time(),
-            {w.worker_id: w.returncode for w in exited},
-            TickReport(),
-            None,
-            True,  # stopped by us: hand-backs, not deaths
-        )
-        counts = self.spool.ticket_counts()
-        self.scheduler._phase("requests", self.scheduler.update_requests, counts, time.time())
+        self.scheduler.settle_at_shutdown(time.time(), exited)
         if self.tracker is not None:
             self.tracker.stop()
+        if self.notifier is not None:
+            self.notifier.stop()  # ends recorded just now get their chance; the rest stay owed
         return self.launcher.leftovers() if end else []
 
     def _install_signals(self) -> None:

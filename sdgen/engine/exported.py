@@ -7,10 +7,13 @@ What a worker does for a job's (model, weights):
   get the folder's lock builds the models with KerasCVEngine, writes the snapshot and loads
   it like everyone else; the others wait for it (defaults.SNAPSHOT_WAIT_SECONDS), then
   load it, or generate through keras if it is still being written.
-- the snapshot lacks this image size or batch bucket: build zero-weight models of that size
-  (only their shapes matter) and export the sampler for it.
+- the snapshot lacks this image size or batch bucket: the first worker of the node to get
+  that program file's lock builds zero-weight models of that size (only their shapes
+  matter), exports the sampler for it and writes it; the others wait for it (as long),
+  then load it, or export it for themselves, in memory, if it is still being written.
 If a snapshot cannot be written (disk full, a program JAX cannot export), this worker
-generates through KerasCVEngine's models instead and says so in its log.
+generates through KerasCVEngine's models instead and says so in its log; a sampler program
+that cannot be written (read-only or full data directory) it exports for itself, in memory.
 
 Chosen by `get_engine("keras-cv")` when KERAS_BACKEND=jax and the fused sampler is on;
 SDGEN_SNAPSHOT=off turns it off.
@@ -169,17 +172,45 @@ class ExportedEngine(Engine):
         del builder.models[key]
         return True
 
-    def _sampler_ready(self, snap: snapshot.Snapshot, job: ImageJob, size: int, timings: dict) -> None:
-        if snap.has_sampler(job.height, job.width, size):
-            return
-        t0 = time.perf_counter()
+    def _export_sampler(self, snap: snapshot.Snapshot, job: ImageJob, size: int) -> bytes:
         key = (job.model, job.weights, job.height, job.width)
         if key not in self.shapes:
             self.shapes[key] = self._builder().build(*key, shape_only=True)
         sd = self.shapes[key]
-        snapshot.write_sampler(
-            snap.folder, sd._diffusion_model, sd._decoder, job.height, job.width, size, snap.unconditional
+        return snapshot.export_sampler(
+            sd._diffusion_model, sd._decoder, job.height, job.width, size, snap.unconditional
         )
+
+    def _sampler_ready(self, snap: snapshot.Snapshot, job: ImageJob, size: int, timings: dict) -> None:
+        height, width = job.height, job.width
+        if snap.has_sampler(height, width, size):
+            return
+        t0 = time.perf_counter()
+        program: list[bytes] = []  # this worker's own export, if it made one
+
+        def write() -> None:
+            program.append(self._export_sampler(snap, job, size))
+            snapshot.publish_sampler(snap.folder, height, width, size, program[0])
+
+        name = snapshot.sampler_file(snap.folder, height, width, size).name
+        try:
+            # one worker of the node exports each program; the others wait for it here
+            state = snapshot.ensure_sampler(snap.folder, height, width, size, write)
+        except OSError as e:  # no lock or program file possible (read-only, full, folder set aside)
+            log.warning("%s could not be written to snapshot %s (%s); exporting it for this worker", name, snap.name, e)
+            state = "unwritable"
+        if state == "busy":
+            log.warning(
+                "another worker is still exporting %s of snapshot %s; exporting it for this worker meanwhile",
+                name,
+                snap.name,
+            )
+        if program:  # exported here: written, or not writable
+            snap.add_sampler(height, width, size, program[0])
+        elif state == "present" and snap.has_sampler(height, width, size):
+            return  # another worker's, loaded
+        else:  # busy, unwritable, or what another worker wrote cannot be read
+            snap.add_sampler(height, width, size, self._export_sampler(snap, job, size))
         timings["export"] = round(time.perf_counter() - t0, 3)
 
     # -- generating -------------------------------------------------------------------------

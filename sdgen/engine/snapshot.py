@@ -15,6 +15,7 @@ them once and writes a snapshot; every later worker loads it:
         encode.jaxexport the text encoder as a serialized JAX program (`jax.export`)
         sample-<H>x<W>-b<B>.jaxexport   the fused loop + decoder (sampler.py) for one image
                          size and batch bucket, added as workers first need them
+        sample-<H>x<W>-b<B>.jaxexport.lock   held by the one worker exporting that program
 
         last-used        touched by every worker that loads it (`sdgen cache` reads it)
 
@@ -29,7 +30,10 @@ a new one (`sdgen cache prune` removes the old).
 Life cycle. The folder appears whole (written under a temporary name, then renamed); a
 sampler file is published with one rename. One worker per node writes a folder, holding
 `<folder>.lock` next to it (`ensure`); the others wait for it, up to
-defaults.SNAPSHOT_WAIT_SECONDS, then generate through keras meanwhile. A folder that is
+defaults.SNAPSHOT_WAIT_SECONDS, then generate through keras meanwhile. Likewise one worker
+exports each sampler program, holding `<program file>.lock` in the folder
+(`ensure_sampler`); the others wait as long for it, then load it, or export it for
+themselves, in memory, if it is still being written or cannot be. A folder that is
 damaged (a file missing, weights.bin of the wrong size, a program JAX cannot read) is
 renamed aside once, to `<folder>.damaged-<time>`, and rebuilt like a missing one (`load`).
 Nothing here imports keras.
@@ -37,6 +41,7 @@ Nothing here imports keras.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -93,9 +98,11 @@ PACKAGES = {
     "jaxlib": "jaxlib",
     "keras": "keras",
     "keras_cv": "keras-cv",
-    "cuda_plugin": "jax-cuda12-plugin",
-    "cuda_pjrt": "jax-cuda12-pjrt",
-    "cudnn": "nvidia-cudnn-cu12",
+    # Each CUDA major has its own package names (cuda12, cuda13...): the first installed
+    # one is recorded (a CUDA 13 node recorded "none" for all three with cuda12 names only).
+    "cuda_plugin": ("jax-cuda13-plugin", "jax-cuda12-plugin"),
+    "cuda_pjrt": ("jax-cuda13-pjrt", "jax-cuda12-pjrt"),
+    "cudnn": ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12"),
 }
 LAST_USED = "last-used"
 DAMAGED = ".damaged-"  # <folder>.damaged-<time>: set aside by `load`, removed by `sdgen cache prune`
@@ -117,11 +124,18 @@ def enable_compile_cache(data_root: Path) -> str | None:
     return folder
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "none"
+def _version(package: str | tuple[str, ...]) -> str:
+    """The installed version of `package`, or of the first installed of several names
+    (`name==version`, except the last name's: a bare version, as before the others were
+    added, so that existing snapshots keep their identity), else "none"."""
+    names = (package,) if isinstance(package, str) else package
+    for name in names:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        return version if name == names[-1] else f"{name}=={version}"
+    return "none"
 
 
 def sources_digest(files=None) -> str:
@@ -254,13 +268,12 @@ def write(root: Path, ident: dict, models: dict, merges: Path, unconditional_tok
     return folder
 
 
-def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: int, context) -> Path:
-    """Export the fused loop for one size and batch bucket from models of that size (their
-    weights do not matter: they are arguments). `context`: an encoded prompt, for its
-    shape and dtype."""
+def export_sampler(unet, decoder, height: int, width: int, batch: int, context) -> bytes:
+    """The fused loop for one size and batch bucket, serialized, from models of that size
+    (their weights do not matter: they are arguments). `context`: an encoded prompt, for
+    its shape and dtype."""
     from sdgen.engine.sampler import pure_sampler  # imports keras: only the building worker
 
-    path = sampler_file(folder, height, width, batch)
     f32 = np.zeros((MAX_STEPS,), np.float32)
     context = jax.ShapeDtypeStruct((batch,) + tuple(context.shape[1:]), context.dtype)  # one per image
     args = (
@@ -275,7 +288,21 @@ def write_sampler(folder: Path, unet, decoder, height: int, width: int, batch: i
         f32,
         np.float32(7.5),
     )
-    atomic_write(path.parent, path, _export(pure_sampler(unet, decoder), *args))
+    return _export(pure_sampler(unet, decoder), *args)
+
+
+def publish_sampler(folder: Path, height: int, width: int, batch: int, program: bytes) -> Path:
+    """Put an exported sampler program in the folder: written beside it, then renamed, so a
+    reader sees all of it or none. Called under the program's lock (`ensure_sampler`), so
+    temporary files of its name old enough to be a dead writer's are removed first."""
+    path = sampler_file(folder, height, width, batch)
+    for tmp in path.parent.glob(f"{path.name}.*.part"):  # fsutil.atomic_write's temporary names
+        try:
+            if time.time() - tmp.stat().st_mtime > defaults.SNAPSHOT_STALE_TMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+    atomic_write(path.parent, path, program)
     return path
 
 
@@ -305,7 +332,26 @@ class Damaged(Exception):
 
 
 def lock_path(folder: Path) -> Path:
+    """`<folder>.lock`, or `<file>.lock` for a sampler program file."""
     return Path(folder).with_name(Path(folder).name + LOCK)
+
+
+def _write_once(lock_file: Path, present: Callable[[], bool], write: Callable[[], object], wait_s) -> str:
+    """`write()` under `lock_file` unless `present()` says, once the lock is held, that
+    another worker has written it: "present", "written" or "busy" (the lock not had in
+    `wait_s`). OSError when the lock file cannot be created (read-only, full)."""
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=defaults.SNAPSHOT_WAIT_SECONDS if wait_s is None else wait_s)
+    except Timeout:
+        return "busy"
+    try:
+        if present():
+            return "present"
+        write()
+        return "written"
+    finally:
+        lock.release()
 
 
 def ensure(folder: Path, write: Callable[[], object], wait_s: float | None = None) -> str:
@@ -317,18 +363,38 @@ def ensure(folder: Path, write: Callable[[], object], wait_s: float | None = Non
     the lock is released whatever happens (the OS releases it if the process dies)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path(folder)))
-    try:
-        lock.acquire(timeout=defaults.SNAPSHOT_WAIT_SECONDS if wait_s is None else wait_s)
-    except Timeout:
-        return "busy"
-    try:
-        if (folder / "meta.json").exists():
-            return "present"
-        write()
-        return "written"
-    finally:
-        lock.release()
+    return _write_once(lock_path(folder), (folder / "meta.json").exists, write, wait_s)
+
+
+def ensure_sampler(
+    folder: Path, height: int, width: int, batch: int, write: Callable[[], object], wait_s: float | None = None
+) -> str:
+    """`ensure` for one sampler program of a loaded snapshot: `write()` exports and
+    publishes it (`publish_sampler`) if this worker is the first to get the program file's
+    lock. "present" (written meanwhile by another worker: load it), "written", or "busy"
+    (the lock held for `wait_s`, default defaults.SNAPSHOT_WAIT_SECONDS: export it for this
+    worker only). OSError when the lock file cannot be created (read-only, full data dir),
+    FileNotFoundError when the folder is gone (set aside as damaged, pruned): then too the
+    caller exports for itself and writes nothing.
+
+    One lock per program file, not the folder's: workers needing different sizes or
+    buckets export theirs at once instead of one after another (an export builds models of
+    that size and traces the whole loop), and an export never holds up `set_aside` or
+    `sdgen cache prune`, which take the folder's lock. The lock file lives in the folder,
+    so it goes with it (set aside, pruned) instead of piling up next to the folders."""
+    folder = Path(folder)
+    path = sampler_file(folder, height, width, batch)
+
+    def present() -> bool:
+        if not (folder / "meta.json").exists():
+            raise FileNotFoundError(errno.ENOENT, "snapshot folder gone (set aside or removed)", str(folder))
+        return path.exists()
+
+    # checked before locking too: filelock creates a lock file's missing folder, and a new
+    # empty folder where a snapshot was would read as a damaged snapshot
+    if present():
+        return "present"
+    return _write_once(lock_path(path), present, write, wait_s)
 
 
 def check(folder: Path) -> tuple[dict, dict, object, ClipTokenizer]:
@@ -472,7 +538,13 @@ class Snapshot:
                 os.rename(path, path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"))
             except FileNotFoundError:
                 pass  # another worker set it aside first
+            except OSError as e:  # a read-only cache: the caller exports it for itself
+                log.debug("could not set %s aside: %s", path.name, e)
             return False
+
+    def add_sampler(self, height: int, width: int, batch: int, program: bytes) -> None:
+        """Use a sampler program this worker exported itself (whether or not it is on disk)."""
+        self._samplers[(height, width, batch)] = jax.jit(jax.export.deserialize(bytearray(program)).call)
 
     def encode(self, prompt: str):
         return self._encode(

@@ -112,7 +112,7 @@ class AdspLauncher(jobs.JobLauncher):
         **_ignored,
     ):
         super().__init__(data_root)
-        self.max_workers = max_workers or settings.get("ADSP_WORKER_MAX")
+        self.max_workers = settings.get("ADSP_WORKER_MAX") if max_workers is None else max_workers
         self.session = session or open_session()
         self.project = project_id(project)
         self.resource_profile = resource_profile

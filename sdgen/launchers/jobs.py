@@ -18,37 +18,9 @@ from pathlib import Path
 from sdgen import defaults
 from sdgen.launchers.base import ExitedWorker, Launcher, load_jobs, save_jobs
 from sdgen.spool.layout import Layout
+from sdgen.warnonce import WarnOnce
 
 log = logging.getLogger(__name__)
-
-
-class WarnOnce:
-    """Say once that something fails, not on every tick, and once more when it works again:
-    `fail(key, now, msg, *args)` logs on the first failure of `key` only; `ok(key, now, msg)`
-    logs `msg % seconds_down` if `key` was failing. A key that never comes back (an unknown
-    state of one job) just uses `fail`."""
-
-    def __init__(self, logger: logging.Logger = log):
-        self.log = logger
-        self._since: dict[object, float] = {}
-
-    def fail(self, key, now: float, msg: str, *args) -> bool:
-        if key in self._since:
-            return False
-        self._since[key] = now
-        self.log.warning(msg, *args)
-        return True
-
-    def ok(self, key, now: float, msg: str) -> bool:
-        since = self._since.pop(key, None)
-        if since is None:
-            return False
-        self.log.warning(msg, now - since)
-        return True
-
-    def since(self, key) -> float | None:
-        """When `key` started failing; None while it works."""
-        return self._since.get(key)
 
 
 @dataclass

@@ -89,7 +89,7 @@ class LocalLauncher(jobs.JobLauncher):
     ):
         super().__init__(data_root)
         self.gpus = visible_gpus() if pin_gpus else []
-        self.max_workers = max_workers or max(1, len(self.gpus))
+        self.max_workers = max(1, len(self.gpus)) if max_workers is None else max_workers
         self.idle_exit = idle_exit
         self.heartbeat = heartbeat
         self.extra_env = extra_env or {}

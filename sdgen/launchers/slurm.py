@@ -180,7 +180,7 @@ class SlurmLauncher(jobs.JobLauncher):
         if not shutil.which("sbatch"):
             raise UserError(INSTALL_HINT)
         super().__init__(data_root)
-        self.max_workers = max_workers or 1
+        self.max_workers = 1 if max_workers is None else max_workers
         self.opts = job_options or JobOptions()
         check_env_names(self.opts.env)
         self.idle_exit, self.heartbeat, self.poll_every = idle_exit, heartbeat, poll

@@ -3,12 +3,15 @@ its bytes reach the YAML parser, and the rule for which inbox names are requests
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 from pathlib import Path
 
 from sdgen import defaults
+from sdgen.batch.templates import check_request, is_template, wildcards_for_request_file
 from sdgen.exceptions import RequestError
-from sdgen.spool.records import CorruptRecord, read_bytes
+from sdgen.spool.records import CorruptKind, CorruptRecord, read_bytes
 from sdgen.spool.request import Request, _clip, parse_request
 
 # Letters, digits, spaces and the punctuation people's tools put in names ("my request (1).yml"),
@@ -33,10 +36,35 @@ def is_stray(name: str) -> bool:
     return not (is_candidate(name) or name.startswith(".") or name.endswith((".part", ".tmp")))
 
 
-def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES, check_name: bool = True) -> Request:
+def owner_name(uid: int) -> str:
+    """A uid's user name; the uid as text when the passwd database has no entry (a container
+    without one, an NFS file of another host's user)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def file_owner(path: Path) -> str:
+    """Who dropped a request file: its owner's name ("" if it cannot be looked at). `sdgen
+    submit` writes the inbox file as the submitting user, and renames keep the owner."""
+    try:
+        return owner_name(os.lstat(path).st_uid)
+    except OSError:
+        return ""
+
+
+def read_request_file(
+    path: Path,
+    max_bytes: int = defaults.MAX_REQUEST_BYTES,
+    check_name: bool = True,
+    wildcards: Path | None = None,
+) -> Request:
     """Read and validate a request file: opened without blocking and without following
     links, checked on the open descriptor (so a file swapped for a FIFO or a link between a
-    look and the open is still refused), size-capped, then parsed with the shape limits."""
+    look and the open is still refused), size-capped, then parsed with the shape limits,
+    then its templates expanded once to check them (`wildcards`: the data directory's
+    wildcards folder; by default the one of the spool whose inbox/ or incoming/ holds it)."""
     name = path.name
     shown = _clip(name, 80)
     if check_name and (not SAFE_NAME.match(name) or ".." in name):
@@ -49,14 +77,14 @@ def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES, c
     except FileNotFoundError:
         raise RequestError(f"{shown} does not exist") from None
     except CorruptRecord as e:
-        if "bytes; at most" in e.reason or "grew past" in e.reason:
+        if e.kind is CorruptKind.TOO_BIG:
             raise RequestError(
                 f"{shown} is over {max_bytes} bytes; a request file may be at most {max_bytes} bytes: "
                 "split it into several requests"
             ) from None
-        if "symbolic link" in e.reason:
+        if e.kind is CorruptKind.SYMLINK:
             raise RequestError(f"{shown} is a symbolic link: copy the request file itself into the inbox") from None
-        if "regular file" in e.reason:
+        if e.kind is CorruptKind.NOT_REGULAR:
             raise RequestError(f"{shown} is not a regular file: a request is a YAML text file") from None
         raise RequestError(f"{shown} {e.reason}") from None
     except OSError as e:
@@ -72,6 +100,9 @@ def read_request_file(path: Path, max_bytes: int = defaults.MAX_REQUEST_BYTES, c
     if "\x00" in text:
         raise RequestError(f"{shown} contains NUL bytes: a request is a YAML text file")
     try:
-        return parse_request(text)
+        request = parse_request(text)
+        if request.version >= 2 and any(is_template(p) for p in request.prompts):
+            check_request(request, wildcards or wildcards_for_request_file(path))
+        return request
     except RequestError as e:
         raise RequestError(f"{shown}: {e}") from None

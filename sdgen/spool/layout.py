@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,11 @@ class Layout:
     def tracking_status(self) -> Path:
         return self.spool / "tracking.json"
 
+    @property
+    def notify_status(self) -> Path:
+        """The notifier's health (--on-done, --webhook): failures for `sdgen status`."""
+        return self.spool / "notify.json"
+
     def mlflow_record(self, request_id: str) -> Path:
         return self.request_dir(request_id) / "mlflow.json"
 
@@ -133,6 +139,35 @@ class Layout:
     def request_state(self, request_id: str) -> Path:
         return self.request_dir(request_id) / "state.json"
 
+    def done_ledger(self, request_id: str) -> Path:
+        """Folded done-markers of a request, one compact JSON line each (daemon, append-only)."""
+        return self.request_dir(request_id) / "done.jsonl"
+
+    def folded(self, request_id: str) -> Path:
+        """Which ticket indexes of a request are folded into its ledger: {"ranges": [[a, b)...]}."""
+        return self.request_dir(request_id) / "folded.json"
+
+    @property
+    def ids(self) -> Path:
+        """Submitters' own request ids (idempotent submit): <id>.json = {request_id, digest}."""
+        return self.spool / "ids"
+
+    def client_id_file(self, client_id: str) -> Path:
+        return self.ids / f"{client_id}.json"
+
+    def priority_marker(self, request_id: str) -> Path:
+        """`sdgen priority`: {"priority": N, "at"}; overrides request.yaml's priority."""
+        return self.request_dir(request_id) / "priority.json"
+
+    def pause_marker(self, request_id: str) -> Path:
+        """Present = the request is paused (`sdgen pause`): {"at", "after_ticket"}."""
+        return self.request_dir(request_id) / "paused"
+
+    @property
+    def pause_all_marker(self) -> Path:
+        """Present = the whole queue is paused (`sdgen pause --all`)."""
+        return self.spool / "paused"
+
     def cancel_marker(self, request_id: str) -> Path:
         return self.request_dir(request_id) / "cancel"
 
@@ -148,6 +183,7 @@ class Layout:
             self.corrupt,
             self.requests,
             self.leases,
+            self.ids,
             self.workers,
             self.events,
             self.outputs,
@@ -162,7 +198,10 @@ def ticket_name(priority: int, index: int, request_id: str) -> str:
     return f"{1000 - priority:04d}.{index:06d}.{request_id}"
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def parse_ticket_name(name: str) -> tuple[int, int, str] | None:
+    # Cached: the daemon parses every listed name on every tick, and a listing changes
+    # little from one tick to the next (a 1M-ticket queue: 10,000 names a tick).
     m = TICKET_NAME.match(name)
     if not m:
         return None

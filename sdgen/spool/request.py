@@ -1,23 +1,33 @@
-"""The request schema, version 1: parse YAML safely and validate every field strictly.
+"""The request schema, version 2: parse YAML safely and validate every field strictly.
 
 Pure: text in, `Request` or `RequestError` out. Every bad field gets its own message that
 says what is wrong and how to fix it; all messages are joined into one line.
+
+Version 2 adds batch programs (sdgen/batch/): prompts may be templates (`expand:` says how
+they expand; expanded once at acceptance by batch/templates.py, which needs the wildcard
+files, so it is not done here), and `sweep:`/`zip:` make the request a cross product of
+settings. Version 1 files (`version: 1`) are still read: their prompts are plain text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import random
+import re
 import unicodedata
 from dataclasses import dataclass, field
 
 import yaml
 
 from sdgen import defaults
+from sdgen.batch import sweep as sweeps
 from sdgen.exceptions import RequestError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 MODELS = ("sd-v1", "sd-v2")
 ENGINES = ("keras-cv", "dry-run")
 WEIGHTS = ("pretrained", "random")
@@ -46,11 +56,48 @@ class Request:
     priority: int = 0
     name: str = ""
     experiment: str = ""
+    id: str = ""  # the submitter's own id (`id:`, `sdgen submit --id`): same id + content = one request
+    version: int = SCHEMA_VERSION  # 1: prompts are plain text; 2: they may be templates
+    expand: str | int = "all"  # templates: every expansion, or this many random ones
+    sweep: sweeps.Sweep = ()  # ((field, values), ...): the request is their cross product
+    zip: sweeps.Zip = ()  # groups of swept fields that move together
+    # Set once the templates are expanded (at acceptance): `prompts` are then the expanded
+    # prompts, `templates` the prompts as written and `expansions` how many prompts each
+    # template made, in order. Never expanded again (workers need no template library).
+    templates: tuple[str, ...] = ()
+    expansions: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
+    def combinations(self) -> int:
+        return sweeps.combination_count(self.sweep, self.zip) if self.sweep else 1
+
+    @property
     def images_total(self) -> int:
-        return len(self.prompts) * self.images
+        return len(self.prompts) * self.combinations * self.images
+
+    @property
+    def expanded(self) -> bool:
+        return bool(self.templates)
+
+    def template_of(self, prompt_index: int) -> str:
+        """The prompt as written that prompt `prompt_index` came from (itself if none)."""
+        if not self.templates:
+            return self.prompts[prompt_index]
+        for template, count in zip(self.templates, self.expansions):
+            if prompt_index < count:
+                return template
+            prompt_index -= count
+        raise IndexError("prompt index past the expansions")
+
+    def combination(self, index: int) -> dict:
+        """Combination `index` of the sweep as {field: value} ({} without a sweep)."""
+        return sweeps.combination_at(self.sweep, self.zip, index) if self.sweep else {}
+
+    def settings(self, combination: dict) -> dict:
+        """steps, width, height, guidance, seed, negative_prompt and model of one combination."""
+        base = {k: getattr(self, k) for k in sweeps.SETTINGS}
+        return sweeps.generation_settings(base, combination)
 
     def with_seed(self, rng: random.Random | None = None) -> "Request":
         """Fix a base seed so that every image stays reproducible on its own."""
@@ -59,15 +106,32 @@ class Request:
         return dataclasses.replace(self, seed=(rng or random.SystemRandom()).randint(0, SEED_MAX))
 
     def to_dict(self) -> dict:
-        """The normalized form written to requests/<id>/request.yaml."""
-        d = {"version": SCHEMA_VERSION}
+        """The normalized form written to requests/<id>/request.yaml (and to the inbox by
+        `sdgen submit`). Swept fields are left out of the plain settings (the sweep has them)."""
+        d: dict = {"version": self.version}
         if len(self.prompts) == 1:
             d["prompt"] = self.prompts[0]
         else:
             d["prompts"] = list(self.prompts)
+        # the request's seed stays when seed is swept too: random expansions draw from it
+        swept = {name for name, _ in self.sweep} - {"seed"}
+        if "size" in swept:
+            swept |= {"width", "height"}
+        program = ("version", "expand", "sweep", "zip", "templates", "expansions")
         for f in dataclasses.fields(self):
-            if f.name not in ("prompts", "extra"):
+            if f.name not in ("prompts", "extra", "id", *program) and f.name not in swept:
                 d[f.name] = getattr(self, f.name)
+        if self.id:
+            d["id"] = self.id
+        if self.expand != "all":
+            d["expand"] = self.expand
+        if self.sweep:
+            d["sweep"] = {name: list(values) for name, values in self.sweep}
+        if self.zip:
+            d["zip"] = [list(group) for group in self.zip]
+        if self.templates:
+            d["templates"] = list(self.templates)
+            d["expansions"] = list(self.expansions)
         return d
 
 
@@ -207,6 +271,30 @@ def _choice(d, key, default, choices, errors):
     return v
 
 
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+
+
+def _client_id(d: dict, errors: list[str]) -> str:
+    """`id:`: the submitter's own name for the request (idempotent submit)."""
+    value = d.get("id")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not CLIENT_ID.match(value):
+        errors.append(
+            f"id must be 1 to 64 letters, digits, '-', '_' or '.' (not starting with '.'), got {_clip(repr(value))}"
+        )
+        return ""
+    return value
+
+
+def request_digest(request: "Request") -> str:
+    """What "the same content" means for an idempotent submit: the normalized request as
+    given (before a seed is drawn for it), without its id."""
+    fields = request.to_dict()
+    fields.pop("id", None)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _text(d, key, default, max_chars, errors, allow_empty=True, one_line=False):
     if key not in d:
         return default
@@ -271,6 +359,8 @@ def _size(d, key, errors):
 
 
 def _prompts(d, errors) -> tuple[str, ...]:
+    # an accepted request (request.yaml) holds its expanded prompts: more than one writes
+    max_prompts = defaults.MAX_EXPANDED_PROMPTS if "templates" in d else MAX_PROMPTS
     if "prompt" in d and "prompts" in d:
         errors.append("give either prompt (one text) or prompts (a list), not both")
         return ()
@@ -284,8 +374,8 @@ def _prompts(d, errors) -> tuple[str, ...]:
         if not isinstance(v, list) or not v:
             errors.append("prompts must be a non-empty list of strings (one `- text` per line)")
             return ()
-        if len(v) > MAX_PROMPTS:
-            errors.append(f"prompts has {len(v)} entries; the limit is {MAX_PROMPTS}: split the request")
+        if len(v) > max_prompts:
+            errors.append(f"prompts has {len(v)} entries; the limit is {max_prompts}: split the request")
             return ()
         out = []
         for i, p in enumerate(v):
@@ -306,6 +396,7 @@ def _prompts(d, errors) -> tuple[str, ...]:
 
 KNOWN_KEYS = {
     "version",
+    "id",
     "prompt",
     "prompts",
     "negative_prompt",
@@ -322,7 +413,13 @@ KNOWN_KEYS = {
     "priority",
     "name",
     "experiment",
+    "expand",
+    "sweep",
+    "zip",
+    "templates",
+    "expansions",
 }
+PROGRAM_KEYS = ("expand", "sweep", "zip", "templates", "expansions")  # schema version 2 only
 
 
 def validate(d: dict) -> Request:
@@ -337,25 +434,25 @@ def validate(d: dict) -> Request:
         more = f" (and {len(unknown) - 3} more unknown keys)" if len(unknown) > 3 else ""
         if more or not all(_closest(k) for k in unknown[:3]):
             errors.append(f"allowed keys: {', '.join(sorted(KNOWN_KEYS))}{more}")
-    if "version" in d and (isinstance(d["version"], bool) or d["version"] != SCHEMA_VERSION):
-        errors.append(
-            f"version must be {SCHEMA_VERSION} (this sdgen reads schema version 1), got {_clip(repr(d['version']))}"
-        )
+    version = SCHEMA_VERSION
+    if "version" in d:
+        if isinstance(d["version"], bool) or d["version"] not in SCHEMA_VERSIONS:
+            errors.append(
+                f"version must be 1 or 2 (this sdgen reads schema versions 1 and 2), got {_clip(repr(d['version']))}"
+            )
+        else:
+            version = d["version"]
+    if version == 1:
+        for key in PROGRAM_KEYS:
+            if key in d:
+                errors.append(f"{key} needs schema version 2: write version: 2 (or leave version out)")
     prompts = _prompts(d, errors)
     images = _int(d, "images", 9, 1, MAX_IMAGES, errors)
     batch_size = _int(d, "batch_size", 1, 1, 64, errors)
     steps = _int(d, "steps", 50, 1, 1000, errors)
     width = _size(d, "width", errors)
     height = _size(d, "height", errors)
-    guidance = 7.5
-    if "guidance" in d:
-        g = d["guidance"]
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
-            errors.append(f"guidance must be a number from 0 to 50, got {_kind(g)} {_clip(repr(g))}")
-        elif not 0 <= g <= 50:
-            errors.append(f"guidance must be from 0 to 50, got {g}")
-        else:
-            guidance = float(g)
+    guidance = _guidance(d, errors)
     seed = _int(d, "seed", None, 0, SEED_MAX, errors) if d.get("seed") is not None else None
     model = _choice(d, "model", "sd-v1", MODELS, errors)
     engine = _choice(d, "engine", "keras-cv", ENGINES, errors)
@@ -364,11 +461,30 @@ def validate(d: dict) -> Request:
     negative = _text(d, "negative_prompt", "", MAX_PROMPT_CHARS, errors)
     name = _text(d, "name", "", MAX_LABEL_CHARS, errors, one_line=True)
     experiment = _text(d, "experiment", "", MAX_LABEL_CHARS, errors, one_line=True)
-    if prompts and len(prompts) * images > MAX_IMAGES and not any(e.startswith("images") for e in errors):
+    client_id = _client_id(d, errors)
+    expand = _expand(d, errors)
+    sweep, zips = sweeps.parse_sweep(
+        d.get("sweep"), d.get("zip"), _sweep_value, errors, defaults.MAX_SWEEP_VALUES, _clip
+    )
+    for swept, _ in sweep:
+        if swept == "seed":
+            continue  # seed: the sweep's seeds make the images, the request's the random expansions
+        for key in ("width", "height") if swept == "size" else (swept,):
+            if key in d:
+                errors.append(f"{key} is both set and swept: drop {key}: or its sweep list")
+    templates, expansions = _templates(d, prompts, errors)
+    combinations = sweeps.combination_count(sweep, zips) if sweep else 1
+    if combinations > MAX_IMAGES:
         errors.append(
-            f"{len(prompts)} prompts x {images} images = {len(prompts) * images} images; "
-            f"the limit is {MAX_IMAGES} per request: split it into several requests"
+            f"the sweep makes {combinations} combinations; the limit is {MAX_IMAGES} images per request: "
+            "sweep fewer values"
         )
+    elif (
+        prompts
+        and len(prompts) * combinations * images > MAX_IMAGES
+        and not any(e.startswith("images") for e in errors)
+    ):
+        errors.append(images_limit_message(len(prompts), combinations, images))
     if errors:
         raise RequestError(_bounded("; ".join(errors)))
     return Request(
@@ -387,7 +503,105 @@ def validate(d: dict) -> Request:
         priority=priority,
         name=name,
         experiment=experiment,
+        id=client_id,
+        version=version,
+        expand=expand,
+        sweep=sweep,
+        zip=zips,
+        templates=templates,
+        expansions=expansions,
     )
+
+
+def images_limit_message(prompts: int, combinations: int, images: int) -> str:
+    """The one line for a request past MAX_IMAGES, naming what multiplies."""
+    parts = f"{prompts} prompts" + (f" x {combinations} combinations" if combinations > 1 else "")
+    return (
+        f"{parts} x {images} images = {prompts * combinations * images} images; "
+        f"the limit is {MAX_IMAGES} per request: split it into several requests"
+    )
+
+
+def _guidance(d, errors, key="guidance"):
+    if key not in d:
+        return 7.5
+    g = d[key]
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+        errors.append(f"{key} must be a number from 0 to 50, got {_kind(g)} {_clip(repr(g))}")
+    elif not 0 <= g <= 50:
+        errors.append(f"{key} must be from 0 to 50, got {g}")
+    else:
+        return float(g)
+    return 7.5
+
+
+def _expand(d, errors) -> str | int:
+    if "expand" not in d:
+        return "all"
+    v = d["expand"]
+    if v == "all":
+        return v
+    limit = defaults.MAX_EXPANDED_PROMPTS
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= limit:
+        errors.append(f"expand must be `all` or a number of random expansions from 1 to {limit}, got {_clip(repr(v))}")
+        return "all"
+    return v
+
+
+def _sweep_value(name: str, value, errors: list[str]):
+    """One value of a sweep list, checked like the request field it stands for."""
+    label = f"sweep {name}"
+    if name == "size":
+        if not isinstance(value, str) or value.count("x") != 1:
+            errors.append(f"{label}: {_clip(repr(value))} is not a size: write WIDTHxHEIGHT, e.g. 768x512")
+            return value
+        width, _, height = value.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            errors.append(f"{label}: {_clip(repr(value))} is not a size: write WIDTHxHEIGHT, e.g. 768x512")
+            return value
+        w = _size({f"{label} width": int(width)}, f"{label} width", errors)
+        h = _size({f"{label} height": int(height)}, f"{label} height", errors)
+        return f"{w}x{h}"
+    one = {label: value}
+    if name == "guidance":
+        return _guidance(one, errors, label)
+    if name == "steps":
+        return _int(one, label, 50, 1, 1000, errors)
+    if name == "seed":
+        return _int(one, label, 0, 0, SEED_MAX, errors)
+    if name in ("width", "height"):
+        return _size(one, label, errors)
+    if name == "negative_prompt":
+        return _text(one, label, "", MAX_PROMPT_CHARS, errors)
+    if name == "model":
+        return _choice(one, label, "sd-v1", MODELS, errors)
+    raise ValueError(name)  # sweep.SWEEPABLE and this list go together
+
+
+def _templates(d, prompts: tuple[str, ...], errors) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """`templates` + `expansions`: the record of an expansion already made (request.yaml).
+    Its prompts are then the expansions, taken as plain text."""
+    if "templates" not in d and "expansions" not in d:
+        return (), ()
+    templates, counts = d.get("templates"), d.get("expansions")
+    if (
+        not isinstance(templates, list)
+        or not isinstance(counts, list)
+        or len(templates) != len(counts)
+        or not templates
+    ):
+        errors.append("templates and expansions go together: two lists of equal length (written at acceptance)")
+        return (), ()
+    for i, t in enumerate(templates):
+        if not isinstance(t, str) or not t.strip() or len(t) > MAX_PROMPT_CHARS or _control_char(t, True):
+            errors.append(f"templates[{i}] must be a prompt as written (text of at most {MAX_PROMPT_CHARS} characters)")
+            return (), ()
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts) or sum(counts) != len(
+        prompts
+    ):
+        errors.append("expansions must count the prompts each template made, adding up to the prompts")
+        return (), ()
+    return tuple(templates), tuple(counts)
 
 
 def _closest(key: str) -> str | None:

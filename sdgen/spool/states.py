@@ -29,7 +29,7 @@ class TicketState(_StrState):
 
 
 class RequestState(_StrState):
-    """A row of `sdgen status`. The first six are states of a request (state.json, derived
+    """A row of `sdgen status`. The first seven are states of a request (state.json, derived
     from its tickets; `rejected` is a dropped file quarantined in spool/rejected/). The last
     three are status-only rows, never written to state.json: `corrupt` (a spool file moved
     to spool/corrupt/), `stuck` (an inbox entry that can be neither accepted nor rejected)
@@ -37,6 +37,7 @@ class RequestState(_StrState):
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # `sdgen pause`: its pending tickets are not claimed (not an end)
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -33,6 +33,12 @@ class Ticket:
     model: str
     engine: str
     weights: str
+    # Batch programs (issue 18): the prompt as written that `prompt` was expanded from (the
+    # prompt itself when it was no template), and the sweep's combination this ticket is
+    # ({swept field: value}, {} without a sweep) with its index in the request's sweep.
+    template: str = ""
+    combination: dict = field(default_factory=dict)
+    combination_index: int = 0
     attempt: int = 0  # attempts that ended without a result (failures and deaths)
     deaths: int = 0  # attempts whose worker died without a word
     # attempts made before the last `sdgen retry`: `attempt` restarts at 0 there (it decides
@@ -51,6 +57,19 @@ class Ticket:
     @property
     def name(self) -> str:
         return ticket_name(self.priority, self.index, self.request_id)
+
+    def generation_key(self) -> tuple:
+        """What one forward pass shares: tickets whose keys differ never run together."""
+        return (
+            self.engine,
+            self.model,
+            self.weights,
+            self.steps,
+            self.width,
+            self.height,
+            float(self.guidance),
+            self.negative_prompt,
+        )
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -76,6 +95,11 @@ class Ticket:
             kind = _FIELD_TYPES.get(f.name)
             if kind and (isinstance(value, bool) or not isinstance(value, kind)):
                 raise TypeError(f"field {f.name!r} must be {kind.__name__ if isinstance(kind, type) else 'a number'}")
+        if not all(
+            isinstance(k, str) and (isinstance(v, (str, int, float)) and not isinstance(v, bool))
+            for k, v in ticket.combination.items()
+        ):
+            raise TypeError("combination must map field names to plain values")
         for image in ticket.images:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in astuple(image)):
                 raise TypeError("images must hold whole numbers")
@@ -98,6 +122,9 @@ _FIELD_TYPES = {
     "model": str,
     "engine": str,
     "weights": str,
+    "template": str,
+    "combination": dict,
+    "combination_index": int,
     "attempt": int,
     "deaths": int,
     "attempts_before": int,

@@ -28,15 +28,18 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 
 from sdgen import defaults
+from sdgen.batch.grid import request_grids, sweep_sheet, value_slug  # noqa: E402
+from sdgen.batch.outputs import finished_images  # noqa: E402
 from sdgen.spool.layout import REQUEST_ID  # noqa: E402
 from sdgen.spool.progress import summarize  # noqa: E402
 from sdgen.spool.states import RequestState, TicketState  # noqa: E402
 from sdgen.spool.store import Spool  # noqa: E402
 from sdgen.textsafe import printable  # noqa: E402
 from sdgen.tracking.contact_sheet import contact_sheet  # noqa: E402
+from sdgen.warnonce import WarnOnce  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ REQUEST_MAX_BACKOFF = defaults.TRACKING_REQUEST_MAX_BACKOFF_SECONDS  # ... doubl
 EVENT_KINDS = ("attempt", "worker-failed")
 EVENT_STATUSES = ("FINISHED", "FAILED", "KILLED")
 EVENT_NAME = re.compile(r"^\d+-(\d{8}-\d{6}-[0-9a-f]{6})-[0-9a-f]+\.json$")
+OUTAGE = "MLflow"  # the WarnOnce key of the server being unreachable
 
 # errno values that mean "cannot reach the server", not "this request is wrong"
 _OUTAGE_ERRNOS = {
@@ -233,11 +237,19 @@ class Tracker:
         self._finalized: set[str] = set()
         self._failed: set[str] = set()  # finalized as FAILED: `sdgen retry` may reopen them
         self._progress: dict[str, tuple[int, float]] = {}
-        self.down_since: float | None = None
+        self.outage = WarnOnce(log)
         self.last_error = ""
         # request id -> {error, since, attempts, next_try}: requests whose logging failed
-        # for a reason of their own; they back off alone while the others go on
+        # for a reason of their own; they back off alone while the others go on. Not a
+        # WarnOnce: a request warns again when its error changes (WarnOnce says once per
+        # key), its record carries the backoff that `sdgen status` shows, and its "works
+        # again" has no time in it.
         self.failures: dict[str, dict] = {}
+
+    @property
+    def down_since(self) -> float | None:
+        """When MLflow stopped answering; None while it answers."""
+        return self.outage.since(OUTAGE)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, now: float) -> bool:
@@ -356,20 +368,18 @@ class Tracker:
 
     def _went_down(self, now: float, e: Exception) -> None:
         text = _one_line(e)
-        if self.down_since is None:
-            self.down_since = now
-            log.warning(
-                "MLflow at %s is not answering (%s); generation goes on, tracking will catch up when it is back",
-                redact(self.uri),
-                printable(text),
-            )
+        self.outage.fail(
+            OUTAGE,
+            now,
+            "MLflow at %s is not answering (%s); generation goes on, tracking will catch up when it is back",
+            redact(self.uri),
+            printable(text),
+        )
         self.last_error = text
         self._write_status(now)
 
     def _came_back(self, now: float) -> None:
-        if self.down_since is not None:
-            log.warning("MLflow is back after %.0fs; caught up", now - self.down_since)
-            self.down_since = None
+        if self.outage.ok(OUTAGE, now, "MLflow is back after %.0fs; caught up"):
             self._write_status(now)
         elif not self.spool.layout.tracking_status.exists():
             self._write_status(now)
@@ -436,9 +446,51 @@ class Tracker:
         fields["images_total"] = request.images_total
         self.client.log_batch(record["run_id"], params=[Param(k, _param(v)) for k, v in fields.items()])
         self.client.log_artifact(record["run_id"], str(self.spool.layout.request_file(request_id)))
+        self.client.log_inputs(record["run_id"], datasets=[self._prompts_input(request_id, request)])
         record["ready"] = True
         self.spool.write_mlflow_record(request_id, record)
         return record
+
+    def _prompts_input(self, request_id: str, request) -> DatasetInput:
+        """The request's prompts as the parent run's dataset input (MLflow's Datasets tab):
+        an entity that describes them (name, digest, schema, rows) and points at
+        request.yaml, which holds them (logged beside it as an artifact). Built here, not
+        with mlflow.data.from_pandas, which warns on every call and needs pandas for a list
+        of strings."""
+        templates = [request.template_of(p) if request.templates else None for p in range(len(request.prompts))]
+        digest = hashlib.sha256(json.dumps([request.prompts, templates]).encode()).hexdigest()[:8]
+        columns = [("prompt_index", "long", True), ("prompt", "string", True), ("template", "string", False)]
+        dataset = Dataset(
+            name=f"{request.name or request_id} prompts",
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": str(self.spool.layout.request_file(request_id))}),
+            schema=json.dumps({"mlflow_colspec": [{"type": t, "name": n, "required": r} for n, t, r in columns]}),
+            profile=json.dumps({"num_rows": len(request.prompts), "num_elements": 3 * len(request.prompts)}),
+        )
+        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "generation")])
+
+    def _sweep_pictures(self, request_id: str, folder: Path) -> list[Path]:
+        """A sweep's X/Y grids (sdgen grid's defaults, one per value of a third swept field,
+        at most TRACKING_GRIDS) and its contact sheet as a labelled grid (a row per
+        combination), written in `folder`; [] without a sweep or images."""
+        request = self.spool.read_request(request_id)
+        if not request.sweep:
+            return []
+        images = finished_images(self.spool, request_id, request)
+        if not images:
+            return []
+        out = []
+        grids, _ = request_grids(request, images, max_side=defaults.TRACKING_GRID_MAX_SIDE)
+        for value, grid in grids[: defaults.TRACKING_GRIDS]:
+            path = folder / ("grid.png" if value is None else f"grid-{value_slug(value)}.png")
+            grid.image.save(path)
+            out.append(path)
+        sheet = sweep_sheet(request, images)
+        if sheet is not None:
+            sheet.image.save(folder / "contact_sheet.png")
+            out.append(folder / "contact_sheet.png")
+        return out
 
     def _progress_and_finish(self, request_id: str, record: dict, tickets: dict, now: float) -> None:
         meta = self.spool.read_state(request_id)
@@ -461,27 +513,30 @@ class Tracker:
     def _finish_parent(self, request_id: str, record: dict, meta: dict, state: str, now: float) -> None:
         run_id = record["run_id"]
         images = []
-        for name in self.spool.ticket_names(TicketState.DONE):
-            if name.endswith(request_id):
-                marker = json.loads(self.spool.layout.ticket(TicketState.DONE, name).read_text())
-                result = marker.get("result") if isinstance(marker, dict) else None
-                outputs = result.get("outputs") if isinstance(result, dict) else None
-                # a marker is spool data: only well-formed entries go into the manifest
-                images.extend(
-                    o
-                    for o in outputs or []
-                    if isinstance(o, dict)
-                    and isinstance(o.get("file"), str)
-                    and all(isinstance(o.get(k), int) for k in ("prompt_index", "image_index"))
-                )
+        for marker in self.spool.done_markers(request_id):  # in done/ or folded into the ledger
+            result = marker.get("result")
+            outputs = result.get("outputs") if isinstance(result, dict) else None
+            # a marker is spool data: only well-formed entries go into the manifest
+            images.extend(
+                o
+                for o in outputs or []
+                if isinstance(o, dict)
+                and isinstance(o.get("file"), str)
+                and all(isinstance(o.get(k), int) for k in ("prompt_index", "image_index"))
+            )
         images.sort(key=lambda o: (o["prompt_index"], o["image_index"]))
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / "manifest.json"
             manifest.write_text(json.dumps({"request_id": request_id, "state": state, "images": images}, indent=1))
             self.client.log_artifact(run_id, str(manifest))
-            sheet = contact_sheet(
-                [p for p in (self._output_file(request_id, o.get("file", "")) for o in images) if p is not None]
-            )
+            pictures = self._sweep_pictures(request_id, Path(tmp))
+            for picture in pictures:
+                self.client.log_artifact(run_id, str(picture))
+            sheet = None
+            if not pictures:  # no sweep: one strip of thumbnails
+                sheet = contact_sheet(
+                    [p for p in (self._output_file(request_id, o.get("file", "")) for o in images) if p is not None]
+                )
             if sheet is not None:
                 sheet.save(Path(tmp) / "contact_sheet.png")
                 self.client.log_artifact(run_id, str(Path(tmp) / "contact_sheet.png"))
@@ -621,6 +676,14 @@ class Tracker:
             "backend": engine.get("backend", ""),
             "precision": engine.get("precision", ""),
         }
+        # a batch program's ticket: its combination as one param per swept field, so that
+        # MLflow's run comparison plots a sweep's children against what was swept
+        combination = t.get("combination") or {}
+        if isinstance(combination, dict) and combination:
+            params.update((f"sweep.{k}", v) for k, v in combination.items())
+            params["combination_index"] = t.get("combination_index", 0)
+        if t.get("template") and t.get("template") != t["prompt"]:
+            params["template"] = t["template"]
         result = event.get("result") or {}
         seconds = result.get("seconds") or {}
         ts = _ms(event["ended_at"])

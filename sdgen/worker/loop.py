@@ -15,6 +15,9 @@ from sdgen.engine.base import Engine
 from sdgen.engine.registry import get_engine
 from sdgen.exceptions import EngineError, SettingError
 from sdgen.spool.claim import LOOK_AHEAD, PendingView, claim_more, claim_next
+from sdgen.spool.layout import parse_ticket_name
+from sdgen.spool.records import CorruptRecord
+from sdgen.spool.split import ticket_at, ticket_count
 from sdgen.spool.states import TicketState
 from sdgen.spool.store import Spool
 from sdgen.textsafe import printable
@@ -41,6 +44,8 @@ class Worker:
         self.stopping = False
         self.tickets_run = 0
         self.pending = PendingView(spool)  # one listing of the queue serves many claims
+        self._requests: dict = {}  # request id -> Request, for a sweep's group claims
+        self._skip_cache: dict[str, tuple[bool, float]] = {}  # request id -> (not claimable, when)
 
     def engine(self, name: str) -> Engine:
         """One engine per name, built once and kept warm for every later ticket."""
@@ -55,7 +60,7 @@ class Worker:
         """Claim and run one ticket, or a group of one request's small tickets as one batch
         (see _fill_group): the first ticket's outcome, the others' in its `others`. None when
         there was nothing to claim."""
-        claim = claim_next(self.spool, self.worker_id, now, skip_request=self.spool.is_cancelled, view=self.pending)
+        claim = claim_next(self.spool, self.worker_id, now, skip_request=self._not_claimable, view=self.pending)
         if claim is None:
             return None
         ticket = claim.ticket
@@ -98,11 +103,23 @@ class Worker:
         SDGEN_GROUP_IMAGES says otherwise)."""
         limit = engine.group_limit(image_job(claim.ticket))
         more, images = [], len(claim.ticket.images)
-        if limit > images and not self._group_is_fair(claim, limit):
+        same = self._same_pass(claim.ticket) if limit > images else None
+        if limit > images and not self._group_is_fair(claim, limit, same):
             limit = images
         while images < limit and not self.stopping:
-            extra = claim_more(self.spool, self.worker_id, claim.ticket.request_id, self.pending, now)
+            extra = claim_more(
+                self.spool,
+                self.worker_id,
+                claim.ticket.request_id,
+                self.pending,
+                now,
+                accept=same or (lambda name: True),
+            )
             if extra is None:
+                break
+            if extra.ticket.generation_key() != claim.ticket.generation_key():
+                # its name said otherwise (a request.yaml changed under us?): never one pass
+                extra.hand_back()
                 break
             log.info(
                 "ticket %s: %d image(s), attempt %d, grouped with %s",
@@ -115,7 +132,34 @@ class Worker:
             images += len(extra.ticket.images)
         return more
 
-    def _group_is_fair(self, claim, limit: int) -> bool:
+    def _same_pass(self, ticket):
+        """Which pending names of `ticket`'s request may share its forward pass: all of them
+        without a sweep; with one, those whose ticket (computed from the request and the
+        name's index, as the split does) has the same settings."""
+        if not ticket.combination:
+            return lambda name: True
+        request_id, key = ticket.request_id, ticket.generation_key()
+        request = self._requests.get(request_id)
+        if request is None:
+            try:
+                request = self.spool.read_request(request_id)
+            except (CorruptRecord, OSError, ValueError) as e:
+                log.warning("request %s unreadable (%s): its tickets run one by one", request_id, printable(e))
+                return lambda name: False
+            if len(self._requests) >= 8:  # a few requests at a time are in flight
+                self._requests.clear()
+            self._requests[request_id] = request
+        count = ticket_count(request)
+
+        def accept(name: str) -> bool:
+            parsed = parse_ticket_name(name)
+            if parsed is None or parsed[2] != request_id or not 0 <= parsed[1] < count:
+                return False
+            return ticket_at(request_id, request, parsed[1]).generation_key() == key
+
+        return accept
+
+    def _group_is_fair(self, claim, limit: int, same=None) -> bool:
         """A full batch only when this request's tickets in sight give every one of the
         daemon's workers that much (or this is its only worker): a small request on a node of
         several GPUs is spread over them one ticket each. Full or none, so a worker runs two
@@ -123,8 +167,19 @@ class Worker:
         shrinking groups while a 256-ticket queue drained compiled 5 sizes per worker and
         took 77 s instead of 41 on 4 H100s)."""
         workers = self.spool.worker_count()
-        in_sight = 1 + self.pending.count_ahead(claim.ticket.request_id, LOOK_AHEAD)
+        in_sight = 1 + self.pending.count_ahead(claim.ticket.request_id, LOOK_AHEAD, same or (lambda name: True))
         return workers == 1 or in_sight * len(claim.ticket.images) >= limit * workers
+
+    def _not_claimable(self, request_id: str) -> bool:
+        """Cancelled or paused: its tickets are passed over. Asked for every name tried, so
+        the answer is kept for a second per request (a paused request's whole window of
+        names would otherwise cost two stats each, at every poll of an idle worker)."""
+        now = time.monotonic()
+        known = self._skip_cache.get(request_id)
+        if known is None or now - known[1] > defaults.CLAIM_RELIST_SECONDS:
+            known = (self.spool.is_cancelled(request_id) or self.spool.is_paused(request_id), now)
+            self._skip_cache[request_id] = known
+        return known[0]
 
     def _stop_check(self, claim, beat: Heartbeat):
         def should_stop() -> str | None:
@@ -134,6 +189,9 @@ class Worker:
                 return "lost"
             if self.spool.is_cancelled(claim.ticket.request_id):
                 return TicketState.CANCELLED  # the stop reason is the state the ticket goes to
+            rid = claim.ticket.request_id
+            if self.spool.is_paused(rid) and not self.spool.pause_lets_tickets_finish(rid):
+                return "paused"  # handed back at this image boundary
             return None
 
         return should_stop

@@ -19,20 +19,20 @@ import socket
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from typing import Callable
 
 from sdgen import defaults
+from sdgen.batch.dataset import append_metadata, image_row
 from sdgen.engine.base import Engine, ImageJob
 from sdgen.exceptions import EngineError, UserError
 from sdgen.fsutil import fsync_dir
 from sdgen.pngmeta import png_info
 from sdgen.spool.claim import Claim, pid_alive
-from sdgen.spool.layout import image_file_name
 from sdgen.spool.records import CorruptRecord
-from sdgen.spool.split import image_seed
+from sdgen.spool.split import image_seed, output_file_name, ticket_at, tickets_per_unit
 from sdgen.spool.states import TicketState
-from sdgen.spool.ticket import attempt_event
+from sdgen.spool.ticket import ImageSpec, attempt_event
 from sdgen.textsafe import printable
 from sdgen.worker import sysmetrics
 from sdgen.worker.sysmetrics import SystemSampler
@@ -136,6 +136,16 @@ def write_index(spool, request_id: str, out_dir) -> None:
         log.warning("no index for outputs/%s: %s", printable(request_id), printable(e))
         return
     seed = request.seed or 0
+    program = {}
+    if request.templates:
+        program["templates"] = list(request.templates)
+        program["expansions"] = list(request.expansions)
+    if request.sweep:
+        program["sweep"] = {name: list(values) for name, values in request.sweep}
+        program["zip"] = [list(group) for group in request.zip]
+        program["files"] = (
+            "c<combination index, 4 digits>-<prompt index>-<image index>-<seed>.png; index.csv lists them"
+        )
     _publish_text(
         out_dir / INDEX_JSON,
         json.dumps(
@@ -153,6 +163,7 @@ def write_index(spool, request_id: str, out_dir) -> None:
                 "model": request.model,
                 "engine": request.engine,
                 "weights": request.weights,
+                **program,
             },
             indent=1,
             ensure_ascii=False,
@@ -161,12 +172,38 @@ def write_index(spool, request_id: str, out_dir) -> None:
     )
     buf = io.StringIO()
     rows = csv.writer(buf)
-    rows.writerow(["file", "prompt_index", "image_index", "seed", "prompt"])
-    for p, prompt in enumerate(request.prompts):
-        for i in range(request.images):
-            s = image_seed(seed, i)
-            rows.writerow([image_file_name(p, i, s), p, i, s, prompt])
+    header = ["file", "prompt_index", "image_index", "seed", "prompt"]
+    if program:  # a batch program: where each prompt and setting came from
+        header += ["template", "combination_index", "combination"]
+    rows.writerow(header)
+    tickets = tickets_per_unit(request)
+    for c in range(request.combinations):
+        for p, prompt in enumerate(request.prompts):
+            # the unit's first ticket names its files, seeds and settings (split.ticket_at)
+            first = ticket_at(request_id, replace(request, seed=seed), (c * len(request.prompts) + p) * tickets)
+            base = first.images[0].seed
+            for i in range(request.images):
+                spec = ImageSpec(p, i, image_seed(base, i))
+                row = [output_file_name(first, spec), p, i, spec.seed, prompt]
+                if program:
+                    row += [first.template, c, json.dumps(first.combination, ensure_ascii=False)]
+                rows.writerow(row)
     _publish_text(out_dir / INDEX_CSV, buf.getvalue())
+
+
+def _append_metadata(out_dir, ticket, outputs, retried: bool) -> None:
+    """The ticket's images as metadata.jsonl lines (batch/dataset.py), before its marker:
+    a worker that dies in between leaves the lines, and the retry (which finds the images
+    there and skips them) leaves out those already written. A full disk defers the ticket
+    like an image that cannot be written; any other error costs the folder its lines, never
+    the ticket its images."""
+    rows = [image_row(ticket, spec, path.name) for spec, path, _ in sorted(outputs, key=lambda o: astuple(o[0]))]
+    try:
+        append_metadata(out_dir, rows, dedupe=retried)
+    except OSError as e:
+        if is_disk_full(e):
+            raise
+        log.warning("no metadata.jsonl lines for %s: %s", printable(ticket.name), printable(e))
 
 
 def _write_png(path, image, pnginfo=None) -> str:
@@ -205,7 +242,7 @@ def run_ticket(
     now: Callable[[], float] = time.time,
 ) -> Outcome:
     """Generate what `claim`'s ticket still lacks. `should_stop` returns a reason to stop
-    at the next image boundary ('cancelled', 'shutdown', 'lost') or None."""
+    at the next image boundary ('cancelled', 'shutdown', 'paused', 'lost') or None."""
     ticket = claim.ticket
     spool = claim.spool
     out_dir = spool.layout.output_dir(ticket.request_id)
@@ -223,7 +260,7 @@ def run_ticket(
                 log.warning("no index written in outputs/%s: %s", printable(ticket.request_id), printable(e))
         todo = []
         for spec in ticket.images:
-            path = out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)
+            path = out_dir / output_file_name(ticket, spec)
             if path.exists():
                 # Written by an earlier attempt: keep it, never make an image twice.
                 digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -238,6 +275,7 @@ def run_ticket(
             return _stop(claim, stop, made, skipped, engine)
         if made:
             fsync_dir(out_dir)
+        _append_metadata(out_dir, ticket, outputs, retried=bool(skipped) or ticket.attempt_number > 1)
         timings["total"] = round(time.perf_counter() - started, 4)
         outputs.sort(key=lambda o: (o[0].prompt_index, o[0].image_index))
         result = {
@@ -256,6 +294,7 @@ def run_ticket(
                     "prompt_index": s.prompt_index,
                     "image_index": s.image_index,
                     "sha256": d,
+                    **({"combination": ticket.combination} if ticket.combination else {}),
                 }
                 for s, p, d in outputs
             ],
@@ -298,11 +337,7 @@ def run_ticket(
 
 def _missing(claim: Claim) -> list:
     out_dir = claim.spool.layout.output_dir(claim.ticket.request_id)
-    return [
-        spec
-        for spec in claim.ticket.images
-        if not (out_dir / image_file_name(spec.prompt_index, spec.image_index, spec.seed)).exists()
-    ]
+    return [spec for spec in claim.ticket.images if not (out_dir / output_file_name(claim.ticket, spec)).exists()]
 
 
 class Pregenerated(Engine):
@@ -353,17 +388,21 @@ def run_group(
     if items:
         try:
             jobs = {ticket.name: image_job(ticket) for ticket, _ in items}
-            first = jobs[items[0][0].name]
-            timings.update(engine.prepare(replace(first, images=tuple(s for _, specs in items for s in specs))))
-            limit = max(1, engine.group_limit(first))
-            for chunk in _chunks(items, limit):
-                if any(stop() for stop in stops):
-                    break
-                t0 = time.perf_counter()
-                made = engine.generate_group([(jobs[ticket.name], specs) for ticket, specs in chunk])
-                seconds += time.perf_counter() - t0
-                for (ticket, specs), images in zip(chunk, made, strict=True):
-                    ready[ticket.name].update(((s.prompt_index, s.image_index), im) for s, im in zip(specs, images))
+            # One forward pass shares steps, size, guidance, model and negative prompt: the
+            # claim groups only tickets of equal settings, and a group that holds several
+            # anyway (a sweep's tickets) runs as one pass per setting.
+            for same in _by_generation_key(items):
+                first = jobs[same[0][0].name]
+                timings.update(engine.prepare(replace(first, images=tuple(s for _, specs in same for s in specs))))
+                limit = max(1, engine.group_limit(first))
+                for chunk in _chunks(same, limit):
+                    if any(stop() for stop in stops):
+                        break
+                    t0 = time.perf_counter()
+                    made = engine.generate_group([(jobs[ticket.name], specs) for ticket, specs in chunk])
+                    seconds += time.perf_counter() - t0
+                    for (ticket, specs), images in zip(chunk, made, strict=True):
+                        ready[ticket.name].update(((s.prompt_index, s.image_index), im) for s, im in zip(specs, images))
         except Exception as e:  # noqa: BLE001 - each ticket then runs, and fails, alone
             log.warning(
                 "a group of %d tickets failed as one batch (%s: %s); running them one by one",
@@ -388,6 +427,15 @@ def run_group(
         with ThreadPoolExecutor(max_workers=min(len(claims), 8)) as pool:
             return list(pool.map(finish, claims, stops))
     return [finish(claim, stop) for claim, stop in zip(claims, stops)]  # the engine: one call at a time
+
+
+def _by_generation_key(items: list) -> list[list]:
+    """(ticket, specs) items split by the settings a forward pass shares, in order of first
+    appearance."""
+    groups: dict[tuple, list] = {}
+    for ticket, specs in items:
+        groups.setdefault(ticket.generation_key(), []).append((ticket, specs))
+    return list(groups.values())
 
 
 def _chunks(items: list, limit: int) -> list[list]:
@@ -475,5 +523,5 @@ def _stop(claim: Claim, reason: str, made: int, skipped: int, engine: Engine | N
         return Outcome(TicketState.CANCELLED, made, skipped)
     if reason == "lost":
         return Outcome("lost", made, skipped)
-    claim.hand_back(TicketState.PENDING)
+    claim.hand_back(TicketState.PENDING)  # shutdown, or the request was paused
     return Outcome("handed-back", made, skipped)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for
+from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for, worker_pids
 
 REQUEST = ("--engine", "dry-run", "--weights", "random", "--width", "128", "--height", "128")
 # The installed console script, as a user runs it: unlike `python -m sdgen` it does not put
@@ -95,90 +95,65 @@ def test_progress_in_a_pipe_is_whole_lines(data):
     assert any(line.startswith("0/4 images (") and ": " in line for line in progress), progress
 
 
-def _slow_run(data, images=30):
+def _stopped_mid_run(data, *signals) -> tuple[int, str]:
+    """A slow `sdgen run` of 30 images sent `signals` once its first image is out: its exit
+    code and stderr. Whatever happens, neither it nor a worker of it is left running."""
     data.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "sdgen", "run", "--prompt", "x", "--images", str(images), *REQUEST, *FAST],
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdgen", "run", "--prompt", "x", "--images", "30", *REQUEST, *FAST],
         env=sdgen_env(data, SDGEN_DRY_RUN_DELAY="1"),
         cwd=data.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _workers_left(data) -> list:
-    import psutil
-
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
-    ]
-
-
-def _wait_for_an_image(data):
-    wait_for(lambda: any((data / "outputs").glob("*/*.png")), timeout=60, what="a first image")
-
-
-def test_ctrl_c_once_keeps_the_request_queued_and_says_how_to_resume(data):
-    proc = _slow_run(data)
     try:
-        _wait_for_an_image(data)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        wait_for(lambda: any((data / "outputs").glob("*/*.png")), timeout=60, what="a first image")
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.1)  # the stop before is under way (workers are handing tickets back)
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
         kill_workers(data)
-    assert proc.returncode == 130, err[-3000:]
+    return proc.returncode, err
+
+
+def test_ctrl_c_once_keeps_the_request_queued_and_says_how_to_resume(data):
+    code, err = _stopped_mid_run(data, signal.SIGINT)
+    assert code == 130, err[-3000:]
     (row,) = status_json(data)
     last = err.strip().splitlines()[-1]
     assert row["id"] in last and "stays queued" in last and f"sdgen cancel {row['id']}" in last
     assert "sdgen daemon" in last and "Traceback" not in err
     assert row["state"] in ("pending", "running") and row["images_done"] < 30
-    assert not _workers_left(data)
+    assert not worker_pids(data)
 
 
 def test_ctrl_c_twice_cancels_the_request(data):
-    proc = _slow_run(data)
-    try:
-        _wait_for_an_image(data)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.1)  # the first stop is under way (workers are handing tickets back)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        kill_workers(data)
-    assert proc.returncode == 130, err[-3000:]
+    code, err = _stopped_mid_run(data, signal.SIGINT, signal.SIGINT)
+    assert code == 130, err[-3000:]
     (row,) = status_json(data)
     assert row["state"] == "cancelled", err[-2000:]
     assert f"request {row['id']} is cancelled" in err.strip().splitlines()[-1]
-    assert not _workers_left(data)
+    assert not worker_pids(data)
 
 
 def test_sighup_stops_like_ctrl_c(data):
-    proc = _slow_run(data)
-    try:
-        _wait_for_an_image(data)
-        proc.send_signal(signal.SIGHUP)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        kill_workers(data)
-    assert proc.returncode == 128 + signal.SIGHUP, err[-3000:]
+    code, err = _stopped_mid_run(data, signal.SIGHUP)
+    assert code == 128 + signal.SIGHUP, err[-3000:]
     (row,) = status_json(data)
     assert "stays queued" in err.strip().splitlines()[-1] and row["state"] != "cancelled"
-    assert not _workers_left(data)
+    assert not worker_pids(data)
 
 
 def test_the_bar_fits_the_terminal_so_redraws_never_scroll(spool, monkeypatch):
     """A bar wider than the terminal wraps, and every redraw then scrolls a new line."""
     import io
     import os
+    import re
     import shutil
 
     from sdgen.cli.run import _Progress
@@ -193,7 +168,10 @@ def test_the_bar_fits_the_terminal_so_redraws_never_scroll(spool, monkeypatch):
     out = Tty()
     progress = _Progress(spool, "20261126-000000-aaaaaa", stream=out)
     progress.update()
-    drawn = [part.replace("\033[K", "") for part in out.getvalue().split("\r") if part]
+    progress.update()  # a redraw
+    # what the terminal shows: escape sequences (colours, erase, cursor) take no columns
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    drawn = [line for part in shown.split("\r") for line in part.split("\n") if line]
     assert drawn and all(len(line) < 60 for line in drawn), drawn
 
 

@@ -24,3 +24,25 @@ def test_names_reasons_and_file_names_reach_the_terminal_inert(spool):
         assert "fox\\x1b]0;owned\\x07\\x1b[2J\\u202egnp.exe" in out
     rows = json.loads(sdgen(data, "status", "--json", check=True).stdout)
     assert EVIL in {r.get("name") for r in rows}  # JSON keeps the exact text, escaped by JSON
+
+
+def test_the_detail_view_of_a_batch_program_shows_templates_sweep_and_a_bounded_prompt_list(data):
+    """A template may expand to thousands of prompts: the detail view shows the template,
+    the first prompts and how many more, and the sweep; --json has every prompt."""
+    from sdgen.spool.store import Spool
+    from tests.conftest import accept, sdgen
+
+    spool = Spool(data).ensure()
+    (data / "wildcards").mkdir(parents=True)
+    (data / "wildcards" / "n.txt").write_text("\n".join(str(i) for i in range(30)) + "\n")
+    rid = "20261126-000000-bbbbbb"
+    accept(
+        spool,
+        "version: 2\nprompt: 'photo of __n__'\nimages: 1\nseed: 1\nengine: dry-run\nsweep:\n  guidance: [3, 9]\n",
+        rid,
+    )
+    out = sdgen(data, "status", rid).stdout
+    assert "template 0  photo of __n__" in out and "prompt 19 photo of 19" in out and "prompt 20" not in out
+    assert "... 10 more prompt(s)" in out and "sweep     guidance: 3, 9" in out and "2 combinations" in out
+    full = json.loads(sdgen(data, "status", rid, "--json").stdout)
+    assert len(full["prompts"]) == 30 and full["sweep"] == {"guidance": [3.0, 9.0]}

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from sdgen.cli.status import collect
 from sdgen.daemon.scheduler import Scheduler
 from sdgen.spool.request import parse_request
-from sdgen.spool.store import Spool, StuckEntry
-from tests.conftest import FAST, sdgen, status_json, wait_for
+from sdgen.spool.store import SplitProgress, Spool, StuckEntry
+from tests.conftest import FAST, drop_settled, sdgen, status_json, wait_for
 
 GOOD = "prompt: a fox\nimages: 2\nengine: dry-run\nwidth: 128\nheight: 128\nseed: 1\n"
 RID = "20261126-000000-aaaaaa"
@@ -142,12 +143,12 @@ def test_a_file_written_in_place_in_two_writes_is_taken_whole(data, daemon):
 
 
 def test_a_large_request_is_split_across_ticks_and_a_restart_finishes_it_exactly(spool):
-    inbox = spool.layout.inbox
-    (inbox / "big.yaml").write_text("prompt: a\nimages: 3000\nengine: dry-run\nseed: 5\n")
-    old = time.time() - 60
-    os.utime(inbox / "big.yaml", (old, old))
-    sched = Scheduler(spool, launcher=None, budget=0.05)
-    report = sched.tick(time.time())  # one tick writes a slice, not the whole request
+    drop_settled(spool, "big.yaml", "prompt: a\nimages: 3000\nengine: dry-run\nseed: 5\n")
+    sched = Scheduler(spool, launcher=None, budget=0.05, split_window=3000)
+    for _ in range(50):  # on a loaded machine the budget may run out before the file is read
+        report = sched.tick(time.time())  # one tick writes a slice, not the whole request
+        if report.accepted:
+            break
     first = len(spool.ticket_names("pending"))
     assert 0 < first < 3000 and report.splitting == 1 and not report.idle and report.wake_in == 0
     # a worker claims and finishes a few meanwhile
@@ -155,7 +156,7 @@ def test_a_large_request_is_split_across_ticks_and_a_restart_finishes_it_exactly
         os.rename(spool.layout.ticket("pending", name), spool.layout.ticket("done", name))
     # the daemon dies mid-slice: a cursor says a slice was being written
     rid = report.accepted[0]
-    sched2 = Scheduler(spool, launcher=None, budget=0.05)  # a restarted daemon
+    sched2 = Scheduler(spool, launcher=None, budget=0.05, split_window=3000)  # a restarted daemon
     for _ in range(500):
         if not sched2.tick(time.time()).splitting:
             break
@@ -163,6 +164,36 @@ def test_a_large_request_is_split_across_ticks_and_a_restart_finishes_it_exactly
     assert len(names) == len(set(names)) == 3000
     assert not (spool.layout.incoming / f"{rid}.yaml").exists()
     assert not spool.layout.split_cursor(rid).exists()
+
+
+def test_a_large_request_keeps_only_its_split_window_written_and_refills_it_as_work_is_taken(spool):
+    """What waits costs a cursor, not a file: at most `split_window` tickets of a request are
+    in pending/ at any time; they are topped up as workers take them, across a restart, and
+    every ticket still comes out exactly once, in order."""
+    drop_settled(spool, "big.yaml", "prompt: a\nimages: 2500\nengine: dry-run\nseed: 5\n")
+    window = 300
+    sched = Scheduler(spool, launcher=None, budget=5.0, split_window=window)
+    report = sched.tick(time.time())
+    rid = report.accepted[0]
+    assert len(spool.ticket_names("pending")) == window
+    assert report.splitting == 1 and report.wake_in is None  # a full window: no busy loop
+    row = collect(spool)[0]
+    assert row["state"] == "pending" and row["tickets_pending"] == 2500 and row["tickets_total"] == 2500
+    assert sched.tick(time.time()).splitting == 1 and len(spool.ticket_names("pending")) == window
+    seen_most = 0
+    for round_ in range(200):
+        pending = spool.ticket_names("pending")
+        seen_most = max(seen_most, len(pending))
+        for name in pending[:120]:  # workers take some
+            os.rename(spool.layout.ticket("pending", name), spool.layout.ticket("done", name))
+        if round_ == 3:
+            sched = Scheduler(spool, launcher=None, budget=5.0, split_window=window)  # a restart
+        if not sched.tick(time.time()).splitting and not spool.ticket_names("pending"):
+            break
+    done = spool.ticket_names("done")
+    assert len(done) == len(set(done)) == 2500 and seen_most <= window
+    assert sorted(int(n.split(".")[1]) for n in done) == list(range(2500))
+    assert not spool.layout.split_cursor(rid).exists() and not list(spool.layout.incoming.iterdir())
 
 
 def test_a_split_interrupted_inside_a_slice_makes_no_ticket_twice(spool, monkeypatch):
@@ -186,7 +217,7 @@ def test_a_split_interrupted_inside_a_slice_makes_no_ticket_twice(spool, monkeyp
     # some of the slice went to work meanwhile
     for name in spool.ticket_names("pending")[200:240]:
         os.rename(spool.layout.ticket("pending", name), spool.layout.ticket("running", name))
-    assert Spool(spool.layout.root).continue_split(RID, request, deadline=float("inf"))
+    assert Spool(spool.layout.root).continue_split(RID, request, deadline=float("inf")) == SplitProgress.ALL_OUT
     names = [n for s in ("pending", "running") for n in spool.ticket_names(s)]
     assert len(names) == len(set(names)) == 450
 
@@ -217,12 +248,11 @@ def test_an_inbox_entry_that_cannot_be_moved_is_reported_once_and_skipped(spool,
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_daemon_stopped_mid_split_finishes_it_exactly_after_restart(data, daemon, how):
-    d = daemon("--workers", "1", *FAST)
+    # a window as large as the request: the split itself is what is interrupted here
+    d = daemon("--workers", "1", "--split-window", "6000", *FAST)
     wait_for(lambda: "daemon up" in d.output(), what="daemon")
     inbox = data / "spool" / "inbox"
-    (inbox / ".big.part").write_text("prompt: a\nimages: 6000\nengine: dry-run\nwidth: 128\nheight: 128\n")
-    old = time.time() - 60
-    os.utime(inbox / ".big.part", (old, old))
+    drop_settled(Spool(data), ".big.part", "prompt: a\nimages: 6000\nengine: dry-run\nwidth: 128\nheight: 128\n")
     os.rename(inbox / ".big.part", inbox / "big.yaml")
     pending = data / "spool" / "tickets" / "pending"
     # liveness, not a speed target (benchmarks measure that): tickets are claimable long
@@ -242,7 +272,7 @@ def test_a_daemon_stopped_mid_split_finishes_it_exactly_after_restart(data, daem
         d.wait(timeout=40)
     split = {n for s in ("pending", "running", "done") for n in os.listdir(data / "spool" / "tickets" / s)}
     assert len(split) < 6000  # it really was interrupted mid-split
-    d2 = daemon("--workers", "1", *FAST)
+    d2 = daemon("--workers", "1", "--split-window", "6000", *FAST)
     wait_for(lambda: not list((data / "spool" / "incoming").iterdir()), timeout=120, what="split finished")
     d2.signal(signal.SIGTERM)
     d2.wait(timeout=40)

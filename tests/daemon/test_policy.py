@@ -122,3 +122,34 @@ def test_a_worker_that_died_on_its_own_still_counts_a_death(queued):
     claim = claim_next(queued, "w-died")
     Scheduler(queued, FakeLauncher()).reap(time.time(), {"w-died": -9}, TickReport())
     assert queued.read_ticket(TicketState.PENDING, claim.name).deaths == 1
+
+
+def test_tick_with_real_workers_reclaims_a_killed_workers_ticket_and_trims_once_done(spool, monkeypatch):
+    """The fake's spool-driven mode: its workers run the real worker loop in threads."""
+    from sdgen.spool.states import TicketState
+    from tests.conftest import wait_for
+
+    monkeypatch.setenv("SDGEN_DRY_RUN_DELAY", "0.05")
+    spool.accept(RID, parse_request("prompt: a\nimages: 30\nbatch_size: 30\nengine: dry-run\nseed: 1\n"), "t", 0.0)
+    launcher = FakeLauncher(max_workers=1, data_root=spool.layout.root, idle_exit=30.0)
+    sched = Scheduler(spool, launcher)
+    t = time.time()
+    try:
+        assert sched.tick(now=t).launched == ["fake-1"]
+        wait_for(lambda: list(spool.layout.output_dir(RID).glob("*.png")), what="fake-1's first image")
+        launcher.kill("fake-1")  # mid-ticket: its lease stays, as a killed process leaves it
+        wait_for(lambda: not launcher.working("fake-1"), what="fake-1 to die")
+        report = sched.tick(now=t + 1)
+        assert report.reclaimed and report.launched == [] and sched.startup.streak == 1  # backed off 2 s
+        assert sched.tick(now=t + 3.1).launched == ["fake-2"]
+        wait_for(lambda: spool.ticket_names(TicketState.DONE), timeout=60, what="the ticket done by fake-2")
+        [name] = spool.ticket_names(TicketState.DONE)
+        assert json.loads(spool.layout.ticket(TicketState.DONE, name).read_text())["result"]["worker"] == "fake-2"
+        assert spool.read_ticket(TicketState.DONE, name).deaths == 1
+        sched.tick(now=t + 4)  # nothing left to do: fake-2 is trimmed, not left to idle out
+        assert launcher.trimmed == ["fake-2"]
+        wait_for(lambda: not launcher.working("fake-2"), what="fake-2 to leave")
+        sched.tick(now=t + 5)  # reaped: a clean exit
+        assert launcher.running() == [] and sched.startup.streak == 0
+    finally:
+        launcher.stop_all(grace=10)

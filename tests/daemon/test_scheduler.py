@@ -10,6 +10,7 @@ from sdgen.daemon.scheduler import Scheduler
 from sdgen.spool.claim import claim_next
 from sdgen.spool.request import parse_request
 from sdgen.spool.store import Spool
+from tests.conftest import drop_settled
 
 RID = "20261126-000000-aaaaaa"
 
@@ -232,3 +233,71 @@ def test_a_state_json_turned_into_a_folder_stalls_no_other_request(spool):
     sched.tick(now=time.time())
     assert state_of(spool, other) == "done"
     assert state.is_file() and state_of(spool) == "done"  # moved aside, rebuilt, derived again
+
+
+def test_workers_0_holds_the_queue_accepted_and_scheduled_for_workers_started_elsewhere(spool):
+    """`sdgen daemon --workers 0`: the daemon accepts and schedules but launches nothing; a
+    worker started by hand still claims."""
+    from sdgen.cli.main import build_parser
+    from sdgen.launchers.local import LocalLauncher
+
+    args = build_parser().parse_args(["daemon", "--workers", "0"])
+    assert args.workers == 0
+    launcher = LocalLauncher(spool.layout.root, max_workers=args.workers, pin_gpus=False)
+    assert launcher.max_workers == 0
+    drop_settled(spool, "held.yaml", "prompt: a\nimages: 3\nseed: 1\nengine: dry-run\n")
+    sched = Scheduler(spool, launcher)
+    report = sched.tick(time.time())
+    assert report.accepted and report.pending == 3 and report.launched == [] and launcher.running() == []
+    assert claim_next(spool, "by-hand") is not None  # a worker started elsewhere claims
+    assert sched.tick(time.time()).launched == [] and launcher.running() == []
+
+
+def test_a_request_that_fails_at_acceptance_is_rejected_not_retried_forever(spool, monkeypatch):
+    """Acceptance itself can find a request bad (a wildcard file changed since the check, a
+    random expansion past a limit): rejected with the reason, like any bad file."""
+    from sdgen.exceptions import RequestError
+
+    drop_settled(spool, "late.yaml", "prompt: a\nimages: 1\nengine: dry-run\n")
+
+    def refuse(*args, **kwargs):
+        raise RequestError("wildcard __animal__: no file wildcards/animal.txt in the data directory")
+
+    monkeypatch.setattr(spool, "begin_accept", refuse)
+    report = Scheduler(spool, launcher=None).tick(time.time())
+    assert report.rejected and not report.accepted and not list(spool.layout.incoming.iterdir())
+    [reason] = list(spool.layout.rejected.glob("*.reason"))
+    assert "wildcard __animal__" in reason.read_text()
+
+
+def test_a_claim_racing_start_up_reconciliation_keeps_its_ticket(spool, monkeypatch):
+    """An earlier daemon's worker claims (pending -> running) while a new daemon lists the
+    folders: the ticket shows in both listings, and its running copy is the only one. It
+    must survive (deleting it lost tickets in the soak's kill -9 trials)."""
+    accepted(spool)
+    name = spool.ticket_names("pending")[0]
+    real = spool.ticket_names
+
+    def listing(state):
+        names = real(state)
+        if state == "pending" and name in names:  # the worker claims right after this listing
+            assert spool.claim(name, b'{"worker": "orphan"}')
+        return names
+
+    monkeypatch.setattr(spool, "ticket_names", listing)
+    assert spool.reconcile() == []
+    monkeypatch.undo()
+    assert spool.find_ticket(name) == ["running"]
+
+
+def test_a_stale_running_copy_beside_a_pending_one_is_resolved_by_its_lease(spool):
+    accepted(spool)
+    name = spool.ticket_names("pending")[0]
+    ticket = spool.read_ticket("pending", name)
+    spool.write(spool.layout.ticket("running", name), ticket.to_json())  # a hand-made second copy
+    assert spool.reconcile() == []  # left to the lease
+    sched = Scheduler(spool, launcher=None, lease_timeout=5)
+    sched.tick(time.time(), mono=100.0)
+    sched.tick(time.time(), mono=106.0)  # no lease ever: reclaimed, by a rename over the pending copy
+    names = [n for s in ("pending", "running", "deferred", "held") for n in spool.ticket_names(s)]
+    assert names.count(name) == 1

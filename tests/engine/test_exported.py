@@ -24,14 +24,14 @@ def run(data, out, mode):
     env = dict(os.environ, KERAS_BACKEND="jax", SDGEN_SNAPSHOT="on", JAX_PLATFORMS="cpu")
     env.pop("SDGEN_SAMPLER", None)
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(data), str(out), mode], env=env, capture_output=True, text=True, timeout=400
+        [sys.executable, str(SCRIPT), str(data), str(out), mode], env=env, capture_output=True, text=True, timeout=800
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # two real model builds on 2 CPU cores: ~4 min alone
+@pytest.mark.timeout(1500)  # two real model builds on 2 CPU cores: ~4 min alone, 7 on a loaded box
 def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
     data = tmp_path / "data"
     built = run(data, tmp_path / "built.npy", "build")
@@ -54,7 +54,9 @@ def test_a_snapshot_gives_the_keras_models_images_and_needs_no_keras(tmp_path):
         "merges.txt.gz",
         "meta.json",
         "sample-128x128-b1.jaxexport",
+        "sample-128x128-b1.jaxexport.lock",  # held by the one worker exporting it
         "sample-128x128-b2.jaxexport",
+        "sample-128x128-b2.jaxexport.lock",
         "weights.bin",
         "weights.json",
     ]
@@ -140,3 +142,82 @@ def test_while_another_worker_writes_too_long_this_one_uses_keras(tmp_path, monk
     with FileLock(str(snapshot.lock_path(folder))):
         assert engine._snapshot(ticket, {}) is None
     assert writes == [] and engine.fallback == {("sd-v1", "random")}
+
+
+# -- sampler programs: one worker of the node exports each, the rest load it ----------------
+
+
+def _sampler_engine(tmp_path, monkeypatch):
+    """An engine on a small fake snapshot whose sampler export is mocked: a tiny real JAX
+    program (the engine only deserializes it), counted."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sdgen.engine.exported import ExportedEngine
+    from tests.engine.test_snapshot import fake_snapshot
+
+    folder = tmp_path / "data" / "cache" / "snapshots" / "sd-v1-random-float32-abc"
+    if not folder.exists():
+        fake_snapshot(folder)
+    engine = ExportedEngine(tmp_path / "data")
+    snap = snapshot.load(folder)[1]
+    exports = []
+
+    def export(snap, job, size):
+        exports.append(size)
+        return snapshot._export(lambda x: x + 1, np.zeros((size,), np.float32))
+
+    monkeypatch.setattr(engine, "_export_sampler", export)
+    job = SimpleNamespace(model="sd-v1", weights="random", height=64, width=64)
+    return engine, snap, job, exports
+
+
+def test_a_new_sampler_is_exported_and_written_once_then_loaded_by_other_workers(tmp_path, monkeypatch):
+    engine, snap, job, exports = _sampler_engine(tmp_path, monkeypatch)
+    timings = {}
+    engine._sampler_ready(snap, job, 2, timings)
+    path = snapshot.sampler_file(snap.folder, 64, 64, 2)
+    assert exports == [2] and "export" in timings and path.exists() and (64, 64, 2) in snap._samplers
+    assert snapshot.lock_path(path).exists()  # the lock file, in the folder
+    other, other_snap, _, other_exports = _sampler_engine(tmp_path, monkeypatch)  # a later worker
+    timings = {}
+    other._sampler_ready(other_snap, job, 2, timings)
+    assert other_exports == [] and "export" not in timings and (64, 64, 2) in other_snap._samplers
+
+
+def test_while_another_worker_exports_a_sampler_too_long_this_one_exports_it_in_memory(tmp_path, monkeypatch, caplog):
+    from filelock import FileLock
+
+    from sdgen import defaults
+
+    engine, snap, job, exports = _sampler_engine(tmp_path, monkeypatch)
+    monkeypatch.setattr(defaults, "SNAPSHOT_WAIT_SECONDS", 0.2)
+    path = snapshot.sampler_file(snap.folder, 64, 64, 2)
+    with FileLock(str(snapshot.lock_path(path))):
+        engine._sampler_ready(snap, job, 2, {})
+    assert exports == [2] and (64, 64, 2) in snap._samplers and not path.exists()
+    assert "still exporting" in caplog.text
+
+
+def test_a_sampler_that_cannot_be_written_is_exported_in_memory(tmp_path, monkeypatch, caplog):
+    """No lock file possible (a read-only or full data directory; here something that is not
+    a file where it goes): this worker exports for itself and writes nothing."""
+    engine, snap, job, exports = _sampler_engine(tmp_path, monkeypatch)
+    path = snapshot.sampler_file(snap.folder, 64, 64, 2)
+    snapshot.lock_path(path).mkdir()
+    engine._sampler_ready(snap, job, 2, {})
+    assert exports == [2] and (64, 64, 2) in snap._samplers and not path.exists()
+    assert "could not be written" in caplog.text
+
+
+def test_a_sampler_whose_write_fails_is_used_from_memory_without_a_second_export(tmp_path, monkeypatch, caplog):
+    engine, snap, job, exports = _sampler_engine(tmp_path, monkeypatch)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot, "publish_sampler", full)
+    engine._sampler_ready(snap, job, 2, {})
+    assert exports == [2] and (64, 64, 2) in snap._samplers
+    assert not snapshot.sampler_file(snap.folder, 64, 64, 2).exists() and "No space left" in caplog.text

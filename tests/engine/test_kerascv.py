@@ -11,6 +11,10 @@ from sdgen.spool.request import parse_request
 from sdgen.spool.split import split_request
 from sdgen.worker.loop import Worker
 
+# Real-model tests build or run the model on 2 CPU cores: minutes each when the machine is
+# shared (the pyproject default of 300 s cut two of them short in a loaded CI run).
+pytestmark = pytest.mark.timeout(900)
+
 RID = "20261126-000000-aaaaaa"
 SMALL = "width: 128\nheight: 128\nsteps: 2\nweights: random\nengine: keras-cv\n"
 
@@ -141,6 +145,10 @@ def test_the_whole_path_daemon_worker_engine_png(tmp_path):
         "8",
         "--worker-idle-exit",
         "1",
+        # two CI runs ended with a marker without model_build, i.e. from a second, warm
+        # attempt: most likely the lease expired while the suite shared the 2 cores
+        "--lease-timeout",
+        "120",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -151,12 +159,18 @@ def test_the_whole_path_daemon_worker_engine_png(tmp_path):
         "0000-000001-9.png",
         "index.csv",
         "index.json",
+        "metadata.jsonl",  # the folder is a Hugging Face imagefolder dataset (issue 18)
     ]
     meta = json.loads(Image.open(files[1]).text["sdgen"])
     assert meta["engine"] == "keras-cv" and meta["seed"] == 9 and "noise" in meta["note"]
     assert meta["backend"] == "tensorflow" and meta["keras_cv"] == "0.9.0"
-    marker = json.loads(next((data / "spool" / "tickets" / "done").iterdir()).read_text())
-    assert marker["result"]["seconds"]["model_build"] > 0 and "compile" in marker["result"]["seconds"]
+    [done] = (data / "spool" / "tickets" / "done").iterdir()
+    marker = json.loads(done.read_text())
+    seconds = marker["result"]["seconds"]
+    if not marker["history"]:  # the one attempt built and compiled the model
+        assert seconds["model_build"] > 0 and "compile" in seconds, marker
+    else:  # taken back once (a lease can still expire on a loaded CI machine): a warm retry
+        assert marker["deaths"] + marker["attempt"] >= 1 and seconds["total"] > 0, marker
 
 
 @pytest.mark.slow
@@ -284,3 +298,38 @@ def test_zero_initialised_variables_skip_their_initializer():
     outside = keras.layers.Dense(8)
     outside.build((None, 4))
     assert not inside.kernel.numpy().any() and outside.kernel.numpy().any()
+
+
+@pytest.mark.slow
+def test_a_small_sweep_runs_on_the_real_model_with_each_combination_in_its_pngs(spool, kerascv_engine):
+    """Issue 18's one real-model sweep: 2 guidance x 2 steps x 1 image at 128x128. Each
+    combination is its own forward pass (settings differ), its PNG says its settings, and
+    the same seed under other settings makes another picture."""
+    import json
+
+    from PIL import Image
+
+    text = (
+        "version: 2\nprompt: a fox\nimages: 1\nseed: 4\nwidth: 128\nheight: 128\nweights: random\n"
+        "engine: keras-cv\nsweep:\n  guidance: [1.0, 7.5]\n  steps: [1, 2]\n"
+    )
+    spool.accept(RID, parse_request(text), source="t", now=0.0)
+    worker = Worker(spool, "w1")
+    worker.engines["keras-cv"] = kerascv_engine
+    outcomes = [worker.step() for _ in range(4)]
+    assert [o.state for o in outcomes] == ["done"] * 4, [o.error for o in outcomes]
+    assert worker.step() is None
+    pngs = sorted(spool.layout.output_dir(RID).glob("*.png"))
+    assert len(pngs) == 4
+    seen = set()
+    pixels = []
+    for path in pngs:
+        image = Image.open(path)
+        meta = json.loads(image.text["sdgen"])
+        params = image.text["parameters"]
+        combo = meta["combination"]
+        assert f"Steps: {combo['steps']}" in params and f"CFG scale: {combo['guidance']:g}" in params
+        seen.add((combo["guidance"], combo["steps"]))
+        pixels.append(np.asarray(image, dtype=int))
+    assert seen == {(1.0, 1), (1.0, 2), (7.5, 1), (7.5, 2)}
+    assert all(np.abs(pixels[0] - p).mean() > 0.5 for p in pixels[1:])  # same seed, other settings

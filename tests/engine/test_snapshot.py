@@ -5,6 +5,7 @@ one process of many racing for a folder's lock writes it."""
 import json
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,11 @@ def test_the_identity_changes_with_the_cuda_packages(tmp_path, monkeypatch):
     seen = {snapshot.folder_for(tmp_path, base).name}
     real = snapshot._version
     for package in ("jaxlib", "jax-cuda12-plugin", "nvidia-cudnn-cu12"):
-        monkeypatch.setattr(snapshot, "_version", lambda p, package=package: "99.0" if p == package else real(p))
+        monkeypatch.setattr(
+            snapshot,
+            "_version",
+            lambda p, package=package: "99.0" if package in ((p,) if isinstance(p, str) else p) else real(p),
+        )
         seen.add(snapshot.folder_for(tmp_path, snapshot.identity("sd-v1", "random", "bfloat16", "fused")).name)
     assert len(seen) == 4
 
@@ -211,3 +216,188 @@ def test_a_failed_write_releases_the_lock(tmp_path):
     with pytest.raises(OSError):
         snapshot.ensure(folder, fail, wait_s=1)
     assert snapshot.ensure(folder, lambda: fake_snapshot(folder), wait_s=1) == "written"
+
+
+# -- one writer per sampler program -------------------------------------------------------------
+
+
+def _bare_folder(tmp_path) -> Path:
+    """A snapshot folder as far as `ensure_sampler` looks: meta.json there."""
+    folder = tmp_path / "snapshots" / "sd-v1-random-float32-abc"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("{}")
+    return folder
+
+
+def _race_sampler(folder: str, log: str, start: float, height: int) -> str:
+    def write():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough for every other process to be waiting on the lock
+        snapshot.publish_sampler(Path(folder), height, 64, 2, b"program %d" % height)
+
+    time.sleep(max(0.0, start - time.time()))
+    return snapshot.ensure_sampler(Path(folder), height, 64, 2, write, wait_s=30)
+
+
+def test_of_processes_racing_for_a_new_sampler_exactly_one_exports_it(tmp_path):
+    folder, log = _bare_folder(tmp_path), tmp_path / "writes.log"
+    start = time.time() + 3  # the processes import jax first: all start together after that
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        states = pool.starmap(_race_sampler, [(str(folder), str(log), start, 64)] * 3)
+    assert sorted(states) == ["present", "present", "written"]
+    assert len(log.read_text().split()) == 1
+    path = snapshot.sampler_file(folder, 64, 64, 2)
+    assert path.read_bytes() == b"program 64"
+    # published by one rename: no temporary file left; the lock file stays, in the folder
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", path.name, path.name + snapshot.LOCK]
+
+
+def test_a_sampler_already_there_is_present_without_a_write(tmp_path):
+    folder = _bare_folder(tmp_path)
+    snapshot.publish_sampler(folder, 64, 64, 1, b"program")
+    wrote = []
+    assert snapshot.ensure_sampler(folder, 64, 64, 1, lambda: wrote.append(1), wait_s=1) == "present"
+    assert wrote == []
+
+
+def test_a_sampler_written_while_this_worker_waited_is_present(tmp_path):
+    """Existence is checked again once the lock is held: its holder wrote it meanwhile."""
+    folder = _bare_folder(tmp_path)
+    path = snapshot.sampler_file(folder, 64, 64, 1)
+    held = threading.Event()
+
+    def holder():  # another worker, exporting it
+        with FileLock(str(snapshot.lock_path(path))):
+            held.set()
+            time.sleep(0.5)
+            snapshot.publish_sampler(folder, 64, 64, 1, b"theirs")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    wrote = []
+    try:
+        assert snapshot.ensure_sampler(folder, 64, 64, 1, lambda: wrote.append(1), wait_s=10) == "present"
+    finally:
+        thread.join()
+    assert wrote == [] and path.read_bytes() == b"theirs"
+
+
+def test_a_worker_that_waited_too_long_for_a_sampler_is_told_busy(tmp_path):
+    folder = _bare_folder(tmp_path)
+    wrote = []
+    with FileLock(str(snapshot.lock_path(snapshot.sampler_file(folder, 64, 64, 1)))):
+        t0 = time.monotonic()
+        assert snapshot.ensure_sampler(folder, 64, 64, 1, lambda: wrote.append(1), wait_s=0.3) == "busy"
+        assert time.monotonic() - t0 < 5
+    assert wrote == [] and not snapshot.sampler_file(folder, 64, 64, 1).exists()
+
+
+def test_samplers_of_other_sizes_do_not_wait_for_each_other(tmp_path):
+    folder = _bare_folder(tmp_path)
+    with FileLock(str(snapshot.lock_path(snapshot.sampler_file(folder, 64, 64, 1)))):
+        write = lambda: snapshot.publish_sampler(folder, 64, 64, 2, b"b2")  # noqa: E731
+        assert snapshot.ensure_sampler(folder, 64, 64, 2, write, wait_s=0.3) == "written"
+        # nor for the folder's own lock (held by `set_aside` or `sdgen cache prune`)
+    with FileLock(str(snapshot.lock_path(folder))):
+        write = lambda: snapshot.publish_sampler(folder, 128, 64, 1, b"128")  # noqa: E731
+        assert snapshot.ensure_sampler(folder, 128, 64, 1, write, wait_s=0.3) == "written"
+
+
+def test_a_sampler_lock_that_cannot_be_created_is_an_oserror_and_nothing_is_written(tmp_path):
+    """Like a read-only or full data directory (the tests may run as root, whom file modes do
+    not stop): something that is not a file where the lock file goes."""
+    folder = _bare_folder(tmp_path)
+    path = snapshot.sampler_file(folder, 64, 64, 1)
+    snapshot.lock_path(path).mkdir()
+    wrote = []
+    with pytest.raises(OSError):
+        snapshot.ensure_sampler(folder, 64, 64, 1, lambda: wrote.append(1), wait_s=1)
+    assert wrote == [] and not path.exists()
+
+
+def test_a_sampler_of_a_folder_gone_meanwhile_is_not_written_and_the_folder_not_recreated(tmp_path):
+    folder = _bare_folder(tmp_path)
+    os.rename(folder, folder.with_name(folder.name + snapshot.DAMAGED + "20260101T000000-1"))  # set aside
+    wrote = []
+    with pytest.raises(FileNotFoundError):
+        snapshot.ensure_sampler(folder, 64, 64, 1, lambda: wrote.append(1), wait_s=1)
+    assert wrote == [] and not folder.exists()
+
+
+def test_a_failed_sampler_write_releases_its_lock(tmp_path):
+    folder = _bare_folder(tmp_path)
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        snapshot.ensure_sampler(folder, 64, 64, 1, fail, wait_s=1)
+    write = lambda: snapshot.publish_sampler(folder, 64, 64, 1, b"program")  # noqa: E731
+    assert snapshot.ensure_sampler(folder, 64, 64, 1, write, wait_s=1) == "written"
+
+
+def test_publishing_a_sampler_removes_a_dead_writers_temporary_file_only(tmp_path):
+    folder = _bare_folder(tmp_path)
+    name = snapshot.sampler_file(folder, 64, 64, 1).name
+    dead, live = (folder / f"{name}.host.{pid}.abcd1234.part" for pid in (1, 2))
+    dead.write_bytes(b"cut")
+    live.write_bytes(b"being written")
+    other = folder / "sample-64x64-b2.jaxexport.host.3.abcd1234.part"  # another program's
+    other.write_bytes(b"cut")
+    for f in (dead, other):
+        os.utime(f, (time.time() - 2 * 3600,) * 2)
+    snapshot.publish_sampler(folder, 64, 64, 1, b"program")
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_sdgen_cache_lists_and_prunes_folders_holding_sampler_locks(tmp_path):
+    """The program locks live inside the folders: `sdgen cache` lists no lock, judges each
+    folder as before, and a folder pruned goes whole, its locks with it."""
+    from tests.conftest import sdgen, sdgen_env
+
+    data = tmp_path / "data"
+    root = data / "cache" / "snapshots"
+    current = snapshot.identity("sd-v1", "random", "float32", "fused")
+    folders = {}
+    for name, ident in (("current", current), ("other", dict(current, sources="0" * 16))):
+        folder = folders[name] = root / f"sd-v1-random-float32-{name}"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"identity": ident, "bytes": 0}))
+        (folder / snapshot.LAST_USED).touch()
+        write = lambda f=folder: snapshot.publish_sampler(f, 64, 64, 1, b"program")  # noqa: E731
+        assert snapshot.ensure_sampler(folder, 64, 64, 1, write, wait_s=1) == "written"
+        assert snapshot.lock_path(snapshot.sampler_file(folder, 64, 64, 1)).exists()
+    (data / "spool").mkdir(parents=True)
+    env = sdgen_env(data, KERAS_HOME=tmp_path / "keras", SDGEN_COMPILE_CACHE=tmp_path / "jax")
+    out = sdgen(data, "cache", "status", env=env, check=True).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(lines) == {folders["current"].name, folders["other"].name}, out
+    assert lines[folders["current"].name].rstrip().endswith("current")
+    assert lines[folders["other"].name].rstrip().endswith("made by other software")
+    out = sdgen(data, "cache", "prune", env=env, check=True).stdout
+    assert f"removed {folders['other'].name}" in out and not folders["other"].exists()
+    assert snapshot.lock_path(snapshot.sampler_file(folders["current"], 64, 64, 1)).exists()
+
+
+def test_the_identity_records_cuda_packages_of_any_cuda_major(monkeypatch):
+    """A CUDA 13 node (jax-cuda13-plugin, nvidia-cudnn-cu13) records those versions, not
+    "none": upgrading cuDNN alone must make a new snapshot there too."""
+    from importlib import metadata
+
+    from sdgen.engine import snapshot
+
+    installed = {"jax-cuda13-plugin": "0.11.2", "nvidia-cudnn-cu13": "9.19.0.56", "nvidia-cudnn-cu12": "9.1.0"}
+
+    def version(name):
+        if name in installed:
+            return installed[name]
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(snapshot.metadata, "version", version)
+    assert snapshot._version(snapshot.PACKAGES["cuda_plugin"]) == "jax-cuda13-plugin==0.11.2"
+    assert snapshot._version(snapshot.PACKAGES["cudnn"]) == "nvidia-cudnn-cu13==9.19.0.56"
+    assert snapshot._version(snapshot.PACKAGES["cuda_pjrt"]) == "none"
+    del installed["nvidia-cudnn-cu13"]
+    assert snapshot._version(snapshot.PACKAGES["cudnn"]) == "9.1.0"  # a CUDA 12 node: as before

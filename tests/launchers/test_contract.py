@@ -1,66 +1,141 @@
 """The launcher contract, the same tests for every launcher: local processes, ADSP jobs (a fake
-ae5-tools whose jobs are real worker processes) and Slurm jobs (a real single-node Slurm).
+ae5-tools whose jobs are real worker processes), Slurm jobs (a real single-node Slurm) and the
+in-memory FakeLauncher of the scheduler tests (its workers: the real worker loop in threads).
 The daemon relies on exactly this: ids that workers write into their leases, running() until
 reaped, one ExitedWorker per worker, an ended-early worker reported as not OK, and surplus
-workers gone once nothing is left to do."""
+workers gone once nothing is left to do.
+
+Each launcher comes with a harness that knows how to end one of its workers from outside
+(the real ones: SIGKILL to the worker process, found with psutil; the fake: its in-memory
+kill) and whether the worker runs. Only the real launchers are slow."""
 
 import json
 import os
 import secrets
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import psutil
 import pytest
 
 from sdgen.launchers.base import Launcher
+from sdgen.spool.claim import Lease
 from sdgen.spool.request import parse_request
 from tests.conftest import REPO, wait_for
-
-pytestmark = pytest.mark.slow
 
 RID = "20261126-000000-cccccc"
 
 
-@pytest.fixture(params=["local", "adsp", "slurm"])
-def make_launcher(request, spool, tmp_path, monkeypatch):
-    root = spool.layout.root
-    monkeypatch.setenv("SDGEN_DRY_RUN_DELAY", "0.1")
-    made: list[Launcher] = []
+@dataclass
+class Harness:
+    """One launcher under test: `make(max_workers)` makes one (ended after the test),
+    `kill(worker_id)` ends a worker from outside as SIGKILL would, `seen(worker_id)` says
+    whether it runs; `cleanup(launcher)` runs before its stop_all at the end."""
 
-    def make(max_workers: int = 2) -> Launcher:
-        opts = dict(max_workers=max_workers, idle_exit=2.0, heartbeat=0.5)
-        if request.param == "local":
-            from sdgen.launchers.local import LocalLauncher
+    new: Callable[[int], Launcher]
+    kill: Callable[[str], None]
+    seen: Callable[[str], bool]
+    cleanup: Callable[[Launcher], None] = lambda launcher: None
+    made: list[Launcher] = field(default_factory=list)
 
-            launcher = LocalLauncher(root, pin_gpus=False, **opts)
-        elif request.param == "adsp":
-            monkeypatch.syspath_prepend(str(REPO / "tests" / "fakes"))
-            monkeypatch.setenv("FAKE_AE5_DIR", str(tmp_path / "fake-ae5"))
-            monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests' / 'fakes'}{os.pathsep}{REPO}")
-            from ae5_tools.api import AEUserSession
-
-            from sdgen.launchers.adsp import AdspLauncher
-
-            launcher = AdspLauncher(
-                root,
-                session=AEUserSession("ae5.example.com", "alice", "pw"),
-                project="a0-" + secrets.token_hex(16),
-                **opts,
-            )
-        else:
-            cluster = request.getfixturevalue("slurm_cluster")
-            monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
-            from sdgen.launchers.slurm import SlurmLauncher
-
-            launcher = SlurmLauncher(root, poll=0.3, **opts)
-        made.append(launcher)
+    def make(self, max_workers: int = 2) -> Launcher:
+        launcher = self.new(max_workers)
+        self.made.append(launcher)
         return launcher
 
-    yield make
-    for launcher in made:
-        if request.param == "slurm":
-            for job in launcher.jobs.values():
-                launcher._slurm("scancel", job.job_id)
+
+def worker_process(worker_id: str) -> psutil.Process | None:
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            env = p.info["environ"] or {}
+        except psutil.Error:
+            continue
+        if "sdgen" in cmd and "worker" in cmd and (worker_id in cmd or env.get("SDGEN_WORKER_ID") == worker_id):
+            return p
+    return None
+
+
+def kill_process(worker_id: str) -> None:
+    worker_process(worker_id).kill()
+
+
+def process_seen(worker_id: str) -> bool:
+    return worker_process(worker_id) is not None
+
+
+OPTS = dict(idle_exit=2.0, heartbeat=0.5)
+
+
+def fake_harness(request, root) -> Harness:
+    from tests.fakes.launcher import FakeLauncher
+
+    def owner(worker_id: str) -> FakeLauncher:
+        return next(launcher for launcher in harness.made if worker_id in launcher.workers)
+
+    harness = Harness(
+        new=lambda n: FakeLauncher(max_workers=n, data_root=root, **OPTS),
+        kill=lambda w: owner(w).kill(w),
+        seen=lambda w: owner(w).working(w),
+    )
+    return harness
+
+
+def local_harness(request, root) -> Harness:
+    from sdgen.launchers.local import LocalLauncher
+
+    return Harness(lambda n: LocalLauncher(root, pin_gpus=False, max_workers=n, **OPTS), kill_process, process_seen)
+
+
+def adsp_harness(request, root) -> Harness:
+    monkeypatch, tmp_path = request.getfixturevalue("monkeypatch"), request.getfixturevalue("tmp_path")
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "fakes"))
+    monkeypatch.setenv("FAKE_AE5_DIR", str(tmp_path / "fake-ae5"))
+    monkeypatch.setenv("PYTHONPATH", f"{REPO / 'tests' / 'fakes'}{os.pathsep}{REPO}")
+    from ae5_tools.api import AEUserSession
+
+    from sdgen.launchers.adsp import AdspLauncher
+
+    def new(n: int) -> Launcher:
+        session = AEUserSession("ae5.example.com", "alice", "pw")
+        return AdspLauncher(root, session=session, project="a0-" + secrets.token_hex(16), max_workers=n, **OPTS)
+
+    return Harness(new, kill_process, process_seen)
+
+
+def slurm_harness(request, root) -> Harness:
+    cluster = request.getfixturevalue("slurm_cluster")
+    request.getfixturevalue("monkeypatch").setenv("SLURM_CONF", str(cluster.conf))
+    from sdgen.launchers.slurm import SlurmLauncher
+
+    def cancel_jobs(launcher) -> None:
+        for job in launcher.jobs.values():
+            launcher._slurm("scancel", job.job_id)
+
+    def new(n: int) -> Launcher:
+        return SlurmLauncher(root, poll=0.3, max_workers=n, **OPTS)
+
+    return Harness(new, kill_process, process_seen, cleanup=cancel_jobs)
+
+
+HARNESSES = {"fake": fake_harness, "local": local_harness, "adsp": adsp_harness, "slurm": slurm_harness}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("fake"),  # threads in this process: fast, part of `-m "not slow"`
+        pytest.param("local", marks=pytest.mark.slow),
+        pytest.param("adsp", marks=pytest.mark.slow),
+        pytest.param("slurm", marks=[pytest.mark.slow, pytest.mark.xdist_group("slurm")]),  # one Slurm per run
+    ]
+)
+def harness(request, spool, monkeypatch):
+    monkeypatch.setenv("SDGEN_DRY_RUN_DELAY", "0.1")
+    h = HARNESSES[request.param](request, spool.layout.root)
+    yield h
+    for launcher in h.made:
+        h.cleanup(launcher)
         launcher.stop_all(grace=10)
 
 
@@ -73,6 +148,12 @@ def queue(spool, images: int, batch: int = 1) -> None:
         source="t",
         now=0.0,
     )
+
+
+def lease_holders(spool) -> set[str]:
+    """The worker ids in the leases there are now."""
+    leases = (Lease.read(p) for p in spool.layout.leases.iterdir())
+    return {lease.worker for lease in leases if lease is not None}
 
 
 def reap_until(launcher, ids, timeout=90):
@@ -88,21 +169,9 @@ def reap_until(launcher, ids, timeout=90):
     return out
 
 
-def worker_process(worker_id: str) -> psutil.Process | None:
-    for p in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            cmd = p.info["cmdline"] or []
-            env = p.info["environ"] or {}
-        except psutil.Error:
-            continue
-        if "sdgen" in cmd and "worker" in cmd and (worker_id in cmd or env.get("SDGEN_WORKER_ID") == worker_id):
-            return p
-    return None
-
-
-def test_workers_work_under_their_ids_and_are_reaped_once_idle(make_launcher, spool):
+def test_workers_work_under_their_ids_and_are_reaped_once_idle(harness, spool):
     queue(spool, images=8, batch=2)
-    launcher = make_launcher(max_workers=2)
+    launcher = harness.make(max_workers=2)
     ids = [launcher.launch(time.time()) for _ in range(2)]
     assert len(set(ids)) == 2 and sorted(launcher.running()) == sorted(ids)
     wait_for(lambda: len(spool.ticket_names("done")) == 4, timeout=90, what="all tickets done")
@@ -115,19 +184,20 @@ def test_workers_work_under_their_ids_and_are_reaped_once_idle(make_launcher, sp
     assert done_by <= set(ids)
 
 
-def test_a_worker_killed_from_outside_is_reaped_as_not_ok(make_launcher, spool):
+def test_a_worker_killed_from_outside_is_reaped_as_not_ok(harness, spool):
     queue(spool, images=40)
-    launcher = make_launcher(max_workers=1)
+    launcher = harness.make(max_workers=1)
     [wid] = [launcher.launch(time.time())]
-    wait_for(lambda: worker_process(wid), timeout=60, what="the worker process")
-    wait_for(lambda: list(spool.layout.leases.iterdir()), timeout=60, what="a claim")
-    worker_process(wid).kill()
+    wait_for(lambda: harness.seen(wid), timeout=60, what="the worker running")
+    wait_for(lambda: lease_holders(spool), timeout=60, what="a claim")
+    assert lease_holders(spool) <= {wid}  # it claims under the id launch() returned
+    harness.kill(wid)
     exited = reap_until(launcher, [wid])
     assert exited[wid].returncode != 0 and launcher.running() == []
 
 
-def test_with_nothing_to_do_every_worker_leaves(make_launcher, spool):
-    launcher = make_launcher(max_workers=3)
+def test_with_nothing_to_do_every_worker_leaves(harness, spool):
+    launcher = harness.make(max_workers=3)
     ids = [launcher.launch(time.time()) for _ in range(3)]
     deadline = time.monotonic() + 90
     exited = {}

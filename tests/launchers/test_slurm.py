@@ -20,6 +20,7 @@ from sdgen.launchers.slurm import (
     sbatch_args,
 )
 from tests.conftest import sdgen, sdgen_env, status_json, submit, wait_for
+from tests.harness import daemons_of, kill_all
 
 SECRET = "s3cret-" + str(time.time_ns())
 FAST = ("--launcher", "slurm", "--rescan", "0.3", "--lease-timeout", "4")
@@ -91,14 +92,7 @@ def slurm(slurm_cluster, data):
     yield slurm_cluster
     # The test's daemon would submit a new job for each one cancelled below: it goes first
     # (this teardown runs before the daemon fixture's).
-    import psutil
-
-    for p in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            if "daemon" in (p.info["cmdline"] or []) and (p.info["environ"] or {}).get("SDGEN_DATA") == str(data):
-                p.kill()
-        except psutil.Error:
-            pass
+    kill_all(daemons_of(data))
     slurm_cluster.run("scancel", "--full", "-u", "root", check=False)
     wait_for(lambda: not jobs(slurm_cluster, active_only=True), timeout=30, what="jobs to end")
 
@@ -163,7 +157,7 @@ def test_a_job_failing_at_start_up_is_reported_and_not_resubmitted_forever(data,
 
     before = set(jobs(slurm))
     exp = "slurm-start-up-" + str(time.time_ns())
-    tracked = {"SDGEN_TRACKING": "on", "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    tracked = mlflow_server.env
     sdgen(
         data,
         "submit",

@@ -60,7 +60,17 @@ def test_hostile_files_are_quarantined_with_reasons(spool, tmp_path):
     drop(spool, "good.yaml", b"prompt: fine\nengine: dry-run\n")
     drop(spool, "notes.txt", b"not a request")
 
-    report = Scheduler(spool, launcher=None).tick(now=os.stat(spool.layout.inbox).st_mtime + 60)
+    # as many ticks as the 0.3 s intake budget needs on a loaded machine (the files are big)
+    sched = Scheduler(spool, launcher=None)
+    now = os.stat(spool.layout.inbox).st_mtime + 60
+    report = sched.tick(now=now)
+    for _ in range(50):
+        if not report.waiting_files:
+            break
+        more = sched.tick(now=now)
+        report.accepted += more.accepted
+        report.rejected += more.rejected
+        report.waiting_files = more.waiting_files
 
     got = reasons(spool)
     for name, (_, expected) in HOSTILE.items():

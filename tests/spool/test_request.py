@@ -82,7 +82,7 @@ experiment: zoo
         ('prompt: a\nname: "a\\nb"\n', "name must be a single line"),
         ("prompt: a\nexperiment: 5\n", "experiment must be a string"),
         ("prompt: a\nnegative_prompt: 5\n", "negative_prompt must be a string"),
-        ("prompt: a\nversion: 2\n", "version must be 1"),
+        ("prompt: a\nversion: 3\n", "version must be 1 or 2"),
         ("prompt: a\nimgaes: 3\n", "unknown key 'imgaes': did you mean 'images'?"),
         ("prompt: a\nzzz: 3\n", "unknown key 'zzz'; allowed keys:"),
         ("prompts: [a, b]\nimages: 60000\n", "2 prompts x 60000 images = 120000 images"),

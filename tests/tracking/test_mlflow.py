@@ -9,16 +9,13 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import FAST, kill_workers, sdgen, sdgen_env, status_json, wait_for  # noqa: F401
+from tests.harness import workers_of
 
 pytestmark = pytest.mark.slow
 
 
-def tracked(server, **extra):
-    return dict(SDGEN_TRACKING="on", MLFLOW_TRACKING_URI=server.uri, **extra)
-
-
 def submit(data, server, experiment, *args) -> str:
-    env = sdgen_env(data, **tracked(server))
+    env = sdgen_env(data, **server.env)
     return sdgen(
         data,
         "submit",
@@ -66,7 +63,7 @@ def test_a_multi_ticket_request_makes_a_run_tree(data, daemon, mlflow_server):
         "--name",
         "foxes",
     )
-    d = daemon("--workers", "2", "--exit-when-idle", "--system-metrics", *FAST, **tracked(mlflow_server))
+    d = daemon("--workers", "2", "--exit-when-idle", "--system-metrics", *FAST, **mlflow_server.env)
     assert d.wait(120) == 0, d.output()
     client = MlflowClient(mlflow_server.uri)
     [parent], children = runs_of(client, exp)
@@ -95,7 +92,7 @@ def test_a_failed_attempt_is_failed_and_its_retry_finished(data, daemon, mlflow_
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "1", "--seed", "1")
     (data / "outputs").mkdir(parents=True, exist_ok=True)
     (data / "outputs" / rid).write_text("a file where the folder goes: an I/O error")
-    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server))
+    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **mlflow_server.env)
     wait_for(lambda: os.listdir(data / "spool" / "tickets" / "deferred"), what="a deferred ticket")
     (data / "outputs" / rid).unlink()
     assert d.wait(120) == 0, d.output()
@@ -111,17 +108,11 @@ def test_a_failed_attempt_is_failed_and_its_retry_finished(data, daemon, mlflow_
 def test_a_killed_worker_leaves_a_killed_run(data, daemon, mlflow_server):
     exp = f"killed-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "4", "--batch-size", "4", "--seed", "1")
-    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.5"))
+    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **mlflow_server.env, SDGEN_DRY_RUN_DELAY="0.5")
     wait_for(
         lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
     )
-    import psutil
-
-    [worker] = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "worker" in (p.info["cmdline"] or []) and str(data) in (p.info["cmdline"] or [])
-    ]
+    [worker] = workers_of(data)
     worker.send_signal(signal.SIGKILL)
     assert d.wait(120) == 0, d.output()
     client = MlflowClient(mlflow_server.uri)
@@ -137,7 +128,7 @@ def test_a_killed_worker_leaves_a_killed_run(data, daemon, mlflow_server):
 def test_a_cancelled_request_ends_killed(data, daemon, mlflow_server):
     exp = f"cancel-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "20", "--batch-size", "5", "--seed", "1")
-    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.3"))
+    d = daemon("--workers", "1", "--exit-when-idle", *FAST, **mlflow_server.env, SDGEN_DRY_RUN_DELAY="0.3")
     wait_for(
         lambda: (data / "outputs" / rid).exists() and list((data / "outputs" / rid).glob("*.png")), what="an image"
     )
@@ -192,7 +183,7 @@ def test_an_mlflow_outage_loses_nothing_and_catches_up(data, daemon, mlflow_serv
     """Runs last: it stops the session's server and starts it again."""
     exp = f"outage-{uuid.uuid4().hex[:6]}"
     rid = submit(data, mlflow_server, exp, "--prompt", "a", "--images", "24", "--batch-size", "2", "--seed", "1")
-    d = daemon("--workers", "1", *FAST, **tracked(mlflow_server, SDGEN_DRY_RUN_DELAY="0.25"))
+    d = daemon("--workers", "1", *FAST, **mlflow_server.env, SDGEN_DRY_RUN_DELAY="0.25")
     client = MlflowClient(mlflow_server.uri)
     wait_for(lambda: client.get_experiment_by_name(exp), timeout=60, what="experiment")
     mlflow_server.stop()
@@ -222,3 +213,25 @@ def test_credentials_in_a_tracking_uri_are_never_written():
 
     assert redact("https://alice:s3cret@mlflow.example.com/path") == "https://mlflow.example.com/path"
     assert redact("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
+
+
+def test_a_sweep_logs_its_grid_prompts_and_combinations(spool, mlflow_server):
+    from sdgen.tracking.mlflow_log import Tracker
+    from tests.conftest import DRY, generate
+
+    exp = f"sweep-{uuid.uuid4().hex[:6]}"
+    sweep = "sweep: {guidance: [5, 9], steps: [2, 3]}"
+    generate(spool, DRY + f"prompt: a {{red|blue}} fox\nimages: 1\nseed: 5\nexperiment: {exp}\n{sweep}\n")
+    tracker = Tracker(spool, uri=mlflow_server.uri)  # what the daemon runs, here in-process
+    client = MlflowClient(mlflow_server.uri)
+    wait_for(lambda: tracker.step(time.time()) and runs_of(client, exp)[0][0].info.status == "FINISHED", timeout=60)
+    [parent], children = runs_of(client, exp)
+    assert artifacts(client, parent.info.run_id) == ["contact_sheet.png", "grid.png", "manifest.json", "request.yaml"]
+    [given] = parent.inputs.dataset_inputs
+    assert given.dataset.name.endswith(" prompts") and '"num_rows": 2' in given.dataset.profile
+    assert {(t.key, t.value) for t in given.tags} == {("mlflow.data.context", "generation")}
+    assert len(children) == 8
+    seen = {(c.data.params["sweep.guidance"], c.data.params["sweep.steps"], c.data.params["prompt"]) for c in children}
+    assert seen == {(g, s, p) for g in ("5.0", "9.0") for s in ("2", "3") for p in ("a red fox", "a blue fox")}
+    assert {c.data.params["template"] for c in children} == {"a {red|blue} fox"}
+    assert all(c.data.params["steps"] == c.data.params["sweep.steps"] for c in children)

@@ -147,3 +147,40 @@ def test_a_bad_group_setting_fails_the_ticket_with_the_reason(spool, monkeypatch
     )
     [name] = spool.ticket_names("failed")
     assert "SDGEN_GROUP_IMAGES" in spool.read_ticket("failed", name).reason
+
+
+class KeyRecordingEngine(CountingEngine):
+    """Records the settings of every job in each forward pass."""
+
+    def generate_group(self, items):
+        self.keys = getattr(self, "keys", [])
+        self.keys.append({(j.steps, j.width, j.height, j.guidance, j.model, j.negative_prompt) for j, _ in items})
+        return super().generate_group(items)
+
+
+def test_a_sweeps_tickets_of_other_settings_never_share_a_forward_pass(spool):
+    """Group claims take only tickets whose settings equal the first's: a sweep of guidance x
+    steps at batch 1 runs one pass per setting, and every image is still made."""
+    accept(spool, A, images=3, extra="sweep: {guidance: [5, 9], steps: [2, 3]}\n")
+    w = Worker(spool, "w1")
+    w.engines["dry-run"] = engine = KeyRecordingEngine(16)
+    outcomes = []
+    while (first := w.step()) is not None:
+        outcomes += [first, *first.others]
+    assert [o.state for o in outcomes] == ["done"] * 12
+    assert len(engine.keys) == 4 and all(len(keys) == 1 for keys in engine.keys)
+    assert engine.groups == [[1, 1, 1]] * 4
+
+
+def test_run_group_splits_mixed_settings_into_one_pass_each(spool):
+    """Belt and braces: a group holding tickets of two settings anyway runs two passes."""
+    from sdgen.spool.claim import claim_next
+
+    accept(spool, A, images=2, extra="sweep: {steps: [2, 3]}\n")
+    claims = [claim_next(spool, "w1") for _ in range(4)]
+    engine = KeyRecordingEngine(16)
+    from sdgen.worker.runner import run_group
+
+    outcomes = run_group(claims, engine, [lambda: None] * 4, "w1")
+    assert [o.state for o in outcomes] == ["done"] * 4
+    assert sorted(len(k) for k in engine.keys) == [1, 1] and {s for k in engine.keys for s, *_ in k} == {2, 3}

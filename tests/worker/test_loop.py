@@ -25,6 +25,7 @@ def test_a_ticket_makes_its_images_and_a_marker(spool):
     assert sorted(p.name for p in out.iterdir()) == [f"0000-{i:06d}-{10 + i}.png" for i in range(4)] + [
         "index.csv",
         "index.json",
+        "metadata.jsonl",
     ]
     [name] = spool.ticket_names("done")
     marker = json.loads(spool.layout.ticket("done", name).read_text())

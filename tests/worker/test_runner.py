@@ -28,6 +28,7 @@ def test_a_symlink_planted_at_the_part_name_redirects_nothing(spool, tmp_path):
     planted = [out / f".0000-{i:06d}-{10 + i}.png.{socket.gethostname()}.{os.getpid()}.part" for i in range(2)]
     for p in planted:
         p.symlink_to(victim)
+    (out / "metadata.jsonl").symlink_to(victim)  # nor at the dataset's metadata: its lines are lost, not the ticket
     outcome = Worker(spool, "w1").step()
     assert outcome.state == "done" and outcome.images_made == 2
     assert victim.read_text() == "precious" and not victim.is_symlink()
@@ -36,6 +37,7 @@ def test_a_symlink_planted_at_the_part_name_redirects_nothing(spool, tmp_path):
         "0000-000001-11.png",
         "index.csv",
         "index.json",
+        "metadata.jsonl",
     ]
     [name] = spool.ticket_names("done")
     for o in json.loads(spool.layout.ticket("done", name).read_text())["result"]["outputs"]:
