@@ -283,3 +283,32 @@ NOTIFY_COMMAND_TIMEOUT_SECONDS = 120.0
 # On shutdown the daemon waits this long for deliveries in hand; what is left stays owed
 # (state.json `notify: pending`) and the next daemon delivers it.
 NOTIFY_STOP_SECONDS = 10.0
+
+# -- the web dashboard (issue 21: `sdgen web`) -------------------------------------------------
+# Where `sdgen web` listens unless told: loopback only, so that writes need no token there.
+WEB_HOST = "127.0.0.1"
+WEB_PORT = 8765
+# How often an open page asks for fresh rows (short polling, no page reload): often enough to
+# watch a dry-run request finish, rare enough that a dozen open tabs on a 1,000-request spool
+# (a queue look reads every state.json) stay a small load.
+WEB_POLL_SECONDS = 2.0
+# One look at the spool serves every page and tab asking within this long (the queue page,
+# the request pages and the JSON API share it).
+WEB_LOOK_CACHE_SECONDS = 1.0
+# Rows of the queue page, and thumbnails of a gallery page, at a time (older ones are paged):
+# the page stays quick to render and to poll at 1,000 requests or 10,000 images.
+WEB_QUEUE_PAGE_SIZE = 200
+WEB_GALLERY_PAGE_SIZE = 60
+# Longest side of a gallery thumbnail, in pixels (made once, cached under
+# <data>/cache/thumbnails/<size>/<request id>/); JPEG quality of the thumbnails.
+WEB_THUMBNAIL_SIZE = 192
+WEB_THUMBNAIL_QUALITY = 80
+# Requests whose finished-image listing is kept in memory (a 10,000-image request's listing
+# reads its done ledger and looks at every file once; kept until the request changes).
+WEB_GALLERY_CACHE_REQUESTS = 16
+# The largest request body the server reads (a request file is at most 1 MiB; a form adds
+# its encoding); anything bigger is refused before it is read whole.
+WEB_MAX_BODY_BYTES = 3 * 1024 * 1024
+# Problem tickets (failed, held, deferred) listed with their reasons on a request's page;
+# past this a count says how many more (`sdgen status ID --json` has them all).
+WEB_PROBLEM_TICKETS_SHOWN = 200

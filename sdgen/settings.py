@@ -107,6 +107,12 @@ def _path(text: str) -> str:
     return text
 
 
+def _token(text: str) -> str:
+    if not 1 <= len(text) <= 512 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError
+    return text
+
+
 def _cache_folder(text: str) -> str | None:
     return None if text.lower() == "off" else _path(text)
 
@@ -234,6 +240,14 @@ SETTINGS: dict[str, Setting] = {
             1,
             "a whole number from 1 to 1000",
             "most ADSP jobs at once when the daemon has no --workers",
+        ),
+        Setting(
+            "SDGEN_WEB_TOKEN",
+            _token,
+            None,
+            "1 to 512 printable characters, no spaces",
+            "`sdgen web` takes writes only with this token (as --token); without one, only on loopback",
+            "none",
         ),
     ]
 }

@@ -79,7 +79,7 @@ def _describe(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sdgen.cli import admin, adsp, cache, export, grid, prune, run, show, status, submit, ui, weights
+    from sdgen.cli import admin, adsp, cache, export, grid, prune, run, show, status, submit, ui, web, weights
 
     parser = _Parser(prog="sdgen", description="Batch text-to-image generation from a file spool.")
     parser.add_argument("--version", action="version", version=f"sdgen {__version__}")
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.register(sub)
     export.register(sub)
     ui.register(sub)
+    web.register(sub)
     adsp.register(sub)
     adsp.register_bootstrap(sub)
     _describe(parser)
