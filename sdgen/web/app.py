@@ -154,7 +154,9 @@ class Web:
     def detail(self, rid: str) -> dict:
         from sdgen.cli.status import detail
 
-        out = detail(self.spool, self.row(rid))
+        out = self.look.detail(rid)  # its own files only: quick at any queue length
+        if out is None:  # in the inbox, or damaged: as the queue's look shows it
+            out = detail(self.spool, self.row(rid))
         problems = out.get("problem_tickets") or []
         out["problem_tickets_more"] = max(0, len(problems) - defaults.WEB_PROBLEM_TICKETS_SHOWN)
         out["problem_tickets"] = problems[: defaults.WEB_PROBLEM_TICKETS_SHOWN]

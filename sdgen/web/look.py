@@ -12,8 +12,20 @@ import time
 
 from sdgen import defaults
 from sdgen.cli.rate import RateMeter, eta_text, rate_text
-from sdgen.cli.status import _read_json, collect, daemon_state, footer_lines
-from sdgen.spool.states import RequestState
+from sdgen.cli.status import (
+    _read_json,
+    _request_tracking_failure,
+    _tracking_status,
+    _when,
+    collect,
+    daemon_state,
+    detail,
+    footer_lines,
+)
+from sdgen.spool.layout import parse_ticket_name
+from sdgen.spool.progress import summarize
+from sdgen.spool.records import CorruptRecord
+from sdgen.spool.states import PRECEDENCE, RequestState, TicketState
 from sdgen.spool.store import Spool
 
 
@@ -41,6 +53,47 @@ class Look:
             snap = self._look(now)
             self._last = (now, snap)
             return snap
+
+    def detail(self, rid: str) -> dict | None:
+        """One accepted request as `sdgen status ID` shows it, with its rate, read from its
+        own files only (not the whole queue); None when it has no state.json to read (in
+        the inbox, being accepted, damaged): the caller falls back to the queue's look."""
+        try:
+            meta = self.spool.read_state(rid)
+        except CorruptRecord:
+            return None
+        if meta is None or meta.get("id") != rid:
+            return None
+        counts = request_counts(self.spool, rid)
+        row = summarize(meta, counts, self.spool.is_cancelled(rid), self.spool.is_paused(rid))
+        row["priority"] = self.spool.priority_of(rid, row["priority"])
+        row["output_dir"] = str(self.spool.layout.output_dir(rid))
+        if row["state"] == RequestState.FAILED:
+            row["reason"] = meta.get("reason", "tickets failed or held")
+        tracking = _tracking_status(self.spool)
+        backlog = sum(1 for name in self.spool.event_names() if name.split("-", 1)[-1].startswith(rid))
+        failure = _request_tracking_failure(tracking, rid)
+        if tracking and not tracking.get("ok") and backlog:
+            row["tracking_error"] = (
+                f"MLflow unreachable since {_when(tracking.get('down_since'))}: {tracking.get('error')}"
+            )
+        elif failure:
+            row["tracking_error"] = (
+                f"MLflow logging failed since {_when(failure.get('since'))}: {failure.get('error', '?')}"
+            )
+        row["tracking_backlog"] = backlog
+        blocked = (_read_json(self.spool.layout.launcher_status) or {}).get("blocked")
+        if blocked and row["state"] in (RequestState.PENDING, RequestState.RUNNING):
+            row["launcher_error"] = blocked
+        with self._lock:
+            meter = self.meters.setdefault(rid, RateMeter())
+            now = self.clock()
+            meter.sample(now, row["images_done"])
+            running = row["state"] == RequestState.RUNNING
+            row["rate"] = meter.rate(now) if running else None
+            row["eta"] = meter.eta(now, row["images_total"]) if running else None
+        row["rate_text"], row["eta_text"] = rate_text(row["rate"]), eta_text(row["eta"])
+        return detail(_OneRequest(self.spool, rid, counts), row)
 
     def _look(self, now: float) -> dict:
         layout = self.spool.layout
@@ -102,3 +155,38 @@ def page_of(items: list, page: int, size: int) -> tuple[list, int, int]:
     pages = max(1, -(-len(items) // size))
     page = min(max(1, page), pages)
     return items[(page - 1) * size : page * size], page, pages
+
+
+class _OneRequest:
+    """The spool as status.detail() sees it, with the ticket counts of one request only (a
+    full ticket_counts() reads every request's folded record: 1,000 requests, 1,000 reads)."""
+
+    def __init__(self, spool: Spool, rid: str, counts: dict):
+        self._spool, self._rid, self._counts = spool, rid, counts
+
+    def __getattr__(self, name):
+        return getattr(self._spool, name)
+
+    def ticket_counts(self, *args, **kwargs) -> dict:
+        return {self._rid: self._counts}
+
+
+def request_counts(spool: Spool, rid: str) -> dict[str, list[int]]:
+    """state -> ticket indexes of one request (what ticket_counts() holds for it), from one
+    listing of each ticket folder and the request's own folded record."""
+    counts: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    folded = spool.folded_indexes(rid)
+    if folded:
+        counts[TicketState.DONE] = sorted(folded)
+        seen.update(folded)
+    for state in PRECEDENCE:
+        for name in spool.ticket_names(state):
+            if not name.endswith(rid):
+                continue
+            parsed = parse_ticket_name(name)
+            if not parsed or parsed[2] != rid or parsed[1] in seen:
+                continue
+            seen.add(parsed[1])
+            counts.setdefault(state, []).append(parsed[1])
+    return counts

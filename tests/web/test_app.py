@@ -377,3 +377,20 @@ def test_cli_takes_the_anaconda_project_http_options():
     assert args.allowed_hosts == ["ae5.example:443"] and args.use_xheaders
     plain = build_parser().parse_args(["web"])
     assert (plain.host, plain.port, plain.read_only, plain.token) == ("127.0.0.1", 8765, False, None)
+
+
+def test_one_request_reads_only_its_own_files_and_says_what_status_says(made, spool):
+    from sdgen.cli.status import collect, detail
+    from sdgen.web.look import Look
+    from tests.conftest import accept
+
+    other = "20261126-000000-bbbbbb"
+    accept(spool, DRY + "prompt: another\nimages: 3\n", other)
+    for rid in (RID, other):
+        mine = Look(spool).detail(rid)
+        theirs = detail(spool, next(r for r in collect(spool) if r["id"] == rid))
+        for key in ("rate", "eta", "rate_text", "eta_text", "tracking_backlog"):
+            mine.pop(key, None)
+            theirs.pop(key, None)
+        assert mine == theirs
+    assert Look(spool).detail("20991231-000000-abcdef") is None  # not there: the caller says so
