@@ -394,3 +394,50 @@ def test_one_request_reads_only_its_own_files_and_says_what_status_says(made, sp
             theirs.pop(key, None)
         assert mine == theirs
     assert Look(spool).detail("20991231-000000-abcdef") is None  # not there: the caller says so
+
+
+def test_failed_tickets_show_their_reasons_escaped_and_retry_queues_them(spool):
+    import dataclasses
+
+    from sdgen.spool.states import TicketState
+    from tests.conftest import accept
+
+    accept(spool, DRY + "prompt: a fox\nimages: 3\n", RID)
+    for name in spool.ticket_names(TicketState.PENDING):
+        ticket = spool.read_ticket(TicketState.PENDING, name)
+        assert spool.move_ticket(
+            name, TicketState.PENDING, TicketState.FAILED, dataclasses.replace(ticket, reason="boom <img src=x>")
+        )
+    app = app_of(spool)
+    page = call(app, "GET", f"/requests/{RID}")
+    assert page.status == 200 and page.text.count("boom &lt;img src=x&gt;") == 3 and "<img src=x>" not in page.text
+    assert 'id="retry"' in page.text
+    one = call(app, "GET", f"/api/requests/{RID}").json()
+    assert one["state"] == "failed" and [t["reason"] for t in one["problem_tickets"]] == ["boom <img src=x>"] * 3
+    assert call(app, "POST", f"/api/requests/{RID}/retry").json()["message"] == f"3 ticket(s) of {RID} queued again"
+    assert call(app, "GET", f"/api/requests/{RID}").json()["state"] == "pending"
+
+
+def test_a_sweep_has_its_grid_and_others_have_none(made, spool):
+    sweep = "20261126-000000-cccccc"
+    generate(spool, DRY + "prompt: a fox\nimages: 1\nseed: 3\nsweep:\n  guidance: [5, 7.5]\n  steps: [2, 3]\n", sweep)
+    app = app_of(spool)
+    page = call(app, "GET", f"/requests/{sweep}")
+    assert f'src="/requests/{sweep}/grid.png"' in page.text and "sweep guidance" in page.text
+    grid = call(app, "GET", f"/requests/{sweep}/grid.png")
+    assert grid.status == 200 and grid.body.startswith(b"\x89PNG")
+    assert list((spool.layout.root / "cache" / "grids").iterdir())  # kept for the next view
+    assert "grid.png" not in call(app, "GET", f"/requests/{RID}").text
+    assert call(app, "GET", f"/requests/{RID}/grid.png").status == 404
+
+
+def test_mlflow_parent_run_link(made, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    made.write_mlflow_record(RID, {"experiment_id": "7", "run_id": "abc123", "finalized": True, "status": "FINISHED"})
+    linked = call(app_of(made, mlflow_url="http://mlflow.local:5000/"), "GET", f"/requests/{RID}").text
+    assert 'href="http://mlflow.local:5000/#/experiments/7/runs/abc123"' in linked
+    plain = call(app_of(made), "GET", f"/requests/{RID}").text
+    assert "abc123" in plain and "#/experiments" not in plain
+    made.write_mlflow_record(RID, {"experiment_id": "7", "run_id": 'x"><script>', "finalized": True})
+    hostile = call(app_of(made, mlflow_url="http://mlflow.local:5000"), "GET", f"/requests/{RID}").text
+    assert "<script>" not in hostile and "#/experiments" not in hostile
